@@ -1,0 +1,1226 @@
+//! The running node: owns the QUIC endpoint, accepts and dials connections, runs
+//! each connection's control stream, routes other streams to services, keeps the
+//! membership fresh, and shuts down in order.
+//!
+//! Tasks: one accept loop; per connection a control reader, a control writer,
+//! a stream acceptor and a watcher that cleans up when the connection closes;
+//! one maintenance loop (gossip, ping, dialing, bootstrap retry, expiry). All of
+//! them hang off one root [`CancellationToken`] and a [`TaskTracker`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, ConnectionError, Endpoint, Incoming, RecvStream, SendStream};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::identity::{Identity, IdentityError, NodeId};
+use crate::membership::{dialable, LeftReason, PeerEvent, PeerInfo, PeerTable, Registered};
+use crate::stream::{read_frame, write_frame, FrameError};
+use crate::tls;
+use crate::wire::{
+    Control, ErrorCode, Join, LeaveReason, Request, Role, Welcome, MAX_ADDRS_PER_PEER,
+    MAX_CONTROL_FRAME, PROTOCOL_VERSION,
+};
+
+/// Peers per gossip message and WELCOME.
+const GOSSIP_SAMPLE: usize = 32;
+/// Control frames queued per connection before gossip is dropped.
+const CONTROL_QUEUE: usize = 64;
+/// At most this many dials started per maintenance tick.
+const DIALS_PER_TICK: usize = 8;
+/// Dial failures after which a gossiped peer is forgotten.
+const MAX_DIAL_FAILURES: u32 = 4;
+/// Longest wait between bootstrap retries.
+const MAX_BOOTSTRAP_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A peer's address as users write it: `host:port`, or `ID@host:port` to pin the
+/// peer's NodeId.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// The pinned id, if given.
+    pub id: Option<NodeId>,
+    /// Host name or IP address.
+    pub host: String,
+    /// UDP port.
+    pub port: u16,
+}
+
+/// An address that is not `host:port` or `ID@host:port`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid address {input:?}: {reason} (expected HOST:PORT or ID@HOST:PORT)")]
+pub struct ParseAddrError {
+    input: String,
+    reason: String,
+}
+
+impl FromStr for PeerAddr {
+    type Err = ParseAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| ParseAddrError {
+            input: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let (id, rest) = match s.split_once('@') {
+            Some((id, rest)) => (
+                Some(id.parse::<NodeId>().map_err(|e| err(&e.to_string()))?),
+                rest,
+            ),
+            None => (None, s),
+        };
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| err("no port"))?;
+        let port: u16 = port.parse().map_err(|_| err("bad port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(err("no host"));
+        }
+        if port == 0 {
+            return Err(err("port 0 cannot be dialed"));
+        }
+        Ok(PeerAddr {
+            id,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(id) = self.id {
+            write!(f, "{id}@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl PeerAddr {
+    /// A pinned address for a known socket address.
+    pub fn pinned(id: NodeId, addr: SocketAddr) -> Self {
+        PeerAddr {
+            id: Some(id),
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+
+    /// Resolves the host (DNS names included).
+    pub async fn resolve(&self) -> Result<Vec<SocketAddr>, ConnectError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| ConnectError::Resolve {
+                addr: self.to_string(),
+                reason: e.to_string(),
+            })?
+            .collect();
+        if addrs.is_empty() {
+            return Err(ConnectError::Resolve {
+                addr: self.to_string(),
+                reason: "no addresses".into(),
+            });
+        }
+        Ok(addrs)
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> Self {
+        PeerAddr {
+            id: None,
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+/// How a node runs. `Default` is what the command line uses without flags.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where to listen (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Addresses to announce instead of the listening one.
+    pub advertise: Vec<SocketAddr>,
+    /// Nodes to join through; retried with backoff while no peer is connected.
+    pub bootstrap: Vec<PeerAddr>,
+    /// Where the identity is kept; `None` makes a throwaway identity in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Full node, or a short-lived client.
+    pub role: Role,
+    /// A connection with no traffic for this long is dead.
+    pub idle_timeout: Duration,
+    /// QUIC keep-alive interval (well under `idle_timeout`).
+    pub keep_alive: Duration,
+    /// Time allowed for a handshake plus JOIN/WELCOME.
+    pub handshake_timeout: Duration,
+    /// How often peers are gossiped and pinged.
+    pub gossip_interval: Duration,
+    /// Connections to full nodes this node tries to keep.
+    pub target_peers: usize,
+    /// Hard limit on connections, in and out.
+    pub max_connections: usize,
+    /// Bidirectional streams a peer may have open at once.
+    pub max_streams: u32,
+    /// UDP socket buffer size to ask the kernel for.
+    pub socket_buffer: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            advertise: Vec::new(),
+            bootstrap: Vec::new(),
+            data_dir: None,
+            role: Role::Peer,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            gossip_interval: Duration::from_secs(10),
+            target_peers: 32,
+            max_connections: 256,
+            max_streams: 64,
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// A config for tests and the demo: loopback, short timers.
+    pub fn local_test() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            idle_timeout: Duration::from_secs(3),
+            keep_alive: Duration::from_millis(500),
+            handshake_timeout: Duration::from_secs(5),
+            gossip_interval: Duration::from_millis(500),
+            ..NodeConfig::default()
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The identity could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The listening address is taken.
+    #[error("cannot listen on {addr}: the address is already in use")]
+    AddrInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// Binding the socket failed for another reason.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsConfigError),
+    /// Timer settings that QUIC cannot use.
+    #[error("invalid setting: {0}")]
+    Config(String),
+}
+
+/// Why a dial failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The host name did not resolve.
+    #[error("cannot resolve {addr}: {reason}")]
+    Resolve {
+        /// The address as given.
+        addr: String,
+        /// What the resolver said.
+        reason: String,
+    },
+    /// quinn refused to start the dial.
+    #[error("cannot dial {addr}: {source}")]
+    Dial {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: quinn::ConnectError,
+    },
+    /// The handshake failed: unreachable, refused, or a certificate the
+    /// verifier rejected (this is where a pinned-id mismatch shows).
+    #[error("connection to {addr} failed: {source}")]
+    Handshake {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: ConnectionError,
+    },
+    /// Nothing answered in time.
+    #[error("connection to {addr} timed out")]
+    Timeout {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The peer proved another id than the pinned one.
+    #[error(transparent)]
+    PinMismatch(#[from] tls::PinMismatch),
+    /// The address is this node's own.
+    #[error("{addr} is this node itself")]
+    SelfDial {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The JOIN/WELCOME exchange failed.
+    #[error("peer at {addr} broke the join protocol: {reason}")]
+    Join {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// This node is at its connection limit.
+    #[error("connection limit of {0} reached")]
+    Limit(usize),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// A running node. Cheap to clone; all clones drive the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: NodeConfig,
+    identity: Identity,
+    endpoint: Endpoint,
+    client_config: quinn::ClientConfig,
+    local_addr: SocketAddr,
+    session: u64,
+    peers: Mutex<PeerTable>,
+    observed: Mutex<Option<SocketAddr>>,
+    bootstrap: Mutex<BootstrapState>,
+    events: broadcast::Sender<PeerEvent>,
+    permits: Arc<Semaphore>,
+    /// Cancelled first on shutdown: no new connections, no maintenance.
+    stopping: CancellationToken,
+    /// Cancelled last: every task ends.
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    writers: TaskTracker,
+}
+
+struct BootstrapState {
+    next: Instant,
+    backoff: Duration,
+    running: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data that is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn transport_config(config: &NodeConfig) -> Result<quinn::TransportConfig, StartError> {
+    let mut t = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
+        .map_err(|_| StartError::Config("idle timeout too large".into()))?;
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(Some(config.keep_alive));
+    t.max_concurrent_bidi_streams(config.max_streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    // Bound memory per connection: quinn's defaults let a peer make us buffer
+    // far more than a few chunks.
+    t.receive_window((16u32 << 20).into());
+    t.stream_receive_window((4u32 << 20).into());
+    t.send_window(16 << 20);
+    t.datagram_receive_buffer_size(None);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(1452);
+    t.mtu_discovery_config(Some(mtu));
+    Ok(t)
+}
+
+fn bind_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind_err = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::AddrInUse { addr }
+        } else {
+            StartError::Bind { addr, source }
+        }
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
+    if addr.is_ipv6() {
+        // Accept IPv4 too where the OS allows it.
+        let _ = socket.set_only_v6(false);
+    }
+    // Ask for bigger buffers; the kernel may grant less (net.core.rmem_max).
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    debug!(
+        requested = buffer,
+        recv = socket.recv_buffer_size().unwrap_or(0),
+        send = socket.send_buffer_size().unwrap_or(0),
+        "UDP socket buffers"
+    );
+    Ok(socket.into())
+}
+
+fn left_reason(err: &ConnectionError) -> (LeftReason, bool) {
+    match err {
+        ConnectionError::ApplicationClosed(c) => {
+            match ErrorCode::from_code(c.error_code.into_inner()) {
+                Some(ErrorCode::Shutdown) => (LeftReason::Leave, false),
+                Some(ErrorCode::DuplicateConnection) => (
+                    LeftReason::Closed("replaced by another connection".into()),
+                    true,
+                ),
+                Some(code) => (
+                    LeftReason::Closed(format!("closed by peer: {code:?}")),
+                    false,
+                ),
+                None => (LeftReason::Closed(c.to_string()), false),
+            }
+        }
+        ConnectionError::TimedOut => (LeftReason::TimedOut, false),
+        ConnectionError::LocallyClosed => (LeftReason::Closed("closed locally".into()), false),
+        other => (LeftReason::Closed(other.to_string()), false),
+    }
+}
+
+/// Closes `conn` with `code` and logs why.
+fn close(conn: &Connection, code: ErrorCode, why: &dyn std::fmt::Display) {
+    warn!(remote = %conn.remote_address(), code = ?code, "closing connection: {why}");
+    conn.close(code.var_int(), code.reason());
+}
+
+impl Node {
+    /// Starts a node: loads its identity, binds the endpoint, and begins
+    /// accepting connections and dialing the bootstrap nodes.
+    pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
+        let identity = match &config.data_dir {
+            Some(dir) => Identity::load_or_create(dir)?,
+            None => Identity::generate()?,
+        };
+        Self::start_with_identity(config, identity).await
+    }
+
+    /// Starts a node with a given identity (tests, the demo).
+    pub async fn start_with_identity(
+        config: NodeConfig,
+        identity: Identity,
+    ) -> Result<Node, StartError> {
+        let transport = Arc::new(transport_config(&config)?);
+        let (client_crypto, server_crypto) = tls::quic_configs(&identity)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(server_crypto);
+        server_config.transport_config(transport.clone());
+        server_config.migration(false);
+        let mut client_config = quinn::ClientConfig::new(client_crypto);
+        client_config.transport_config(transport);
+
+        let socket = bind_socket(config.listen, config.socket_buffer)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| StartError::Config("no async runtime".into()))?;
+        let endpoint = Endpoint::new(
+            quinn::EndpointConfig::default(),
+            (config.role == Role::Peer).then_some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let local_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+        let (events, _) = broadcast::channel(1024);
+        let now = Instant::now();
+        let node = Node {
+            inner: Arc::new(Inner {
+                permits: Arc::new(Semaphore::new(config.max_connections)),
+                peers: Mutex::new(PeerTable::new(identity.node_id())),
+                observed: Mutex::new(None),
+                bootstrap: Mutex::new(BootstrapState {
+                    next: now,
+                    backoff: Duration::from_secs(1),
+                    running: false,
+                }),
+                session: rand::random(),
+                config,
+                identity,
+                endpoint,
+                client_config,
+                local_addr,
+                events,
+                stopping: CancellationToken::new(),
+                cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                writers: TaskTracker::new(),
+            }),
+        };
+        debug!(id = %node.id(), addr = %local_addr, "node started");
+        let n = node.clone();
+        node.inner.tasks.spawn(async move { n.accept_loop().await });
+        let n = node.clone();
+        node.inner
+            .tasks
+            .spawn(async move { n.maintenance_loop().await });
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.identity.node_id()
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The address to give others to dial this node, pinned with its id.
+    pub fn addr(&self) -> PeerAddr {
+        let addr = self
+            .listen_addrs()
+            .into_iter()
+            .next()
+            .unwrap_or(self.inner.local_addr);
+        PeerAddr::pinned(self.id(), addr)
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// Subscribes to membership events.
+    pub fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// A snapshot of the peer table.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        lock(&self.inner.peers).snapshot(Instant::now())
+    }
+
+    /// Ids of the connected full nodes.
+    pub fn connected_peers(&self) -> Vec<NodeId> {
+        self.peers()
+            .into_iter()
+            .filter(|p| p.role == Role::Peer && p.state != crate::membership::PeerState::Known)
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// The live connection to `id`, if any.
+    pub fn connection(&self, id: &NodeId) -> Option<Connection> {
+        lock(&self.inner.peers).connection(id)
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.stopping.is_cancelled()
+    }
+
+    /// The addresses this node announces: `--advertise` if given, else the bound
+    /// address, or, when bound to 0.0.0.0, the port at the address peers saw.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        let cfg = &self.inner.config;
+        if !cfg.advertise.is_empty() {
+            return cfg.advertise.clone();
+        }
+        let local = self.inner.local_addr;
+        if dialable(&local) {
+            return vec![local];
+        }
+        match *lock(&self.inner.observed) {
+            Some(seen) => vec![SocketAddr::new(seen.ip(), local.port())],
+            None => Vec::new(),
+        }
+    }
+
+    fn emit(&self, event: PeerEvent) {
+        // No subscribers is fine.
+        let _ = self.inner.events.send(event);
+    }
+
+    /// Dials `addr`, runs JOIN/WELCOME, and returns the peer's proven id.
+    ///
+    /// If a connection to that peer already exists the new one is resolved by
+    /// the one-connection rule, and the id is still returned.
+    pub async fn connect(&self, addr: &PeerAddr) -> Result<NodeId, ConnectError> {
+        let addrs = addr.resolve().await?;
+        let mut last = None;
+        for a in addrs {
+            match self.dial(a, addr.id).await {
+                Ok(id) => return Ok(id),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ConnectError::Resolve {
+            addr: addr.to_string(),
+            reason: "no addresses".into(),
+        }))
+    }
+
+    async fn dial(&self, addr: SocketAddr, expect: Option<NodeId>) -> Result<NodeId, ConnectError> {
+        if self.inner.stopping.is_cancelled() {
+            return Err(ConnectError::ShuttingDown);
+        }
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ConnectError::Limit(self.inner.config.max_connections))?;
+        let timeout = self.inner.config.handshake_timeout;
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(
+                self.inner.client_config.clone(),
+                addr,
+                &tls::server_name_for(expect),
+            )
+            .map_err(|source| ConnectError::Dial { addr, source })?;
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Err(_) => return Err(ConnectError::Timeout { addr }),
+            Ok(Err(source)) => return Err(ConnectError::Handshake { addr, source }),
+            Ok(Ok(conn)) => conn,
+        };
+        let Some(id) = tls::peer_node_id(&conn) else {
+            close(&conn, ErrorCode::Internal, &"no peer certificate");
+            return Err(ConnectError::Join {
+                addr,
+                reason: "no peer certificate".into(),
+            });
+        };
+        if id == self.id() {
+            conn.close(ErrorCode::SelfDial.var_int(), ErrorCode::SelfDial.reason());
+            return Err(ConnectError::SelfDial { addr });
+        }
+        if let Some(expected) = expect.filter(|e| *e != id) {
+            // The verifier already refuses this; kept as a second line.
+            conn.close(
+                ErrorCode::NotAllowed.var_int(),
+                ErrorCode::NotAllowed.reason(),
+            );
+            return Err(tls::PinMismatch {
+                expected,
+                actual: id,
+            }
+            .into());
+        }
+        if expect.is_none() {
+            info!(peer = %id, %addr, "peer id learned on first contact (address was not pinned)");
+        }
+        let span = info_span!("conn", remote = %addr, peer = %id.fmt_short());
+        let join_err = |reason: String| ConnectError::Join { addr, reason };
+        let welcome = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| join_err(e.to_string()))?;
+            let join = Request::Join(Join {
+                version: PROTOCOL_VERSION,
+                role: self.inner.config.role,
+                listen_addrs: self.listen_addrs(),
+                capabilities: 0,
+                session: self.inner.session,
+            });
+            write_frame(&mut send, &join, MAX_CONTROL_FRAME)
+                .await
+                .map_err(|e| join_err(e.to_string()))?;
+            match read_frame::<Control, _>(&mut recv, MAX_CONTROL_FRAME).await {
+                Ok(Some(Control::Welcome(w))) => Ok((send, recv, w)),
+                Ok(Some(_)) => {
+                    close(&conn, ErrorCode::UnexpectedMessage, &"expected WELCOME");
+                    Err(join_err("expected WELCOME".into()))
+                }
+                Ok(None) => Err(join_err("control stream closed before WELCOME".into())),
+                Err(e) => {
+                    if let FrameError::Wire(w) = &e {
+                        close(&conn, w.code(), w);
+                    }
+                    Err(join_err(e.to_string()))
+                }
+            }
+        }
+        .instrument(span.clone());
+        let (send, recv, welcome) = match tokio::time::timeout(timeout, welcome).await {
+            Ok(r) => r?,
+            Err(_) => {
+                close(&conn, ErrorCode::Timeout, &"no WELCOME in time");
+                return Err(ConnectError::Timeout { addr });
+            }
+        };
+        {
+            let mut observed = lock(&self.inner.observed);
+            if observed.is_none() {
+                *observed = Some(welcome.observed_addr);
+            }
+        }
+        lock(&self.inner.peers).learn(&welcome.peers, Instant::now());
+        let mut addrs = vec![addr];
+        addrs.extend(
+            welcome
+                .listen_addrs
+                .iter()
+                .copied()
+                .take(MAX_ADDRS_PER_PEER),
+        );
+        self.run_connection(
+            conn,
+            ConnMeta {
+                id,
+                role: Role::Peer,
+                outbound: true,
+                session: welcome.session,
+                addrs,
+            },
+            send,
+            recv,
+            permit,
+            span,
+        );
+        Ok(id)
+    }
+
+    async fn accept_loop(self) {
+        loop {
+            let incoming = tokio::select! {
+                _ = self.inner.stopping.cancelled() => return,
+                i = self.inner.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => return,
+                },
+            };
+            let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+                warn!(remote = %incoming.remote_address(), "connection limit reached: refusing");
+                incoming.refuse();
+                continue;
+            };
+            let span = info_span!("conn", remote = %incoming.remote_address());
+            let n = self.clone();
+            self.inner
+                .tasks
+                .spawn(async move { n.handle_incoming(incoming, permit).await }.instrument(span));
+        }
+    }
+
+    async fn handle_incoming(self, incoming: Incoming, permit: OwnedSemaphorePermit) {
+        let remote = incoming.remote_address();
+        let timeout = self.inner.config.handshake_timeout;
+        let conn = match incoming.accept() {
+            Ok(connecting) => match tokio::time::timeout(timeout, connecting).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    info!(%remote, "incoming handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    info!(%remote, "incoming handshake timed out");
+                    return;
+                }
+            },
+            Err(e) => {
+                info!(%remote, "incoming connection failed: {e}");
+                return;
+            }
+        };
+        let Some(id) = tls::peer_node_id(&conn) else {
+            close(&conn, ErrorCode::Internal, &"no peer certificate");
+            return;
+        };
+        if id == self.id() {
+            close(&conn, ErrorCode::SelfDial, &"dialed by itself");
+            return;
+        }
+        let span = info_span!("conn", %remote, peer = %id.fmt_short());
+        let joined = async {
+            let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+            let join = match read_frame::<Request, _>(&mut recv, MAX_CONTROL_FRAME).await {
+                Ok(Some(Request::Join(join))) => join,
+                Ok(None) => {
+                    close(&conn, ErrorCode::ProtocolViolation, &"empty first stream");
+                    return None;
+                }
+                Err(e) => {
+                    close(&conn, e.code(), &format!("bad JOIN: {e}"));
+                    return None;
+                }
+            };
+            let peers = lock(&self.inner.peers).sample(GOSSIP_SAMPLE, id);
+            let welcome = Control::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                observed_addr: remote,
+                listen_addrs: self.listen_addrs(),
+                capabilities: 0,
+                session: self.inner.session,
+                peers,
+            });
+            if let Err(e) = write_frame(&mut send, &welcome, MAX_CONTROL_FRAME).await {
+                debug!("could not send WELCOME: {e}");
+                return None;
+            }
+            Some((send, recv, join))
+        }
+        .instrument(span.clone());
+        let Ok(joined) = tokio::time::timeout(timeout, joined).await else {
+            close(&conn, ErrorCode::Timeout, &"no JOIN in time");
+            return;
+        };
+        let Some((send, recv, join)) = joined else {
+            return;
+        };
+        let mut addrs = vec![remote];
+        addrs.extend(join.listen_addrs.iter().copied());
+        self.run_connection(
+            conn,
+            ConnMeta {
+                id,
+                role: join.role,
+                outbound: false,
+                session: join.session,
+                addrs,
+            },
+            send,
+            recv,
+            permit,
+            span,
+        );
+    }
+
+    /// Registers a connection whose control stream is up and starts its tasks.
+    fn run_connection(
+        &self,
+        conn: Connection,
+        meta: ConnMeta,
+        send: SendStream,
+        recv: RecvStream,
+        permit: OwnedSemaphorePermit,
+        span: tracing::Span,
+    ) {
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let handle = crate::membership::ConnHandle {
+            conn: conn.clone(),
+            outbound: meta.outbound,
+            session: meta.session,
+            control: tx.clone(),
+        };
+        let outcome = lock(&self.inner.peers).register(
+            meta.id,
+            meta.role,
+            &meta.addrs,
+            handle,
+            Instant::now(),
+        );
+        let joined = match outcome {
+            Registered::Duplicate => {
+                debug!(parent: &span, peer = %meta.id, "duplicate connection closed");
+                conn.close(
+                    ErrorCode::DuplicateConnection.var_int(),
+                    ErrorCode::DuplicateConnection.reason(),
+                );
+                return;
+            }
+            Registered::Accepted { joined, replaced } => {
+                if let Some(old) = replaced {
+                    debug!(parent: &span, peer = %meta.id, "connection replaced");
+                    old.close(
+                        ErrorCode::DuplicateConnection.var_int(),
+                        ErrorCode::DuplicateConnection.reason(),
+                    );
+                }
+                joined
+            }
+        };
+        let addr = conn.remote_address();
+        self.emit(PeerEvent::Connected {
+            id: meta.id,
+            addr,
+            outbound: meta.outbound,
+            role: meta.role,
+        });
+        if joined {
+            self.emit(PeerEvent::Joined { id: meta.id, addr });
+        }
+
+        let cancel = self.inner.cancel.child_token();
+        self.inner
+            .writers
+            .spawn(control_writer(conn.clone(), send, rx, cancel.clone()).instrument(span.clone()));
+        let n = self.clone();
+        let c = conn.clone();
+        let id = meta.id;
+        let role = meta.role;
+        self.inner.tasks.spawn(
+            async move { n.control_reader(c, id, role, recv, tx).await }.instrument(span.clone()),
+        );
+        let n = self.clone();
+        let c = conn.clone();
+        self.inner
+            .tasks
+            .spawn(async move { n.stream_acceptor(c).await }.instrument(span.clone()));
+        let n = self.clone();
+        self.inner.tasks.spawn(
+            async move {
+                let err = tokio::select! {
+                    e = conn.closed() => e,
+                    _ = cancel.cancelled() => return,
+                };
+                let (reason, replaced) = left_reason(&err);
+                debug!(reason = %reason, "connection closed");
+                let left = lock(&n.inner.peers).unregister(
+                    id,
+                    conn.stable_id(),
+                    reason,
+                    replaced,
+                    n.inner.config.handshake_timeout,
+                    Instant::now(),
+                );
+                if let Some(reason) = left {
+                    n.emit(PeerEvent::Left { id, reason });
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn control_reader(
+        self,
+        conn: Connection,
+        id: NodeId,
+        role: Role,
+        mut recv: RecvStream,
+        tx: mpsc::Sender<Control>,
+    ) {
+        loop {
+            let msg = match read_frame::<Control, _>(&mut recv, MAX_CONTROL_FRAME).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => {
+                    // The peer finished its control stream: it is going away.
+                    self.peer_left(&conn, id);
+                    return;
+                }
+                Err(FrameError::Wire(e)) => {
+                    close(&conn, e.code(), &e);
+                    return;
+                }
+                Err(FrameError::Io(e)) => {
+                    if conn.close_reason().is_none() {
+                        close(
+                            &conn,
+                            ErrorCode::ProtocolViolation,
+                            &format!("control stream failed: {e}"),
+                        );
+                    }
+                    return;
+                }
+            };
+            lock(&self.inner.peers).seen(id, Instant::now());
+            match msg {
+                Control::Welcome(_) => {
+                    close(&conn, ErrorCode::UnexpectedMessage, &"WELCOME after JOIN");
+                    return;
+                }
+                Control::Peers(records) => {
+                    if role == Role::Client {
+                        close(&conn, ErrorCode::UnexpectedMessage, &"gossip from a client");
+                        return;
+                    }
+                    let new = lock(&self.inner.peers).learn(&records, Instant::now());
+                    debug!(count = records.len(), new, "gossip received");
+                }
+                Control::Ping(n) => {
+                    let _ = tx.try_send(Control::Pong(n));
+                }
+                Control::Pong(_) => {}
+                Control::Leave(LeaveReason::Shutdown) => {
+                    self.peer_left(&conn, id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The peer said LEAVE: report it at once and close our side.
+    fn peer_left(&self, conn: &Connection, id: NodeId) {
+        let left = lock(&self.inner.peers).unregister(
+            id,
+            conn.stable_id(),
+            LeftReason::Leave,
+            false,
+            Duration::ZERO,
+            Instant::now(),
+        );
+        if let Some(reason) = left {
+            self.emit(PeerEvent::Left { id, reason });
+        }
+        conn.close(ErrorCode::Ok.var_int(), ErrorCode::Ok.reason());
+    }
+
+    /// Accepts the streams a peer opens after the control stream.
+    async fn stream_acceptor(self, conn: Connection) {
+        loop {
+            let (send, mut recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let timeout = self.inner.config.handshake_timeout;
+            let conn = conn.clone();
+            self.inner.tasks.spawn(
+                async move {
+                    let first = tokio::time::timeout(
+                        timeout,
+                        read_frame::<Request, _>(&mut recv, MAX_CONTROL_FRAME),
+                    )
+                    .await;
+                    match first {
+                        Err(_) => {
+                            let _ = recv.stop(ErrorCode::Timeout.var_int());
+                            drop(send);
+                        }
+                        Ok(Ok(Some(Request::Join(_)))) => {
+                            close(&conn, ErrorCode::ProtocolViolation, &"second JOIN");
+                        }
+                        Ok(Ok(None)) => {
+                            let _ = recv.stop(ErrorCode::ProtocolViolation.var_int());
+                        }
+                        Ok(Err(e)) => close(&conn, e.code(), &format!("bad request: {e}")),
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+    }
+
+    async fn maintenance_loop(self) {
+        let tick = self
+            .inner
+            .config
+            .gossip_interval
+            .min(Duration::from_secs(1));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_gossip = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.inner.stopping.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let now = Instant::now();
+            if now >= next_gossip {
+                next_gossip = now + self.inner.config.gossip_interval;
+                self.gossip();
+            }
+            let cfg = &self.inner.config;
+            let (dials, expired) = {
+                let mut t = lock(&self.inner.peers);
+                let expired = t.expire_grace(now);
+                t.expire_known(now, cfg.gossip_interval * 4, MAX_DIAL_FAILURES);
+                let want = cfg.target_peers.saturating_sub(t.connected_peers());
+                let dials = if cfg.role == Role::Peer {
+                    t.dial_candidates(now, want.min(DIALS_PER_TICK))
+                } else {
+                    Vec::new()
+                };
+                (dials, expired)
+            };
+            for (id, reason) in expired {
+                self.emit(PeerEvent::Left { id, reason });
+            }
+            for (id, addrs) in dials {
+                let n = self.clone();
+                self.inner.tasks.spawn(async move {
+                    let mut ok = false;
+                    for a in addrs {
+                        match n.dial(a, Some(id)).await {
+                            Ok(_) => {
+                                ok = true;
+                                break;
+                            }
+                            Err(e) => debug!(peer = %id, addr = %a, "dial failed: {e}"),
+                        }
+                    }
+                    let mut t = lock(&n.inner.peers);
+                    if ok {
+                        t.dial_done(id);
+                    } else {
+                        t.dial_failed(id, Instant::now());
+                    }
+                });
+            }
+            self.maybe_bootstrap(now);
+        }
+    }
+
+    /// Sends each connected full node a sample of the others, and a PING.
+    fn gossip(&self) {
+        let t = lock(&self.inner.peers);
+        for (id, role, handle) in t.connections() {
+            if role != Role::Peer || self.inner.config.role == Role::Client {
+                continue;
+            }
+            let sample = t.sample(GOSSIP_SAMPLE, id);
+            // A full queue means the peer is not reading: skip this round.
+            if !sample.is_empty() {
+                let _ = handle.control.try_send(Control::Peers(sample));
+            }
+            let _ = handle.control.try_send(Control::Ping(rand::random()));
+        }
+    }
+
+    /// While no full node is connected, retries the bootstrap addresses with
+    /// exponential backoff.
+    fn maybe_bootstrap(&self, now: Instant) {
+        if self.inner.config.bootstrap.is_empty() || self.inner.stopping.is_cancelled() {
+            return;
+        }
+        if lock(&self.inner.peers).connected_peers() > 0 {
+            let mut b = lock(&self.inner.bootstrap);
+            b.backoff = Duration::from_secs(1);
+            return;
+        }
+        {
+            let mut b = lock(&self.inner.bootstrap);
+            if b.running || now < b.next {
+                return;
+            }
+            b.running = true;
+        }
+        let n = self.clone();
+        self.inner.tasks.spawn(async move {
+            let ok = n.bootstrap_once().await;
+            let mut b = lock(&n.inner.bootstrap);
+            b.running = false;
+            if ok {
+                b.backoff = Duration::from_secs(1);
+            } else {
+                b.next = Instant::now() + b.backoff;
+                info!(retry_in = ?b.backoff, "no bootstrap node reachable");
+                b.backoff = (b.backoff * 2).min(MAX_BOOTSTRAP_BACKOFF);
+            }
+        });
+    }
+
+    /// Dials every bootstrap address; true if at least one connected.
+    pub async fn bootstrap_once(&self) -> bool {
+        let mut ok = false;
+        for addr in self.inner.config.bootstrap.clone() {
+            match self.connect(&addr).await {
+                Ok(_) => ok = true,
+                Err(e) => warn!(%addr, "bootstrap failed: {e}"),
+            }
+        }
+        ok
+    }
+
+    /// Graceful shutdown: LEAVE to every peer, close every connection with
+    /// [`ErrorCode::Shutdown`], wait (bounded) for the endpoint to go idle.
+    pub async fn shutdown(&self) {
+        if self.inner.stopping.is_cancelled() {
+            return;
+        }
+        self.inner.stopping.cancel();
+        // Tell everyone first, then stop the tasks.
+        let conns = lock(&self.inner.peers).connections();
+        for (_, _, handle) in &conns {
+            let _ = handle
+                .control
+                .try_send(Control::Leave(LeaveReason::Shutdown));
+        }
+        self.inner.writers.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.writers.wait()).await;
+        self.inner.cancel.cancel();
+        self.inner
+            .endpoint
+            .close(ErrorCode::Shutdown.var_int(), ErrorCode::Shutdown.reason());
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.tasks.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+        debug!(id = %self.id(), "node stopped");
+    }
+}
+
+struct ConnMeta {
+    id: NodeId,
+    role: Role,
+    outbound: bool,
+    session: u64,
+    addrs: Vec<SocketAddr>,
+}
+
+/// Writes queued control frames. After LEAVE it finishes the stream and waits
+/// (bounded) for the peer to have it.
+async fn control_writer(
+    conn: Connection,
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<Control>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = conn.closed() => return,
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        let leaving = matches!(msg, Control::Leave(_));
+        if let Err(e) = write_frame(&mut send, &msg, MAX_CONTROL_FRAME).await {
+            debug!("control stream write failed: {e}");
+            return;
+        }
+        if leaving {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addr_parsing() {
+        let a: PeerAddr = "127.0.0.1:5000".parse().unwrap();
+        assert_eq!((a.id, a.host.as_str(), a.port), (None, "127.0.0.1", 5000));
+        let a: PeerAddr = "[::1]:7".parse().unwrap();
+        assert_eq!(a.host, "::1");
+        assert_eq!(a.to_string(), "[::1]:7");
+        let id = NodeId::from_bytes([5; 32]);
+        let a: PeerAddr = format!("{id}@example.org:9").parse().unwrap();
+        assert_eq!(a.id, Some(id));
+        assert_eq!(a.to_string(), format!("{id}@example.org:9"));
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":5",
+            "host:99999",
+            "host:0",
+            "nope@host:5",
+        ] {
+            assert!(bad.parse::<PeerAddr>().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! The quic-peer wire protocol, version 1. Sans-IO: encoding and decoding on byte
+//! slices, no sockets, no clocks.
+//!
+//! # Connection
+//!
+//! QUIC with mutual TLS 1.3 (see [`crate::tls`]), ALPN [`ALPN`] (`quic-peer/1`).
+//! An incompatible protocol is a different ALPN and fails the handshake; within
+//! version 1, [`Join::version`] and [`Welcome::version`] carry the minor version
+//! and a peer sending one we do not speak is closed with
+//! [`ErrorCode::UnsupportedVersion`].
+//!
+//! # Frames
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of postcard.
+//! Every frame has a hard cap chosen by the stream it travels on
+//! ([`MAX_CONTROL_FRAME`] for control and request frames). A length over the cap
+//! is rejected before any of the body is read. A body that does not decode, that
+//! has bytes left over after the message, or whose lists are longer than the
+//! limits below, is invalid.
+//!
+//! # Streams
+//!
+//! Every bidirectional stream starts with one [`Request`] frame from the side that
+//! opened it, which says what the stream is for:
+//!
+//! - [`Request::Join`]: the control stream. The dialing side opens it right after
+//!   the handshake and sends JOIN (listen addresses, version, role, capabilities,
+//!   session). The accepting side answers [`Control::Welcome`] with a sample of its
+//!   peers and the address it saw the dialer come from. From then on both sides send
+//!   [`Control`] frames on it: peer-list gossip ([`Control::Peers`]), PING/PONG, and
+//!   LEAVE on graceful shutdown. There is exactly one control stream per
+//!   connection: a second JOIN is a protocol violation.
+//!
+//! Unidirectional streams are not used and not granted.
+//!
+//! # Errors
+//!
+//! Streams are reset or stopped, and connections closed, with an [`ErrorCode`].
+//! Reasons sent to the peer are short and never carry internal details.
+//!
+//! # Compatibility
+//!
+//! Enum variants are only ever appended; the `wire_format_is_pinned` test fixes
+//! the bytes of each message so that a change of the wire is a deliberate act.
+
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::NodeId;
+
+/// ALPN protocol id of version 1.
+pub const ALPN: &[u8] = b"quic-peer/1";
+
+/// The minor protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Size of the length prefix in front of every frame.
+pub const LEN_PREFIX: usize = 4;
+
+/// Cap on a control or request frame's body.
+pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
+
+/// Most peers in one gossip sample or WELCOME.
+pub const MAX_PEERS_PER_MESSAGE: usize = 64;
+
+/// Most addresses listed for one peer.
+pub const MAX_ADDRS_PER_PEER: usize = 8;
+
+/// Capability bits announced in JOIN and WELCOME. None are defined in 1.0; unknown
+/// bits are ignored.
+pub type Capabilities = u64;
+
+/// Application error codes, used to close connections and reset or stop streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ErrorCode {
+    /// Normal close, nothing wrong.
+    Ok = 0,
+    /// The node is shutting down (sent with or after LEAVE).
+    Shutdown = 1,
+    /// A frame did not decode, or a message broke the protocol's rules.
+    ProtocolViolation = 2,
+    /// A frame's declared length exceeds the cap for its stream.
+    FrameTooLarge = 3,
+    /// The peer speaks a protocol version this node does not.
+    UnsupportedVersion = 4,
+    /// A second connection between the same two nodes; the other one is kept.
+    DuplicateConnection = 5,
+    /// The node has reached its connection limit.
+    ConnectionLimit = 6,
+    /// The peer took too long to send what the protocol requires.
+    Timeout = 7,
+    /// A well-formed message that is not allowed at this point.
+    UnexpectedMessage = 8,
+    /// The node dialed itself.
+    SelfDial = 9,
+    /// The peer is not allowed to connect or to make this request.
+    NotAllowed = 10,
+    /// Something went wrong inside this node; details are in its log.
+    Internal = 11,
+}
+
+impl ErrorCode {
+    /// Every code, for lookups.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::Ok,
+        ErrorCode::Shutdown,
+        ErrorCode::ProtocolViolation,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::DuplicateConnection,
+        ErrorCode::ConnectionLimit,
+        ErrorCode::Timeout,
+        ErrorCode::UnexpectedMessage,
+        ErrorCode::SelfDial,
+        ErrorCode::NotAllowed,
+        ErrorCode::Internal,
+    ];
+
+    /// The QUIC application error code.
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// The code as quinn wants it.
+    pub fn var_int(self) -> quinn::VarInt {
+        quinn::VarInt::from_u32(self as u32)
+    }
+
+    /// The code with this number, if there is one.
+    pub fn from_code(code: u64) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| u64::from(c.code()) == code)
+    }
+
+    /// The short reason phrase sent with a connection close.
+    pub fn reason(self) -> &'static [u8] {
+        match self {
+            ErrorCode::Ok => b"ok",
+            ErrorCode::Shutdown => b"shutdown",
+            ErrorCode::ProtocolViolation => b"protocol violation",
+            ErrorCode::FrameTooLarge => b"frame too large",
+            ErrorCode::UnsupportedVersion => b"unsupported version",
+            ErrorCode::DuplicateConnection => b"duplicate connection",
+            ErrorCode::ConnectionLimit => b"connection limit",
+            ErrorCode::Timeout => b"timeout",
+            ErrorCode::UnexpectedMessage => b"unexpected message",
+            ErrorCode::SelfDial => b"self dial",
+            ErrorCode::NotAllowed => b"not allowed",
+            ErrorCode::Internal => b"internal error",
+        }
+    }
+}
+
+/// What a node does in the network, said in JOIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A full node: stores, serves, routes, is gossiped.
+    Peer,
+    /// A short-lived `put`/`get` process: queries and transfers, but is never
+    /// added to peer lists or routing tables.
+    Client,
+}
+
+/// The first frame on every bidirectional stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Opens the control stream.
+    Join(Join),
+}
+
+/// JOIN: the dialer introduces itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    /// The minor protocol version the dialer speaks.
+    pub version: u16,
+    /// Full node or client.
+    pub role: Role,
+    /// Addresses the dialer accepts connections on (may be empty: then the
+    /// address the connection came from is used).
+    pub listen_addrs: Vec<SocketAddr>,
+    /// Capability bits.
+    pub capabilities: Capabilities,
+    /// Random per process start: a new session from a known id means the peer
+    /// restarted, and its new connection replaces the old one.
+    pub session: u64,
+}
+
+/// A peer as told in WELCOME and gossip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// The peer's id, proven by its handshake with the sender.
+    pub id: NodeId,
+    /// Where it can be dialed.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// WELCOME: the accepting side's answer to JOIN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The minor protocol version the acceptor speaks.
+    pub version: u16,
+    /// The address the JOIN came from, as the acceptor saw it.
+    pub observed_addr: SocketAddr,
+    /// Addresses the acceptor accepts connections on.
+    pub listen_addrs: Vec<SocketAddr>,
+    /// Capability bits.
+    pub capabilities: Capabilities,
+    /// The acceptor's session (see [`Join::session`]).
+    pub session: u64,
+    /// A sample of the acceptor's peers.
+    pub peers: Vec<PeerRecord>,
+}
+
+/// Why a node leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaveReason {
+    /// The operator stopped the node.
+    Shutdown,
+}
+
+/// Frames on the control stream after the JOIN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// The answer to JOIN; sent once, first, by the accepting side.
+    Welcome(Welcome),
+    /// A bounded sample of the sender's peers.
+    Peers(Vec<PeerRecord>),
+    /// Liveness probe carrying a nonce.
+    Ping(u64),
+    /// Answer to [`Control::Ping`] with the same nonce.
+    Pong(u64),
+    /// The sender is leaving the network; the connection closes next.
+    Leave(LeaveReason),
+}
+
+/// Why bytes from the network were rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The length prefix exceeds the cap.
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    FrameTooLarge {
+        /// Declared length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The body is not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The body decoded but bytes were left over.
+    #[error("malformed frame: {0} trailing bytes")]
+    TrailingBytes(usize),
+    /// A list in the message is longer than allowed.
+    #[error("{what} has {len} entries, more than the {max} allowed")]
+    TooMany {
+        /// Which list.
+        what: &'static str,
+        /// How many were sent.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The peer speaks another minor version.
+    #[error("unsupported protocol version {0} (this node speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u16),
+    /// A valid message at the wrong time.
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+}
+
+impl WireError {
+    /// The error code a connection or stream is closed with for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WireError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            WireError::Malformed(_) | WireError::TrailingBytes(_) | WireError::TooMany { .. } => {
+                ErrorCode::ProtocolViolation
+            }
+            WireError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            WireError::Unexpected(_) => ErrorCode::UnexpectedMessage,
+        }
+    }
+}
+
+/// A message that can be framed: it knows its limits.
+pub trait Message: Serialize + DeserializeOwned {
+    /// Checks list lengths and versions after decoding (and before encoding).
+    fn validate(&self) -> Result<(), WireError>;
+}
+
+fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), WireError> {
+    if len > max {
+        Err(WireError::TooMany { what, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn check_peers(peers: &[PeerRecord]) -> Result<(), WireError> {
+    check_len("peer list", peers.len(), MAX_PEERS_PER_MESSAGE)?;
+    for p in peers {
+        check_len("address list", p.addrs.len(), MAX_ADDRS_PER_PEER)?;
+    }
+    Ok(())
+}
+
+impl Message for Request {
+    fn validate(&self) -> Result<(), WireError> {
+        match self {
+            Request::Join(j) => {
+                if j.version != PROTOCOL_VERSION {
+                    return Err(WireError::UnsupportedVersion(j.version));
+                }
+                check_len("address list", j.listen_addrs.len(), MAX_ADDRS_PER_PEER)
+            }
+        }
+    }
+}
+
+impl Message for Control {
+    fn validate(&self) -> Result<(), WireError> {
+        match self {
+            Control::Welcome(w) => {
+                if w.version != PROTOCOL_VERSION {
+                    return Err(WireError::UnsupportedVersion(w.version));
+                }
+                check_len("address list", w.listen_addrs.len(), MAX_ADDRS_PER_PEER)?;
+                check_peers(&w.peers)
+            }
+            Control::Peers(p) => check_peers(p),
+            Control::Ping(_) | Control::Pong(_) | Control::Leave(_) => Ok(()),
+        }
+    }
+}
+
+/// Encodes `msg` as one frame (length prefix included).
+///
+/// Fails if the message breaks its own limits or its body exceeds `max`, so a
+/// node never sends what a peer must reject.
+pub fn encode<M: Message>(msg: &M, max: usize) -> Result<Vec<u8>, WireError> {
+    msg.validate()?;
+    let mut out = vec![0u8; LEN_PREFIX];
+    out = postcard::to_extend(msg, out).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let len = out.len() - LEN_PREFIX;
+    if len > max {
+        return Err(WireError::FrameTooLarge { len, max });
+    }
+    let prefix = u32::try_from(len).map_err(|_| WireError::FrameTooLarge { len, max })?;
+    out[..LEN_PREFIX].copy_from_slice(&prefix.to_be_bytes());
+    Ok(out)
+}
+
+/// Reads a length prefix, rejecting lengths over `max`.
+pub fn decode_len(prefix: [u8; LEN_PREFIX], max: usize) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max {
+        return Err(WireError::FrameTooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (without its prefix) and validates it.
+pub fn decode_body<M: Message>(body: &[u8]) -> Result<M, WireError> {
+    let (msg, rest): (M, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    msg.validate()?;
+    Ok(msg)
+}
+
+/// Decodes one frame from the front of `buf`.
+///
+/// `Ok(None)` means more bytes are needed; `Ok(Some((msg, used)))` gives the
+/// message and how many bytes of `buf` it took.
+pub fn decode<M: Message>(buf: &[u8], max: usize) -> Result<Option<(M, usize)>, WireError> {
+    let Some(prefix) = buf.get(..LEN_PREFIX) else {
+        return Ok(None);
+    };
+    let mut p = [0u8; LEN_PREFIX];
+    p.copy_from_slice(prefix);
+    let len = decode_len(p, max)?;
+    let Some(body) = buf.get(LEN_PREFIX..LEN_PREFIX + len) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_body(body)?, LEN_PREFIX + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn join() -> Request {
+        Request::Join(Join {
+            version: PROTOCOL_VERSION,
+            role: Role::Peer,
+            listen_addrs: vec![addr("127.0.0.1:5000"), addr("[::1]:5000")],
+            capabilities: 0,
+            session: 0x0102_0304_0506_0708,
+        })
+    }
+
+    fn peer(n: u8) -> PeerRecord {
+        PeerRecord {
+            id: NodeId::from_bytes([n; 32]),
+            addrs: vec![addr("10.0.0.1:1")],
+        }
+    }
+
+    fn controls() -> Vec<Control> {
+        vec![
+            Control::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                observed_addr: addr("192.0.2.1:4000"),
+                listen_addrs: vec![addr("192.0.2.2:5000")],
+                capabilities: 3,
+                session: 9,
+                peers: vec![peer(1), peer(2)],
+            }),
+            Control::Peers(vec![peer(3)]),
+            Control::Peers(vec![]),
+            Control::Ping(42),
+            Control::Pong(42),
+            Control::Leave(LeaveReason::Shutdown),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let frame = encode(&join(), MAX_CONTROL_FRAME).unwrap();
+        let (back, used) = decode::<Request>(&frame, MAX_CONTROL_FRAME)
+            .unwrap()
+            .unwrap();
+        assert_eq!((back, used), (join(), frame.len()));
+        for msg in controls() {
+            let frame = encode(&msg, MAX_CONTROL_FRAME).unwrap();
+            let (back, used) = decode::<Control>(&frame, MAX_CONTROL_FRAME)
+                .unwrap()
+                .unwrap();
+            assert_eq!(back, msg);
+            assert_eq!(used, frame.len());
+        }
+    }
+
+    #[test]
+    fn partial_frames_need_more_bytes() {
+        let frame = encode(&Control::Ping(7), MAX_CONTROL_FRAME).unwrap();
+        for cut in 0..frame.len() {
+            assert_eq!(
+                decode::<Control>(&frame[..cut], MAX_CONTROL_FRAME),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+        // Two frames back to back: the first is taken, the rest left.
+        let mut two = frame.clone();
+        two.extend_from_slice(&encode(&Control::Pong(8), MAX_CONTROL_FRAME).unwrap());
+        let (m, used) = decode::<Control>(&two, MAX_CONTROL_FRAME).unwrap().unwrap();
+        assert_eq!((m, used), (Control::Ping(7), frame.len()));
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_before_the_body() {
+        let mut buf = (MAX_CONTROL_FRAME as u32 + 1).to_be_bytes().to_vec();
+        buf.push(0);
+        let err = decode::<Control>(&buf, MAX_CONTROL_FRAME).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::FrameTooLarge);
+        assert_eq!(
+            decode::<Control>(&u32::MAX.to_be_bytes(), MAX_CONTROL_FRAME)
+                .unwrap_err()
+                .code(),
+            ErrorCode::FrameTooLarge
+        );
+    }
+
+    #[test]
+    fn encode_refuses_what_the_peer_would_reject() {
+        let big = Control::Peers((0..MAX_PEERS_PER_MESSAGE as u8 + 1).map(peer).collect());
+        assert!(matches!(
+            encode(&big, MAX_CONTROL_FRAME),
+            Err(WireError::TooMany { .. })
+        ));
+        assert!(matches!(
+            encode(&Control::Ping(1), 1),
+            Err(WireError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_bodies_are_rejected() {
+        // Unknown enum tag.
+        let body = [200u8];
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let err = decode::<Control>(&frame, MAX_CONTROL_FRAME).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ProtocolViolation);
+        // Truncated body inside a complete frame.
+        let good = encode(&join(), MAX_CONTROL_FRAME).unwrap();
+        let body = &good[LEN_PREFIX..good.len() - 3];
+        assert_eq!(
+            decode_body::<Request>(body).unwrap_err().code(),
+            ErrorCode::ProtocolViolation
+        );
+        // Trailing bytes.
+        let mut body = good[LEN_PREFIX..].to_vec();
+        body.push(0);
+        assert_eq!(
+            decode_body::<Request>(&body),
+            Err(WireError::TrailingBytes(1))
+        );
+        // An empty body.
+        assert!(decode_body::<Control>(&[]).is_err());
+    }
+
+    #[test]
+    fn lists_over_the_limit_are_rejected() {
+        // Build the oversized message by hand, as a hostile peer would.
+        let peers: Vec<PeerRecord> = (0..MAX_PEERS_PER_MESSAGE as u8 + 1).map(peer).collect();
+        let body = postcard::to_allocvec(&Control::Peers(peers)).unwrap();
+        assert!(matches!(
+            decode_body::<Control>(&body),
+            Err(WireError::TooMany {
+                what: "peer list",
+                ..
+            })
+        ));
+        let mut p = peer(1);
+        p.addrs = vec![addr("10.0.0.1:1"); MAX_ADDRS_PER_PEER + 1];
+        let body = postcard::to_allocvec(&Control::Peers(vec![p])).unwrap();
+        assert!(matches!(
+            decode_body::<Control>(&body),
+            Err(WireError::TooMany {
+                what: "address list",
+                ..
+            })
+        ));
+        // A list length claiming billions of entries in a tiny body.
+        let body = [1u8, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(decode_body::<Control>(&body).is_err());
+    }
+
+    #[test]
+    fn wrong_version_is_rejected() {
+        let Request::Join(mut j) = join();
+        j.version = 2;
+        let body = postcard::to_allocvec(&Request::Join(j)).unwrap();
+        let err = decode_body::<Request>(&body).unwrap_err();
+        assert_eq!(err, WireError::UnsupportedVersion(2));
+        assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
+    }
+
+    #[test]
+    fn error_codes_are_stable_and_distinct() {
+        for (i, c) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(c.code() as usize, i);
+            assert_eq!(ErrorCode::from_code(i as u64), Some(*c));
+        }
+        assert_eq!(ErrorCode::from_code(999), None);
+    }
+
+    /// Pins the encoding: if this fails, the wire changed.
+    #[test]
+    fn wire_format_is_pinned() {
+        let frame = encode(&Control::Ping(300), MAX_CONTROL_FRAME).unwrap();
+        assert_eq!(frame, [0, 0, 0, 3, 2, 0xac, 0x02]);
+        let frame = encode(&Control::Leave(LeaveReason::Shutdown), MAX_CONTROL_FRAME).unwrap();
+        assert_eq!(frame, [0, 0, 0, 2, 4, 0]);
+        let Request::Join(mut j) = join();
+        j.listen_addrs = vec![addr("127.0.0.1:5000")];
+        let frame = encode(&Request::Join(j), MAX_CONTROL_FRAME).unwrap();
+        let expected: Vec<u8> = [
+            &[0, 0, 0, 21][..],
+            &[0],    // Request::Join
+            &[1],    // version 1
+            &[0],    // Role::Peer
+            &[1, 0], // one address, V4
+            &[127, 0, 0, 1, 0x88, 0x27],
+            &[0],                                                    // capabilities
+            &[0x88, 0x8e, 0x98, 0xa8, 0xc0, 0xe0, 0x80, 0x81, 0x01], // session varint
+        ]
+        .concat();
+        assert_eq!(frame, expected);
+    }
+}
