@@ -557,6 +557,10 @@ impl Node {
     }
 
     fn emit(&self, event: PeerEvent) {
+        // Peers closing their side after our LEAVE are not news.
+        if self.inner.stopping.is_cancelled() {
+            return;
+        }
         // No subscribers is fine.
         let _ = self.inner.events.send(event);
     }
@@ -662,7 +666,18 @@ impl Node {
         }
         .instrument(span.clone());
         let (send, recv, welcome) = match tokio::time::timeout(timeout, welcome).await {
-            Ok(r) => r?,
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                // In a simultaneous dial the peer may close this connection as the
+                // loser before our side has read its WELCOME: the pair is still
+                // connected, through the other connection.
+                if let Some(ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
+                    if c.error_code == ErrorCode::DuplicateConnection.var_int() {
+                        return Ok(id);
+                    }
+                }
+                return Err(e);
+            }
             Err(_) => {
                 close(&conn, ErrorCode::Timeout, &"no WELCOME in time");
                 return Err(ConnectError::Timeout { addr });
@@ -750,7 +765,7 @@ impl Node {
             close(&conn, ErrorCode::SelfDial, &"dialed by itself");
             return;
         }
-        let span = info_span!("conn", %remote, peer = %id.fmt_short());
+        let span = info_span!("peer", peer = %id.fmt_short());
         let joined = async {
             let (mut send, mut recv) = conn.accept_bi().await.ok()?;
             let join = match read_frame::<Request, _>(&mut recv, MAX_CONTROL_FRAME).await {

@@ -70,7 +70,7 @@ fn algorithms(provider: &CryptoProvider) -> WebPkiSupportedAlgorithms {
         .mapping
         .iter()
         .find(|(scheme, _)| *scheme == SignatureScheme::ED25519)
-        .map(|m| std::slice::from_ref(m))
+        .map(std::slice::from_ref)
         .unwrap_or(&[]);
     WebPkiSupportedAlgorithms {
         all: all.all,

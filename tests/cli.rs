@@ -1,0 +1,254 @@
+//! The real `quic-peer` binary, as separate processes: start, join, leave, crash,
+//! restart, and refuse bad input with a clear message.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{binary, connected, node, parse_started, wait_event, wait_until, Proc};
+use quic_peer::{LeftReason, Node, NodeConfig, PeerEvent};
+
+const T: Duration = Duration::from_secs(20);
+
+fn dir_arg(dir: &tempfile::TempDir) -> String {
+    dir.path().display().to_string()
+}
+
+#[test]
+fn listen_then_bootstrap_as_separate_processes() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &dir_arg(&da)]);
+    let started = a.expect_line("[STARTED] Peer active on 127.0.0.1:", T);
+    let (addr, a_id) = parse_started(&started);
+    a.expect_line("[WAITING] Listening for incoming peer connections...", T);
+
+    // Pin A's id in the bootstrap address.
+    let boot = format!("{a_id}@{addr}");
+    let mut b = Proc::spawn(&["--bootstrap", &boot, "--data-dir", &dir_arg(&db)]);
+    let (_, b_id) = parse_started(&b.expect_line("[STARTED]", T));
+    b.expect_line(&format!("[CONNECTED] Connected to peer {a_id}"), T);
+    b.expect_line(&format!("[JOIN] {a_id}"), T);
+    a.expect_line(&format!("[JOIN] {b_id}"), T);
+
+    a.send("peers");
+    a.expect_line("1 connected", T);
+    a.expect_line(&b_id.to_string(), T);
+
+    // `exit` sends LEAVE, and the process ends with 0.
+    b.send("exit");
+    assert!(b.wait(T).success());
+    a.expect_line(&format!("[LEAVE] {b_id} left"), Duration::from_secs(2));
+
+    // `quic-peer id` reads the same identity the node used.
+    let out = binary()
+        .args(["id", "--data-dir", &dir_arg(&db)])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        b_id.to_string()
+    );
+
+    a.send("exit");
+    assert!(a.wait(T).success());
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_with_leave() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &dir_arg(&da)]);
+    let (addr, _) = parse_started(&a.expect_line("[STARTED]", T));
+    let mut b = Proc::spawn(&[
+        "--bootstrap",
+        &addr.to_string(),
+        "--data-dir",
+        &dir_arg(&db),
+    ]);
+    let (_, b_id) = parse_started(&b.expect_line("[STARTED]", T));
+    a.expect_line(&format!("[JOIN] {b_id}"), T);
+    signal(&b, "TERM");
+    let status = b.wait(T);
+    assert!(status.success(), "exit status {status:?}");
+    b.expect_line("[STOPPED]", T);
+    a.expect_line(&format!("[LEAVE] {b_id} left"), Duration::from_secs(2));
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &p.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_process_is_reported_within_the_idle_timeout() {
+    let a = node(&[]).await;
+    let mut events = a.subscribe();
+    let db = tempfile::tempdir().unwrap();
+    let mut b = Proc::spawn(&[
+        "--bootstrap",
+        &a.addr().to_string(),
+        "--idle-timeout",
+        "2",
+        "--data-dir",
+        &dir_arg(&db),
+    ]);
+    let (_, b_id) = parse_started(&b.expect_line("[STARTED]", T));
+    wait_until("b joined", T, || connected(&a, b_id)).await;
+
+    // SIGKILL: no LEAVE, no CONNECTION_CLOSE; only silence.
+    signal(&b, "KILL");
+    let killed = Instant::now();
+    let (event, _) = wait_event(
+        &mut events,
+        Duration::from_secs(10),
+        |e| matches!(e, PeerEvent::Left { id, .. } if *id == b_id),
+    )
+    .await;
+    let took = killed.elapsed();
+    assert_eq!(
+        event,
+        PeerEvent::Left {
+            id: b_id,
+            reason: LeftReason::TimedOut
+        }
+    );
+    // The negotiated idle timeout is the smaller of the two: 2 s.
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "reported after {took:?}"
+    );
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_process_keeps_its_id_and_replaces_its_old_connection() {
+    // A long idle timeout: the old connection is still "alive" when B returns.
+    let a = Node::start(NodeConfig {
+        idle_timeout: Duration::from_secs(60),
+        ..NodeConfig::local_test()
+    })
+    .await
+    .unwrap();
+    let mut events = a.subscribe();
+    let db = tempfile::tempdir().unwrap();
+    let args = [
+        "--bootstrap".to_string(),
+        a.addr().to_string(),
+        "--data-dir".to_string(),
+        dir_arg(&db),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut b = Proc::spawn(&args);
+    let (_, b_id) = parse_started(&b.expect_line("[STARTED]", T));
+    wait_until("b joined", T, || connected(&a, b_id)).await;
+    let old = a.connection(&b_id).unwrap();
+    signal(&b, "KILL");
+    b.wait(T);
+
+    let mut b2 = Proc::spawn(&args);
+    let (_, b2_id) = parse_started(&b2.expect_line("[STARTED]", T));
+    assert_eq!(b2_id, b_id, "same data dir, same id");
+    b2.expect_line("[CONNECTED]", T);
+    wait_until("new connection replaces the old", T, || {
+        a.connection(&b_id)
+            .is_some_and(|c| c.stable_id() != old.stable_id())
+    })
+    .await;
+    assert!(old.close_reason().is_some(), "old connection closed");
+    // B never stopped being a member.
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(&e, PeerEvent::Left { id, .. } if *id == b_id),
+            "spurious {e:?}"
+        );
+    }
+    a.shutdown().await;
+}
+
+fn run_fails(args: &[&str]) -> String {
+    let out = binary().args(args).stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.lines().filter(|l| !l.trim().is_empty()).count() <= 3,
+        "short message expected, got:\n{err}"
+    );
+    err
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_a_failing_exit() {
+    let err = run_fails(&["--bootstrap", "nonsense"]);
+    assert!(err.contains("invalid address"), "{err}");
+    let err = run_fails(&["--bootstrap", "zzzz@127.0.0.1:5000"]);
+    assert!(err.contains("invalid node id"), "{err}");
+    let err = run_fails(&["--listen", "localhost"]);
+    assert!(err.contains("--listen"), "{err}");
+    let err = run_fails(&["--idle-timeout", "-1", "id"]);
+    assert!(err.contains("idle-timeout") || err.contains("-1"), "{err}");
+
+    // A port already taken.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let d = tempfile::tempdir().unwrap();
+    let err = run_fails(&["--listen", &port, "--data-dir", &dir_arg(&d)]);
+    assert!(err.contains("already in use"), "{err}");
+
+    // A data dir that is a file.
+    let file = d.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = run_fails(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &file.display().to_string(),
+    ]);
+    assert!(err.contains("data directory"), "{err}");
+}
+
+#[test]
+fn a_data_dir_serves_one_node_at_a_time() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &dir_arg(&d)]);
+    a.expect_line("[STARTED]", T);
+    let err = run_fails(&["--listen", "127.0.0.1:0", "--data-dir", &dir_arg(&d)]);
+    assert!(err.contains("in use by another running node"), "{err}");
+    a.send("exit");
+    assert!(a.wait(T).success());
+}
+
+#[test]
+fn default_data_dirs_give_concurrent_nodes_distinct_ids() {
+    let home = tempfile::tempdir().unwrap();
+    let spawn = || {
+        let mut child = binary()
+            .args(["--listen", "127.0.0.1:0"])
+            .env("QUIC_PEER_HOME", home.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let started = lines.next().unwrap().unwrap();
+        (child, parse_started(&started).1)
+    };
+    let (mut c1, id1) = spawn();
+    let (mut c2, id2) = spawn();
+    assert_ne!(id1, id2, "two running nodes never share an identity");
+    for c in [&mut c1, &mut c2] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    // The first slot comes back with the first id.
+    let (mut c3, id3) = spawn();
+    assert_eq!(id3, id1);
+    c3.kill().unwrap();
+    c3.wait().unwrap();
+}

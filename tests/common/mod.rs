@@ -1,0 +1,164 @@
+//! Helpers shared by the integration tests: real nodes on 127.0.0.1:0, waiting
+//! for conditions and events, and driving the real binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use quic_peer::{Node, NodeConfig, NodeId, PeerEvent};
+
+/// Sends the library's logs to the test output (shown for failing tests);
+/// `RUST_LOG` sets the level.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Starts a node on loopback with short timers, joining through `bootstrap`.
+pub async fn node(bootstrap: &[&Node]) -> Node {
+    init_logs();
+    Node::start(NodeConfig {
+        bootstrap: bootstrap.iter().map(|n| n.addr()).collect(),
+        ..NodeConfig::local_test()
+    })
+    .await
+    .expect("node starts")
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for an event matching `pred`, returning it and how long it took.
+pub async fn wait_event(
+    events: &mut tokio::sync::broadcast::Receiver<PeerEvent>,
+    timeout: Duration,
+    mut pred: impl FnMut(&PeerEvent) -> bool,
+) -> (PeerEvent, Duration) {
+    let start = Instant::now();
+    let found = tokio::time::timeout(timeout, async {
+        loop {
+            match events.recv().await {
+                Ok(e) if pred(&e) => return e,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event channel closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("event in time");
+    (found, start.elapsed())
+}
+
+/// Whether `node` has a live connection to a full node `id`.
+pub fn connected(node: &Node, id: NodeId) -> bool {
+    node.connected_peers().contains(&id)
+}
+
+/// The compiled `quic-peer` binary.
+pub fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_quic-peer"))
+}
+
+/// A running `quic-peer` process whose stdout lines arrive on a channel.
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    /// Spawns the binary with `args`, stdin piped, stdout read line by line.
+    pub fn spawn(args: &[&str]) -> Proc {
+        let mut child = binary()
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("binary starts");
+        let stdout: ChildStdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stdout line containing `needle`; returns it.
+    pub fn expect_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line containing {needle:?} within {timeout:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Writes a line to the process's stdin.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write to stdin");
+        stdin.flush().expect("flush stdin");
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `[STARTED] Peer active on ADDR (id ID)`.
+pub fn parse_started(line: &str) -> (std::net::SocketAddr, NodeId) {
+    let rest = line.split("Peer active on ").nth(1).expect("started line");
+    let (addr, rest) = rest.split_once(" (id ").expect("id part");
+    let id = rest.trim_end_matches(')');
+    (addr.parse().expect("addr"), id.parse().expect("id"))
+}
