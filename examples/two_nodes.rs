@@ -15,7 +15,11 @@ async fn main() -> Result<()> {
 
     let mut events = a.subscribe();
     let id = b.connect(&a.addr()).await?;
-    assert_eq!(id, a.id(), "the pinned id is the one proven in the handshake");
+    assert_eq!(
+        id,
+        a.id(),
+        "the pinned id is the one proven in the handshake"
+    );
     while let Ok(event) = events.recv().await {
         if let PeerEvent::Joined { id, addr } = event {
             println!("a sees b join: {id} from {addr}");
