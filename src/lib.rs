@@ -27,12 +27,18 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
+pub mod chunk;
 pub mod datadir;
+pub mod download;
 pub mod identity;
 pub mod membership;
 pub mod node;
+pub mod replication;
+pub mod store;
 pub mod stream;
+pub mod ticket;
 pub mod tls;
+pub mod transfer;
 pub mod wire;
 
 pub use identity::{Identity, NodeId};

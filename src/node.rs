@@ -21,6 +21,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::identity::{Identity, IdentityError, NodeId};
 use crate::membership::{dialable, LeftReason, PeerEvent, PeerInfo, PeerTable, Registered};
+use crate::store::Store;
 use crate::stream::{read_frame, write_frame, FrameError};
 use crate::tls;
 use crate::wire::{
@@ -172,6 +173,8 @@ pub struct NodeConfig {
     pub max_streams: u32,
     /// UDP socket buffer size to ask the kernel for.
     pub socket_buffer: usize,
+    /// Bytes of chunk data this node stores at most (`--max-storage`).
+    pub max_storage: u64,
 }
 
 impl Default for NodeConfig {
@@ -190,6 +193,7 @@ impl Default for NodeConfig {
             max_connections: 256,
             max_streams: 64,
             socket_buffer: 4 << 20,
+            max_storage: 10 << 30,
         }
     }
 }
@@ -234,6 +238,9 @@ pub enum StartError {
     /// Timer settings that QUIC cannot use.
     #[error("invalid setting: {0}")]
     Config(String),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Why a dial failed.
@@ -304,6 +311,7 @@ pub struct Node {
 struct Inner {
     config: NodeConfig,
     identity: Identity,
+    store: Option<Store>,
     endpoint: Endpoint,
     client_config: quinn::ClientConfig,
     local_addr: SocketAddr,
@@ -424,6 +432,10 @@ impl Node {
         config: NodeConfig,
         identity: Identity,
     ) -> Result<Node, StartError> {
+        let store = match (&config.data_dir, config.role) {
+            (Some(dir), Role::Peer) => Some(Store::open(dir, config.max_storage)?),
+            _ => None,
+        };
         let transport = Arc::new(transport_config(&config)?);
         let (client_crypto, server_crypto) = tls::quic_configs(&identity)?;
         let mut server_config = quinn::ServerConfig::with_crypto(server_crypto);
@@ -465,6 +477,7 @@ impl Node {
                 session: rand::random(),
                 config,
                 identity,
+                store,
                 endpoint,
                 client_config,
                 local_addr,
@@ -503,6 +516,11 @@ impl Node {
             .next()
             .unwrap_or(self.inner.local_addr);
         PeerAddr::pinned(self.id(), addr)
+    }
+
+    /// The node's store (`None` for clients and nodes without a data directory).
+    pub fn store(&self) -> Option<&Store> {
+        self.inner.store.as_ref()
     }
 
     /// The node's configuration.
@@ -770,6 +788,14 @@ impl Node {
             let (mut send, mut recv) = conn.accept_bi().await.ok()?;
             let join = match read_frame::<Request, _>(&mut recv, MAX_CONTROL_FRAME).await {
                 Ok(Some(Request::Join(join))) => join,
+                Ok(Some(_)) => {
+                    close(
+                        &conn,
+                        ErrorCode::ProtocolViolation,
+                        &"first stream is not JOIN",
+                    );
+                    return None;
+                }
                 Ok(None) => {
                     close(&conn, ErrorCode::ProtocolViolation, &"empty first stream");
                     return None;
@@ -999,6 +1025,7 @@ impl Node {
             };
             let timeout = self.inner.config.handshake_timeout;
             let conn = conn.clone();
+            let store = self.inner.store.clone();
             self.inner.tasks.spawn(
                 async move {
                     let first = tokio::time::timeout(
@@ -1013,6 +1040,9 @@ impl Node {
                         }
                         Ok(Ok(Some(Request::Join(_)))) => {
                             close(&conn, ErrorCode::ProtocolViolation, &"second JOIN");
+                        }
+                        Ok(Ok(Some(request))) => {
+                            crate::transfer::serve(store, request, send, recv).await;
                         }
                         Ok(Ok(None)) => {
                             let _ = recv.stop(ErrorCode::ProtocolViolation.var_int());
@@ -1144,6 +1174,28 @@ impl Node {
             }
         }
         ok
+    }
+
+    /// Dials up to `max` known full nodes that are not connected (pinned to the
+    /// ids gossip gave), concurrently, and waits for the dials to finish.
+    pub async fn connect_known(&self, max: usize) {
+        let addrs: Vec<PeerAddr> = self
+            .peers()
+            .into_iter()
+            .filter(|p| p.role == Role::Peer && p.state == crate::membership::PeerState::Known)
+            .filter_map(|p| p.addrs.first().map(|a| PeerAddr::pinned(p.id, *a)))
+            .take(max)
+            .collect();
+        let mut dials = tokio::task::JoinSet::new();
+        for addr in addrs {
+            let n = self.clone();
+            dials.spawn(async move {
+                if let Err(e) = n.connect(&addr).await {
+                    debug!(%addr, "dial failed: {e}");
+                }
+            });
+        }
+        while dials.join_next().await.is_some() {}
     }
 
     /// Graceful shutdown: LEAVE to every peer, close every connection with

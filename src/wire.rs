@@ -31,6 +31,23 @@
 //!   LEAVE on graceful shutdown. There is exactly one control stream per
 //!   connection: a second JOIN is a protocol violation.
 //!
+//! - [`Request::GetChunk`] / [`Request::GetManifest`]: one stream per chunk or
+//!   manifest. Answered by a [`Response`] frame, [`Response::Found`] with the
+//!   length followed by exactly that many raw bytes, or [`Response::NotFound`].
+//!   The receiver checks the BLAKE3 hash before it uses a byte.
+//! - [`Request::PutChunk`] / [`Request::PutManifest`]: the header is followed by
+//!   `len` raw bytes; answered by [`Response::Ack`] after the hash is checked and
+//!   the data stored, or [`Response::Nack`] with a [`NackReason`]. A receiver
+//!   that already has the data, or cannot take it, answers at once and stops the
+//!   stream instead of reading the bytes.
+//! - [`Request::Hold`]: after a file's manifests and chunks were put, asks the
+//!   receiver to keep the file; Ack only if every piece is present.
+//! - [`Request::Has`]: whether the receiver holds a file.
+//!
+//! Raw data is capped by [`MAX_CHUNK_SIZE`] (16 MiB) for chunks and
+//! [`MAX_MANIFEST_SIZE`] (16 MiB) for manifests; a larger declared length is
+//! rejected before any byte is read.
+//!
 //! Unidirectional streams are not used and not granted.
 //!
 //! # Errors
@@ -48,6 +65,7 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::chunk::{Hash, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
 use crate::identity::NodeId;
 
 /// ALPN protocol id of version 1.
@@ -168,6 +186,97 @@ pub enum Role {
 pub enum Request {
     /// Opens the control stream.
     Join(Join),
+    /// Asks for a chunk: answered by [`Response::Found`] and the raw bytes, or
+    /// [`Response::NotFound`].
+    GetChunk {
+        /// The chunk's BLAKE3 hash.
+        hash: Hash,
+    },
+    /// Offers a chunk: `len` raw bytes follow this frame. Answered by
+    /// [`Response::Ack`] once the hash is checked and the chunk stored, or
+    /// [`Response::Nack`]. The receiver may answer before reading the bytes
+    /// (already stored, over quota) and stop the stream.
+    PutChunk {
+        /// The chunk's BLAKE3 hash.
+        hash: Hash,
+        /// Its length, at most [`MAX_CHUNK_SIZE`].
+        len: u32,
+    },
+    /// Asks for a manifest; answered like [`Request::GetChunk`].
+    GetManifest {
+        /// The file id (hash of the manifest).
+        id: Hash,
+    },
+    /// Offers a manifest of `len` bytes, which follow; answered like
+    /// [`Request::PutChunk`].
+    PutManifest {
+        /// The file id (hash of the manifest).
+        id: Hash,
+        /// Its length, at most [`MAX_MANIFEST_SIZE`].
+        len: u32,
+    },
+    /// Asks the receiver to hold the file or tree `id` whose manifests and chunks
+    /// it was just sent: [`Response::Ack`] if all are present, else
+    /// [`Response::Nack`] with [`NackReason::Incomplete`].
+    Hold {
+        /// The file id.
+        id: Hash,
+    },
+    /// Asks whether the receiver holds the file or tree `id`:
+    /// [`Response::Found`] (length 0, nothing follows) or [`Response::NotFound`].
+    Has {
+        /// The file id.
+        id: Hash,
+    },
+}
+
+/// The answer on a transfer stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Here it is: `len` raw bytes follow.
+    Found {
+        /// Bytes that follow.
+        len: u64,
+    },
+    /// Not stored here.
+    NotFound,
+    /// Stored (or already held).
+    Ack,
+    /// Refused.
+    Nack(NackReason),
+}
+
+/// Why a PUT or HOLD was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NackReason {
+    /// The bytes do not hash to the offered name.
+    BadHash,
+    /// The receiver's storage quota would be exceeded.
+    OverQuota,
+    /// Larger than the protocol allows.
+    TooLarge,
+    /// The receiver does not store data (a client) or not for this peer.
+    NotAccepted,
+    /// A HOLD for a file whose manifests or chunks were not all received.
+    Incomplete,
+    /// The manifest is not valid.
+    BadManifest,
+    /// The receiver failed to store it; details are in its log.
+    Internal,
+}
+
+impl std::fmt::Display for NackReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NackReason::BadHash => "bad hash",
+            NackReason::OverQuota => "over quota",
+            NackReason::TooLarge => "too large",
+            NackReason::NotAccepted => "not accepted",
+            NackReason::Incomplete => "incomplete",
+            NackReason::BadManifest => "bad manifest",
+            NackReason::Internal => "internal error",
+        })
+    }
 }
 
 /// JOIN: the dialer introduces itself.
@@ -315,7 +424,31 @@ impl Message for Request {
                 }
                 check_len("address list", j.listen_addrs.len(), MAX_ADDRS_PER_PEER)
             }
+            Request::PutChunk { len, .. } if *len > MAX_CHUNK_SIZE => {
+                Err(WireError::FrameTooLarge {
+                    len: *len as usize,
+                    max: MAX_CHUNK_SIZE as usize,
+                })
+            }
+            Request::PutManifest { len, .. } if *len as usize > MAX_MANIFEST_SIZE => {
+                Err(WireError::FrameTooLarge {
+                    len: *len as usize,
+                    max: MAX_MANIFEST_SIZE,
+                })
+            }
+            Request::GetChunk { .. }
+            | Request::PutChunk { .. }
+            | Request::GetManifest { .. }
+            | Request::PutManifest { .. }
+            | Request::Hold { .. }
+            | Request::Has { .. } => Ok(()),
         }
+    }
+}
+
+impl Message for Response {
+    fn validate(&self) -> Result<(), WireError> {
+        Ok(())
     }
 }
 
@@ -398,13 +531,17 @@ mod tests {
     }
 
     fn join() -> Request {
-        Request::Join(Join {
+        Request::Join(join_msg())
+    }
+
+    fn join_msg() -> Join {
+        Join {
             version: PROTOCOL_VERSION,
             role: Role::Peer,
             listen_addrs: vec![addr("127.0.0.1:5000"), addr("[::1]:5000")],
             capabilities: 0,
             session: 0x0102_0304_0506_0708,
-        })
+        }
     }
 
     fn peer(n: u8) -> PeerRecord {
@@ -447,6 +584,75 @@ mod tests {
             assert_eq!(back, msg);
             assert_eq!(used, frame.len());
         }
+    }
+
+    #[test]
+    fn transfer_messages_round_trip() {
+        let h = Hash::of(b"x");
+        let reqs = vec![
+            Request::GetChunk { hash: h },
+            Request::PutChunk { hash: h, len: 5 },
+            Request::GetManifest { id: h },
+            Request::PutManifest { id: h, len: 9 },
+            Request::Hold { id: h },
+            Request::Has { id: h },
+        ];
+        for r in reqs {
+            let f = encode(&r, MAX_CONTROL_FRAME).unwrap();
+            assert_eq!(
+                decode::<Request>(&f, MAX_CONTROL_FRAME).unwrap().unwrap().0,
+                r
+            );
+        }
+        let mut resps = vec![
+            Response::Found { len: 1 << 40 },
+            Response::NotFound,
+            Response::Ack,
+        ];
+        for reason in [
+            NackReason::BadHash,
+            NackReason::OverQuota,
+            NackReason::TooLarge,
+            NackReason::NotAccepted,
+            NackReason::Incomplete,
+            NackReason::BadManifest,
+            NackReason::Internal,
+        ] {
+            resps.push(Response::Nack(reason));
+        }
+        for r in resps {
+            let f = encode(&r, MAX_CONTROL_FRAME).unwrap();
+            assert_eq!(
+                decode::<Response>(&f, MAX_CONTROL_FRAME)
+                    .unwrap()
+                    .unwrap()
+                    .0,
+                r
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_puts_are_rejected() {
+        let h = Hash::of(b"x");
+        let body = postcard::to_allocvec(&Request::PutChunk {
+            hash: h,
+            len: MAX_CHUNK_SIZE + 1,
+        })
+        .unwrap();
+        assert_eq!(
+            decode_body::<Request>(&body).unwrap_err().code(),
+            ErrorCode::FrameTooLarge
+        );
+        let body = postcard::to_allocvec(&Request::PutManifest {
+            id: h,
+            len: MAX_MANIFEST_SIZE as u32 + 1,
+        })
+        .unwrap();
+        assert_eq!(
+            decode_body::<Request>(&body).unwrap_err().code(),
+            ErrorCode::FrameTooLarge
+        );
     }
 
     #[test]
@@ -548,7 +754,7 @@ mod tests {
 
     #[test]
     fn wrong_version_is_rejected() {
-        let Request::Join(mut j) = join();
+        let mut j = join_msg();
         j.version = 2;
         let body = postcard::to_allocvec(&Request::Join(j)).unwrap();
         let err = decode_body::<Request>(&body).unwrap_err();
@@ -572,9 +778,25 @@ mod tests {
         assert_eq!(frame, [0, 0, 0, 3, 2, 0xac, 0x02]);
         let frame = encode(&Control::Leave(LeaveReason::Shutdown), MAX_CONTROL_FRAME).unwrap();
         assert_eq!(frame, [0, 0, 0, 2, 4, 0]);
-        let Request::Join(mut j) = join();
+        let mut j = join_msg();
         j.listen_addrs = vec![addr("127.0.0.1:5000")];
         let frame = encode(&Request::Join(j), MAX_CONTROL_FRAME).unwrap();
+        let get = encode(
+            &Request::GetChunk {
+                hash: Hash::from_bytes([0xab; 32]),
+            },
+            MAX_CONTROL_FRAME,
+        )
+        .unwrap();
+        assert_eq!(get[..6], [0, 0, 0, 33, 1, 0xab]);
+        assert_eq!(
+            encode(&Response::Found { len: 1 << 20 }, MAX_CONTROL_FRAME).unwrap(),
+            [0, 0, 0, 4, 0, 0x80, 0x80, 0x40]
+        );
+        assert_eq!(
+            encode(&Response::Nack(NackReason::OverQuota), MAX_CONTROL_FRAME).unwrap(),
+            [0, 0, 0, 2, 3, 1]
+        );
         let expected: Vec<u8> = [
             &[0, 0, 0, 21][..],
             &[0],    // Request::Join

@@ -1,0 +1,554 @@
+//! The download engine: a file or tree from every peer that holds it, verified
+//! chunk by chunk, written in place, resumable.
+//!
+//! 1. The manifest (and, for a directory, every manifest below it) comes from the
+//!    first provider that answers with bytes that hash to the id.
+//! 2. Each file is written to `NAME.part` beside its final name. If that file is
+//!    already there (an interrupted download), every chunk in it is hashed and
+//!    the good ones are kept: only what is missing is fetched.
+//! 3. Each provider gets `per_peer` workers that take chunks from one shared
+//!    queue, with at most `max_in_flight` requests in flight in all; a fast peer
+//!    comes back for more sooner, so it serves more. A chunk that fails (timeout,
+//!    not found, peer gone) goes back in the queue for the other providers; a
+//!    peer that sends bad bytes is dropped for the rest of the download.
+//! 4. Chunks are verified in memory and written at their offset; memory holds at
+//!    most `max_in_flight` chunks whatever the file size.
+//! 5. The finished file is synced, read back and checked against the manifest,
+//!    then renamed to its final name. A failed download leaves only the `.part`.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quinn::Connection;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::chunk::{FileManifest, Hash, Manifest};
+use crate::identity::NodeId;
+use crate::transfer::{fetch_chunk, fetch_manifest, FetchError};
+
+/// A peer to download from.
+#[derive(Clone, Debug)]
+pub struct Provider {
+    /// Its id.
+    pub id: NodeId,
+    /// The connection to it.
+    pub conn: Connection,
+}
+
+/// Tuning for a download.
+#[derive(Clone, Debug)]
+pub struct DownloadOptions {
+    /// Chunk requests in flight in all (bounds memory: this many chunks).
+    pub max_in_flight: usize,
+    /// Chunk requests in flight to one peer.
+    pub per_peer: usize,
+    /// Time allowed for one chunk.
+    pub chunk_timeout: Duration,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        DownloadOptions {
+            max_in_flight: 16,
+            per_peer: 8,
+            chunk_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Receives progress as a download runs.
+pub trait Progress: Send + Sync {
+    /// The download knows its total size.
+    fn begin(&self, name: &str, total_bytes: u64);
+    /// `bytes` more are done (fetched or found already present).
+    fn advance(&self, bytes: u64);
+}
+
+/// A [`Progress`] that ignores everything.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn begin(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+}
+
+/// What a download did.
+#[derive(Debug, Default, Clone)]
+pub struct DownloadStats {
+    /// Files written.
+    pub files: usize,
+    /// Bytes in those files.
+    pub bytes: u64,
+    /// Chunks fetched from peers.
+    pub chunks_fetched: usize,
+    /// Chunks found intact in a `.part` file and not fetched again.
+    pub chunks_resumed: usize,
+    /// Chunks that arrived with bad bytes (and were fetched again elsewhere).
+    pub bad_chunks: usize,
+    /// Chunk requests that failed and were retried.
+    pub retries: usize,
+    /// Chunks served by each provider.
+    pub per_peer: Vec<(NodeId, usize)>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// No provider was given or found.
+    #[error("no peer holds {0}")]
+    NoProviders(Hash),
+    /// No provider returned a valid manifest.
+    #[error("no peer returned the manifest of {id}: {last}")]
+    Manifest {
+        /// The id.
+        id: Hash,
+        /// The last error seen.
+        last: String,
+    },
+    /// Some chunks could not be fetched from any provider; the `.part` file is
+    /// kept, and a new attempt resumes.
+    #[error(
+        "{missing} of {total} chunks of {path} could not be fetched ({last}); run again to resume"
+    )]
+    Incomplete {
+        /// The final path.
+        path: PathBuf,
+        /// Chunks missing.
+        missing: usize,
+        /// Chunks in the file.
+        total: usize,
+        /// The last error seen.
+        last: String,
+    },
+    /// The finished file did not match the manifest on reading back.
+    #[error("{0}: the written file does not match its manifest (disk error?)")]
+    Verify(PathBuf),
+    /// Local I/O failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DownloadError {
+    let path = path.to_path_buf();
+    move |source| DownloadError::Io { path, source }
+}
+
+/// The temp name a file is downloaded under: `NAME.part` beside it.
+pub fn part_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    path.with_file_name(name)
+}
+
+/// Shared between the workers of one download (across files).
+struct Shared {
+    banned: Mutex<HashSet<NodeId>>,
+    stats: Mutex<DownloadStats>,
+    last_error: Mutex<String>,
+}
+
+/// Downloads the file or tree `id` to `out` from `providers`.
+pub async fn download(
+    providers: Vec<Provider>,
+    id: Hash,
+    out: &Path,
+    opts: &DownloadOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<DownloadStats, DownloadError> {
+    if providers.is_empty() {
+        return Err(DownloadError::NoProviders(id));
+    }
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        banned: Mutex::new(HashSet::new()),
+        stats: Mutex::new(DownloadStats::default()),
+        last_error: Mutex::new(String::new()),
+    });
+    let root = get_manifest(&providers, &shared, id, opts).await?;
+    let files = match root {
+        Manifest::File(f) => vec![(out.to_path_buf(), f)],
+        Manifest::Dir(_) => {
+            let mut files = Vec::new();
+            let mut stack = vec![(out.to_path_buf(), root)];
+            while let Some((path, m)) = stack.pop() {
+                match m {
+                    Manifest::File(f) => files.push((path, f)),
+                    Manifest::Dir(d) => {
+                        std::fs::create_dir_all(&path).map_err(io(&path))?;
+                        for e in d.entries {
+                            let child = get_manifest(&providers, &shared, e.id, opts).await?;
+                            stack.push((path.join(&e.name), child));
+                        }
+                    }
+                }
+            }
+            files
+        }
+    };
+    let total: u64 = files.iter().map(|(_, f)| f.size).sum();
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    progress.begin(&name, total);
+    for (path, f) in &files {
+        download_file(&providers, &shared, f, path, opts, &progress).await?;
+        let mut s = lock(&shared.stats);
+        s.files += 1;
+        s.bytes += f.size;
+    }
+    let mut stats = lock(&shared.stats).clone();
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn get_manifest(
+    providers: &[Provider],
+    shared: &Shared,
+    id: Hash,
+    opts: &DownloadOptions,
+) -> Result<Manifest, DownloadError> {
+    let mut last = String::from("no provider");
+    for p in providers {
+        if lock(&shared.banned).contains(&p.id) {
+            continue;
+        }
+        match fetch_manifest(&p.conn, id, opts.chunk_timeout).await {
+            Ok((_, m)) => return Ok(m),
+            Err(e) => {
+                if e.is_lie() {
+                    warn!(peer = %p.id.fmt_short(), "peer sent a bad manifest: {e}");
+                    lock(&shared.banned).insert(p.id);
+                }
+                last = format!("{}: {e}", p.id.fmt_short());
+            }
+        }
+    }
+    Err(DownloadError::Manifest { id, last })
+}
+
+/// Per-file work queue.
+struct Queue {
+    pending: VecDeque<usize>,
+    /// Providers that failed each chunk.
+    failed: Vec<Vec<NodeId>>,
+    in_flight: usize,
+    remaining: usize,
+}
+
+impl Queue {
+    /// The next chunk `p` may try.
+    fn take(&mut self, p: NodeId) -> Option<usize> {
+        let pos = self
+            .pending
+            .iter()
+            .position(|&i| !self.failed[i].contains(&p))?;
+        let i = self.pending.remove(pos)?;
+        self.in_flight += 1;
+        Some(i)
+    }
+
+    fn done(&mut self) {
+        self.in_flight -= 1;
+        self.remaining -= 1;
+    }
+
+    fn retry(&mut self, i: usize, p: NodeId) {
+        self.in_flight -= 1;
+        self.failed[i].push(p);
+        self.pending.push_back(i);
+    }
+}
+
+/// Hashes each chunk of `file` (up to `len` bytes present) and says which match.
+fn scan(file: &File, f: &FileManifest, len: u64) -> std::io::Result<Vec<bool>> {
+    let n = f.chunks.len();
+    let mut ok = vec![false; n];
+    // Two threads: hashing is the cost, and it parallelizes per chunk.
+    let threads = 2.min(n.max(1));
+    let results: Vec<std::io::Result<Vec<(usize, bool)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut buf = vec![0u8; f.chunk_size as usize];
+                    for i in (t..n).step_by(threads) {
+                        let (off, l) = f.chunk_range(i);
+                        if off + l as u64 > len {
+                            out.push((i, false));
+                            continue;
+                        }
+                        file.read_exact_at(&mut buf[..l], off)?;
+                        out.push((i, Hash::of(&buf[..l]) == f.chunks[i]));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("scan panicked")))
+            })
+            .collect()
+    });
+    for r in results {
+        for (i, good) in r? {
+            ok[i] = good;
+        }
+    }
+    Ok(ok)
+}
+
+async fn download_file(
+    providers: &[Provider],
+    shared: &Arc<Shared>,
+    f: &FileManifest,
+    path: &Path,
+    opts: &DownloadOptions,
+    progress: &Arc<dyn Progress>,
+) -> Result<(), DownloadError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let part = part_path(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&part)
+        .map_err(io(&part))?;
+    let existing = file.metadata().map_err(io(&part))?.len();
+    file.set_len(f.size).map_err(io(&part))?;
+    let file = Arc::new(file);
+
+    let have = if existing > 0 {
+        let (file2, f2) = (file.clone(), f.clone());
+        tokio::task::spawn_blocking(move || scan(&file2, &f2, existing))
+            .await
+            .map_err(|e| DownloadError::Io {
+                path: part.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(io(&part))?
+    } else {
+        vec![false; f.chunks.len()]
+    };
+    let resumed = have.iter().filter(|h| **h).count();
+    let resumed_bytes: u64 = (0..f.chunks.len())
+        .filter(|&i| have[i])
+        .map(|i| f.chunk_range(i).1 as u64)
+        .sum();
+    progress.advance(resumed_bytes);
+    if resumed > 0 {
+        debug!(
+            resumed,
+            total = f.chunks.len(),
+            "resuming from {}",
+            part.display()
+        );
+    }
+    let queue = Arc::new(Mutex::new(Queue {
+        pending: (0..f.chunks.len()).filter(|&i| !have[i]).collect(),
+        failed: vec![Vec::new(); f.chunks.len()],
+        in_flight: 0,
+        remaining: f.chunks.len() - resumed,
+    }));
+    lock(&shared.stats).chunks_resumed += resumed;
+
+    let permits = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
+    let manifest = Arc::new(f.clone());
+    let mut workers = tokio::task::JoinSet::new();
+    for p in providers {
+        for _ in 0..opts.per_peer.max(1) {
+            workers.spawn(worker(
+                p.clone(),
+                shared.clone(),
+                queue.clone(),
+                permits.clone(),
+                file.clone(),
+                manifest.clone(),
+                opts.chunk_timeout,
+                progress.clone(),
+            ));
+        }
+    }
+    while workers.join_next().await.is_some() {}
+
+    let (remaining, total) = {
+        let q = lock(&queue);
+        (q.remaining, f.chunks.len())
+    };
+    if remaining > 0 {
+        return Err(DownloadError::Incomplete {
+            path: path.to_path_buf(),
+            missing: remaining,
+            total,
+            last: lock(&shared.last_error).clone(),
+        });
+    }
+
+    // Sync, read back, check, rename.
+    let (file2, f2, part2) = (file.clone(), f.clone(), part.clone());
+    let verified = tokio::task::spawn_blocking(move || {
+        file2.sync_all()?;
+        let ok = scan(&file2, &f2, f2.size)?;
+        let _ = part2;
+        Ok::<bool, std::io::Error>(ok.iter().all(|g| *g))
+    })
+    .await
+    .map_err(|e| DownloadError::Io {
+        path: part.clone(),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(io(&part))?;
+    if !verified {
+        return Err(DownloadError::Verify(path.to_path_buf()));
+    }
+    std::fs::rename(&part, path).map_err(io(path))?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn worker(
+    p: Provider,
+    shared: Arc<Shared>,
+    queue: Arc<Mutex<Queue>>,
+    permits: Arc<Semaphore>,
+    file: Arc<File>,
+    f: Arc<FileManifest>,
+    timeout: Duration,
+    progress: Arc<dyn Progress>,
+) {
+    loop {
+        if lock(&shared.banned).contains(&p.id) || p.conn.close_reason().is_some() {
+            return;
+        }
+        let next = {
+            let mut q = lock(&queue);
+            if q.remaining == 0 {
+                return;
+            }
+            match q.take(p.id) {
+                Some(i) => Some(i),
+                // Nothing this peer may try, and nobody will hand anything back.
+                None if q.in_flight == 0 => return,
+                None => None,
+            }
+        };
+        let Some(i) = next else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let Ok(_permit) = permits.acquire().await else {
+            return;
+        };
+        let (off, len) = f.chunk_range(i);
+        let hash = f.chunks[i];
+        let result = fetch_chunk(&p.conn, hash, len as u64, timeout).await;
+        let result = match result {
+            Ok(data) if data.len() != len => Err(FetchError::BadLength {
+                len: data.len() as u64,
+                max: len as u64,
+            }),
+            other => other,
+        };
+        match result {
+            Ok(data) => {
+                let file = file.clone();
+                let write =
+                    tokio::task::spawn_blocking(move || file.write_all_at(&data, off)).await;
+                match write {
+                    Ok(Ok(())) => {
+                        lock(&queue).done();
+                        progress.advance(len as u64);
+                        let mut s = lock(&shared.stats);
+                        s.chunks_fetched += 1;
+                        match s.per_peer.iter_mut().find(|(id, _)| *id == p.id) {
+                            Some((_, n)) => *n += 1,
+                            None => s.per_peer.push((p.id, 1)),
+                        }
+                    }
+                    _ => {
+                        // A local write error: no peer can fix it.
+                        *lock(&shared.last_error) = "cannot write the output file".into();
+                        let mut q = lock(&queue);
+                        q.in_flight -= 1;
+                        q.pending.clear();
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let lie = e.is_lie();
+                debug!(peer = %p.id.fmt_short(), chunk = i, "chunk failed: {e}");
+                *lock(&shared.last_error) = format!("{}: {e}", p.id.fmt_short());
+                lock(&queue).retry(i, p.id);
+                {
+                    let mut s = lock(&shared.stats);
+                    s.retries += 1;
+                    if lie {
+                        s.bad_chunks += 1;
+                    }
+                }
+                if lie {
+                    warn!(peer = %p.id, "peer served bad data for chunk {i}: {e}; not asking it again");
+                    lock(&shared.banned).insert(p.id);
+                    return;
+                }
+                if p.conn.close_reason().is_some() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_skips_chunks_a_peer_failed() {
+        let a = NodeId::from_bytes([1; 32]);
+        let b = NodeId::from_bytes([2; 32]);
+        let mut q = Queue {
+            pending: (0..3).collect(),
+            failed: vec![Vec::new(); 3],
+            in_flight: 0,
+            remaining: 3,
+        };
+        assert_eq!(q.take(a), Some(0));
+        q.retry(0, a);
+        assert_eq!(q.take(a), Some(1));
+        assert_eq!(q.take(a), Some(2));
+        assert_eq!(q.take(a), None, "only chunk 0 is left and a failed it");
+        assert_eq!(q.take(b), Some(0));
+        q.done();
+        assert_eq!(q.remaining, 2);
+    }
+
+    #[test]
+    fn part_path_sits_beside_the_file() {
+        assert_eq!(part_path(Path::new("/x/y.bin")), Path::new("/x/y.bin.part"));
+        assert_eq!(part_path(Path::new("out")), Path::new("out.part"));
+    }
+}

@@ -1,0 +1,515 @@
+//! The node's content-addressed store: chunk files on disk, manifests and the
+//! list of held files in redb.
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! store/chunks/ab/ab…(52 chars)   one file per chunk, named by its BLAKE3 hash
+//! store/tmp/                      chunks being written; emptied at open
+//! store/meta.redb                 manifests and held files (crash-safe, ACID)
+//! ```
+//!
+//! A chunk is verified against its hash before it is written, written to a temp
+//! file, fsynced, then renamed into place: after a crash it is whole or absent.
+//! The quota is checked before writing, never by half-writing. All methods are
+//! blocking; async callers use `spawn_blocking`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{FileManifest, Hash, Manifest};
+
+const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests");
+const FILES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("files");
+
+/// redb's page cache: small, the data lives in chunk files.
+const DB_CACHE: usize = 16 << 20;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The bytes do not hash to the name they were offered under.
+    #[error("chunk {expected} failed verification (bytes hash to {actual})")]
+    BadHash {
+        /// The name.
+        expected: Hash,
+        /// What the bytes hash to.
+        actual: Hash,
+    },
+    /// Storing would exceed `--max-storage`.
+    #[error("storage quota exceeded: {used} of {quota} bytes used, {wanted} more needed")]
+    OverQuota {
+        /// Bytes in use.
+        used: u64,
+        /// The quota.
+        quota: u64,
+        /// Bytes asked for.
+        wanted: u64,
+    },
+    /// A manifest did not decode.
+    #[error("invalid manifest: {0}")]
+    BadManifest(#[from] crate::wire::WireError),
+    /// Disk I/O failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The metadata database failed.
+    #[error("metadata store: {0}")]
+    Db(String),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// What the store knows about a file it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The name from the manifest.
+    pub name: String,
+    /// Total size in bytes (of every file, for a directory).
+    pub size: u64,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+}
+
+/// A held file, as listed by [`Store::files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldFile {
+    /// The file id.
+    pub id: Hash,
+    /// Name, size, kind.
+    pub record: FileRecord,
+    /// Whether every chunk is present.
+    pub complete: bool,
+}
+
+/// Whether [`Store::put_chunk`] wrote anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The chunk was new and is now on disk.
+    Written,
+    /// The chunk was already there.
+    AlreadyHad,
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    chunks: PathBuf,
+    tmp: PathBuf,
+    db: redb::Database,
+    quota: u64,
+    used: Mutex<u64>,
+    tmp_counter: AtomicU64,
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store under `dir` with a quota of `quota` bytes of
+    /// chunk data. Leftover temp files from a crash are removed.
+    pub fn open(dir: &Path, quota: u64) -> Result<Store, StoreError> {
+        let root = dir.join("store");
+        let chunks = root.join("chunks");
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&chunks).map_err(io_err("cannot create", &chunks))?;
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(io_err("cannot create", &tmp))?;
+        let db = redb::Database::builder()
+            .set_cache_size(DB_CACHE)
+            .create(root.join("meta.redb"))?;
+        {
+            let tx = db.begin_write()?;
+            tx.open_table(MANIFESTS)?;
+            tx.open_table(FILES)?;
+            tx.commit()?;
+        }
+        let used = disk_usage(&chunks)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                chunks,
+                tmp,
+                db,
+                quota,
+                used: Mutex::new(used),
+                tmp_counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    fn chunk_path(&self, hash: &Hash) -> PathBuf {
+        let name = hash.to_string();
+        self.inner.chunks.join(&name[..2]).join(name)
+    }
+
+    /// Bytes of chunk data stored.
+    pub fn used(&self) -> u64 {
+        *self.inner.used.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The quota in bytes.
+    pub fn quota(&self) -> u64 {
+        self.inner.quota
+    }
+
+    /// Whether the chunk is stored.
+    pub fn has_chunk(&self, hash: &Hash) -> bool {
+        self.chunk_path(hash).is_file()
+    }
+
+    /// Size of a stored chunk.
+    pub fn chunk_len(&self, hash: &Hash) -> Option<u64> {
+        fs::metadata(self.chunk_path(hash)).ok().map(|m| m.len())
+    }
+
+    /// Reads a stored chunk.
+    pub fn read_chunk(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.chunk_path(hash);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot read", &path)(e)),
+        }
+    }
+
+    /// Checks the quota for `wanted` more bytes and reserves them.
+    fn reserve(&self, wanted: u64) -> Result<(), StoreError> {
+        let mut used = self.inner.used.lock().unwrap_or_else(|e| e.into_inner());
+        if used.saturating_add(wanted) > self.inner.quota {
+            return Err(StoreError::OverQuota {
+                used: *used,
+                quota: self.inner.quota,
+                wanted,
+            });
+        }
+        *used += wanted;
+        Ok(())
+    }
+
+    fn release(&self, bytes: u64) {
+        let mut used = self.inner.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used = used.saturating_sub(bytes);
+    }
+
+    /// Whether `wanted` more bytes would fit.
+    pub fn fits(&self, wanted: u64) -> bool {
+        self.used().saturating_add(wanted) <= self.inner.quota
+    }
+
+    /// Verifies `data` against `hash` and stores it: temp file, fsync, rename.
+    pub fn put_chunk(&self, hash: &Hash, data: &[u8]) -> Result<Stored, StoreError> {
+        let actual = Hash::of(data);
+        if actual != *hash {
+            return Err(StoreError::BadHash {
+                expected: *hash,
+                actual,
+            });
+        }
+        let path = self.chunk_path(hash);
+        if path.is_file() {
+            return Ok(Stored::AlreadyHad);
+        }
+        let len = data.len() as u64;
+        self.reserve(len)?;
+        match self.write_new(&path, data) {
+            Ok(()) => Ok(Stored::Written),
+            Err(e) => {
+                self.release(len);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_new(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
+        let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.inner.tmp.join(format!("{}-{n}", std::process::id()));
+        let result = (|| {
+            let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+            f.write_all(data).map_err(io_err("cannot write", &tmp))?;
+            f.sync_data().map_err(io_err("cannot sync", &tmp))?;
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+            }
+            fs::rename(&tmp, path).map_err(io_err("cannot rename into", path))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Stores a manifest (validated) and returns its id.
+    pub fn put_manifest(&self, bytes: &[u8]) -> Result<(Hash, Manifest), StoreError> {
+        let manifest = Manifest::decode(bytes)?;
+        let id = Hash::of(bytes);
+        let tx = self.inner.db.begin_write()?;
+        tx.open_table(MANIFESTS)?.insert(id.as_bytes(), bytes)?;
+        tx.commit()?;
+        Ok((id, manifest))
+    }
+
+    /// The encoded manifest with this id.
+    pub fn manifest_bytes(&self, id: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(MANIFESTS)?;
+        Ok(table.get(id.as_bytes())?.map(|v| v.value().to_vec()))
+    }
+
+    /// The decoded manifest with this id.
+    pub fn manifest(&self, id: &Hash) -> Result<Option<Manifest>, StoreError> {
+        match self.manifest_bytes(id)? {
+            Some(b) => Ok(Some(Manifest::decode(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records that this node holds the file or tree `id` (its manifests must be
+    /// stored already).
+    pub fn add_file(&self, id: &Hash, record: &FileRecord) -> Result<(), StoreError> {
+        let bytes = postcard::to_allocvec(record).map_err(|e| StoreError::Db(e.to_string()))?;
+        let tx = self.inner.db.begin_write()?;
+        tx.open_table(FILES)?
+            .insert(id.as_bytes(), bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether the file or tree `id` is recorded as held.
+    pub fn holds(&self, id: &Hash) -> Result<bool, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        Ok(tx.open_table(FILES)?.get(id.as_bytes())?.is_some())
+    }
+
+    /// Every held file, with whether all its chunks are present.
+    pub fn files(&self) -> Result<Vec<HeldFile>, StoreError> {
+        let records: Vec<(Hash, FileRecord)> = {
+            let tx = self.inner.db.begin_read()?;
+            let table = tx.open_table(FILES)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                if let Ok(record) = postcard::from_bytes::<FileRecord>(v.value()) {
+                    out.push((Hash::from_bytes(*k.value()), record));
+                }
+            }
+            out
+        };
+        records
+            .into_iter()
+            .map(|(id, record)| {
+                let complete = self.missing_chunks(&id)?.is_some_and(|m| m.is_empty());
+                Ok(HeldFile {
+                    id,
+                    record,
+                    complete,
+                })
+            })
+            .collect()
+    }
+
+    /// The chunks of file or tree `id` not yet stored, or `None` if a manifest
+    /// in it is missing.
+    pub fn missing_chunks(&self, id: &Hash) -> Result<Option<Vec<Hash>>, StoreError> {
+        let mut missing = Vec::new();
+        let mut stack = vec![*id];
+        while let Some(id) = stack.pop() {
+            match self.manifest(&id)? {
+                None => return Ok(None),
+                Some(Manifest::File(f)) => {
+                    missing.extend(f.chunks.iter().filter(|h| !self.has_chunk(h)).copied());
+                }
+                Some(Manifest::Dir(d)) => stack.extend(d.entries.iter().map(|e| e.id)),
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        Ok(Some(missing))
+    }
+
+    /// Every file manifest in the tree `id`, with the manifests' ids (the root
+    /// first). `None` if one is missing.
+    pub fn tree(&self, id: &Hash) -> Result<Option<Vec<(Hash, Manifest)>>, StoreError> {
+        let mut out = Vec::new();
+        let mut stack = vec![*id];
+        while let Some(id) = stack.pop() {
+            let Some(m) = self.manifest(&id)? else {
+                return Ok(None);
+            };
+            if let Manifest::Dir(d) = &m {
+                stack.extend(d.entries.iter().rev().map(|e| e.id));
+            }
+            out.push((id, m));
+        }
+        Ok(Some(out))
+    }
+
+    /// Imports a local file or directory: chunks and manifests are stored and
+    /// the root is recorded as held.
+    pub fn import(&self, path: &Path, chunk_size: u32) -> Result<crate::chunk::Tree, ImportError> {
+        let mut store_err = None;
+        let tree = crate::chunk::build_tree(path, chunk_size, &mut |hash, data, _| {
+            self.put_chunk(&hash, data).map(|_| ()).map_err(|e| {
+                let msg = e.to_string();
+                store_err = Some(e);
+                std::io::Error::other(msg)
+            })
+        });
+        if let Some(e) = store_err {
+            return Err(e.into());
+        }
+        let tree = tree?;
+        for (_, bytes) in &tree.manifests {
+            self.put_manifest(bytes)?;
+        }
+        let root = tree.root_manifest();
+        self.add_file(
+            &tree.root,
+            &FileRecord {
+                name: root
+                    .as_ref()
+                    .map(|m| m.name().to_string())
+                    .unwrap_or_default(),
+                size: tree.size,
+                is_dir: matches!(root, Some(Manifest::Dir(_))),
+            },
+        )?;
+        Ok(tree)
+    }
+
+    /// Reads chunk `index` of `f` from the store.
+    pub fn read_file_chunk(&self, f: &FileManifest, index: usize) -> Result<Vec<u8>, StoreError> {
+        let hash = f.chunks[index];
+        self.read_chunk(&hash)?.ok_or_else(|| StoreError::Io {
+            action: "missing chunk",
+            path: self.chunk_path(&hash),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    }
+}
+
+/// Why a local file could not be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// Chunking failed (reading the source).
+    #[error(transparent)]
+    Chunk(#[from] crate::chunk::ChunkError),
+    /// Storing failed (quota, disk).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn disk_usage(chunks: &Path) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for dir in fs::read_dir(chunks).map_err(io_err("cannot list", chunks))? {
+        let dir = dir.map_err(io_err("cannot list", chunks))?;
+        if let Ok(files) = fs::read_dir(dir.path()) {
+            for f in files.flatten() {
+                total += f.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_verified_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let data = b"hello chunk".to_vec();
+        let h = Hash::of(&data);
+        assert!(matches!(
+            store.put_chunk(&h, b"tampered"),
+            Err(StoreError::BadHash { .. })
+        ));
+        assert!(!store.has_chunk(&h));
+        assert_eq!(store.put_chunk(&h, &data).unwrap(), Stored::Written);
+        assert_eq!(store.put_chunk(&h, &data).unwrap(), Stored::AlreadyHad);
+        assert_eq!(store.used(), data.len() as u64);
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.read_chunk(&h).unwrap(), Some(data.clone()));
+        assert_eq!(store.used(), data.len() as u64);
+    }
+
+    #[test]
+    fn quota_refuses_without_half_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 100).unwrap();
+        let a = vec![1u8; 60];
+        let b = vec![2u8; 60];
+        store.put_chunk(&Hash::of(&a), &a).unwrap();
+        let err = store.put_chunk(&Hash::of(&b), &b).unwrap_err();
+        assert!(matches!(err, StoreError::OverQuota { .. }), "{err}");
+        assert!(!store.has_chunk(&Hash::of(&b)));
+        assert_eq!(store.read_chunk(&Hash::of(&a)).unwrap(), Some(a));
+        assert_eq!(
+            fs::read_dir(dir.path().join("store/tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn import_directory_tree() {
+        let src = tempfile::tempdir().unwrap();
+        let root = src.path().join("tree");
+        fs::create_dir_all(root.join("sub/empty")).unwrap();
+        fs::write(root.join("a.txt"), b"alpha").unwrap();
+        fs::write(root.join("sub/b.bin"), vec![7u8; 5000]).unwrap();
+        fs::write(root.join("sub/zero"), b"").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30).unwrap();
+        let tree = store.import(&root, 1024).unwrap();
+        let id = tree.root;
+        assert!(matches!(tree.root_manifest(), Some(Manifest::Dir(_))));
+        assert_eq!(store.missing_chunks(&id).unwrap(), Some(vec![]));
+        let files = store.files().unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(files[0].complete && files[0].record.is_dir);
+        assert_eq!(files[0].record.size, 5005);
+        let tree = store.tree(&id).unwrap().unwrap();
+        assert_eq!(tree.len(), 6, "root, a.txt, sub, b.bin, empty, zero");
+        // Same content, same id.
+        assert_eq!(store.import(&root, 1024).unwrap().root, id);
+    }
+}

@@ -1,0 +1,455 @@
+//! Transfers: one bidirectional stream per chunk or manifest.
+//!
+//! [`serve`] answers the requests a peer opens (GET, PUT, HOLD, HAS) from the
+//! node's [`Store`]; the client half ([`fetch_chunk`], [`push_chunk`], …) opens
+//! the streams. Every byte that arrives is checked against its BLAKE3 name before
+//! it is stored or handed back. Handlers are generic over the stream traits, so
+//! they also run on in-memory pipes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::Connection;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, warn};
+
+use crate::chunk::{Hash, Manifest, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
+use crate::store::{Store, StoreError};
+use crate::stream::{read_frame, write_frame, FrameError};
+use crate::wire::{ErrorCode, NackReason, Request, Response, MAX_CONTROL_FRAME};
+
+/// Why fetching from a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The peer does not have it.
+    #[error("not found")]
+    NotFound,
+    /// The peer sent bytes that do not match the hash: it lied or its disk is bad.
+    #[error("peer sent bytes that hash to {actual}, not {expected}")]
+    BadHash {
+        /// What was asked for.
+        expected: Hash,
+        /// What the bytes hash to.
+        actual: Hash,
+    },
+    /// The peer announced a length over the limit or not the one expected.
+    #[error("peer announced {len} bytes, limit {max}")]
+    BadLength {
+        /// Announced.
+        len: u64,
+        /// Allowed.
+        max: u64,
+    },
+    /// The peer answered something that makes no sense here.
+    #[error("unexpected answer {0:?}")]
+    Unexpected(Response),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// The stream or connection failed.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The answer did not decode.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+impl FetchError {
+    /// Whether the peer proved dishonest (as opposed to slow or unlucky).
+    pub fn is_lie(&self) -> bool {
+        matches!(
+            self,
+            FetchError::BadHash { .. }
+                | FetchError::BadLength { .. }
+                | FetchError::Unexpected(_)
+                | FetchError::Frame(FrameError::Wire(_))
+        )
+    }
+}
+
+/// Why pushing to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The peer refused.
+    #[error("refused: {0}")]
+    Nack(NackReason),
+    /// The peer answered something else.
+    #[error("unexpected answer {0:?}")]
+    Unexpected(Response),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// The stream or connection failed.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The answer did not decode.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+fn stream_err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Serves one request on a stream whose first frame was `request`.
+///
+/// `store` is `None` on clients: GETs find nothing and PUTs are refused.
+pub async fn serve<S, R>(store: Option<Store>, request: Request, mut send: S, mut recv: R)
+where
+    S: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    let result = match request {
+        Request::GetChunk { hash } => {
+            let data = match &store {
+                Some(s) => blocking(s.clone(), move |s| s.read_chunk(&hash)).await,
+                None => Ok(None),
+            };
+            send_found(&mut send, data).await
+        }
+        Request::GetManifest { id } => {
+            let data = match &store {
+                Some(s) => blocking(s.clone(), move |s| s.manifest_bytes(&id)).await,
+                None => Ok(None),
+            };
+            send_found(&mut send, data).await
+        }
+        Request::Has { id } => {
+            let held = match &store {
+                Some(s) => blocking(s.clone(), move |s| s.holds(&id)).await,
+                None => Ok(false),
+            };
+            let resp = match held {
+                Ok(true) => Response::Found { len: 0 },
+                Ok(false) => Response::NotFound,
+                Err(e) => {
+                    warn!("store: {e}");
+                    Response::NotFound
+                }
+            };
+            write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
+        }
+        Request::PutChunk { hash, len } => {
+            let resp = receive_chunk(store, hash, len, &mut recv).await;
+            write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
+        }
+        Request::PutManifest { id, len } => {
+            let resp = receive_manifest(store, id, len, &mut recv).await;
+            write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
+        }
+        Request::Hold { id } => {
+            let resp = match store {
+                None => Response::Nack(NackReason::NotAccepted),
+                Some(s) => blocking(s, move |s| hold(&s, &id))
+                    .await
+                    .unwrap_or_else(|e| {
+                        warn!("store: {e}");
+                        Response::Nack(NackReason::Internal)
+                    }),
+            };
+            write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
+        }
+        Request::Join(_) => {
+            // The node routes JOIN elsewhere; on a transfer stream it is a violation.
+            write_frame(
+                &mut send,
+                &Response::Nack(NackReason::NotAccepted),
+                MAX_CONTROL_FRAME,
+            )
+            .await
+        }
+    };
+    if let Err(e) = result {
+        debug!("transfer stream ended early: {e}");
+        return;
+    }
+    let _ = send.shutdown().await;
+}
+
+fn hold(store: &Store, id: &Hash) -> Result<Response, StoreError> {
+    match store.missing_chunks(id)? {
+        Some(missing) if missing.is_empty() => {}
+        _ => return Ok(Response::Nack(NackReason::Incomplete)),
+    }
+    let Some(m) = store.manifest(id)? else {
+        return Ok(Response::Nack(NackReason::Incomplete));
+    };
+    let size = match store.tree(id)? {
+        Some(tree) => tree
+            .iter()
+            .map(|(_, m)| match m {
+                Manifest::File(f) => f.size,
+                Manifest::Dir(_) => 0,
+            })
+            .sum(),
+        None => 0,
+    };
+    store.add_file(
+        id,
+        &crate::store::FileRecord {
+            name: m.name().to_string(),
+            size,
+            is_dir: matches!(m, Manifest::Dir(_)),
+        },
+    )?;
+    Ok(Response::Ack)
+}
+
+async fn blocking<T: Send + 'static>(
+    store: Store,
+    f: impl FnOnce(Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(move || f(store))
+        .await
+        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
+}
+
+async fn send_found<S: AsyncWrite + Unpin>(
+    send: &mut S,
+    data: Result<Option<Vec<u8>>, StoreError>,
+) -> Result<(), FrameError> {
+    match data {
+        Ok(Some(bytes)) => {
+            write_frame(
+                send,
+                &Response::Found {
+                    len: bytes.len() as u64,
+                },
+                MAX_CONTROL_FRAME,
+            )
+            .await?;
+            send.write_all(&bytes).await?;
+            Ok(())
+        }
+        Ok(None) => write_frame(send, &Response::NotFound, MAX_CONTROL_FRAME).await,
+        Err(e) => {
+            warn!("store: {e}");
+            write_frame(send, &Response::NotFound, MAX_CONTROL_FRAME).await
+        }
+    }
+}
+
+async fn receive_chunk<R: AsyncRead + Unpin>(
+    store: Option<Store>,
+    hash: Hash,
+    len: u32,
+    recv: &mut R,
+) -> Response {
+    let Some(store) = store else {
+        return Response::Nack(NackReason::NotAccepted);
+    };
+    if len > MAX_CHUNK_SIZE {
+        return Response::Nack(NackReason::TooLarge);
+    }
+    if store.has_chunk(&hash) {
+        return Response::Ack;
+    }
+    if !store.fits(u64::from(len)) {
+        return Response::Nack(NackReason::OverQuota);
+    }
+    let mut data = vec![0u8; len as usize];
+    if let Err(e) = recv.read_exact(&mut data).await {
+        debug!("chunk upload cut short: {e}");
+        return Response::Nack(NackReason::TooLarge);
+    }
+    match blocking(store, move |s| s.put_chunk(&hash, &data)).await {
+        Ok(_) => Response::Ack,
+        Err(StoreError::BadHash { expected, actual }) => {
+            warn!(%expected, %actual, "peer uploaded a chunk that fails verification");
+            Response::Nack(NackReason::BadHash)
+        }
+        Err(StoreError::OverQuota { .. }) => Response::Nack(NackReason::OverQuota),
+        Err(e) => {
+            warn!("store: {e}");
+            Response::Nack(NackReason::Internal)
+        }
+    }
+}
+
+async fn receive_manifest<R: AsyncRead + Unpin>(
+    store: Option<Store>,
+    id: Hash,
+    len: u32,
+    recv: &mut R,
+) -> Response {
+    let Some(store) = store else {
+        return Response::Nack(NackReason::NotAccepted);
+    };
+    if len as usize > MAX_MANIFEST_SIZE {
+        return Response::Nack(NackReason::TooLarge);
+    }
+    if matches!(store.manifest_bytes(&id), Ok(Some(_))) {
+        return Response::Ack;
+    }
+    let mut data = vec![0u8; len as usize];
+    if recv.read_exact(&mut data).await.is_err() {
+        return Response::Nack(NackReason::TooLarge);
+    }
+    if Hash::of(&data) != id {
+        warn!(%id, "peer uploaded a manifest that fails verification");
+        return Response::Nack(NackReason::BadHash);
+    }
+    match blocking(store, move |s| s.put_manifest(&data)).await {
+        Ok(_) => Response::Ack,
+        Err(StoreError::BadManifest(e)) => {
+            debug!("invalid manifest: {e}");
+            Response::Nack(NackReason::BadManifest)
+        }
+        Err(e) => {
+            warn!("store: {e}");
+            Response::Nack(NackReason::Internal)
+        }
+    }
+}
+
+/// Sends `request` on a new stream and reads the response frame.
+async fn request(
+    conn: &Connection,
+    request: &Request,
+    body: Option<Bytes>,
+) -> Result<(Response, quinn::RecvStream), FetchError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(stream_err)
+        .map_err(FetchError::Stream)?;
+    write_frame(&mut send, request, MAX_CONTROL_FRAME).await?;
+    if let Some(body) = body {
+        // The receiver may answer early and stop the stream (already stored, over
+        // quota): the answer below says what happened.
+        let _ = send.write_chunk(body).await;
+    }
+    let _ = send.finish();
+    let resp = read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
+        .await?
+        .ok_or_else(|| FetchError::Stream("stream closed without an answer".into()))?;
+    Ok((resp, recv))
+}
+
+async fn fetch_raw(
+    conn: &Connection,
+    req: Request,
+    name: Hash,
+    max: u64,
+) -> Result<Vec<u8>, FetchError> {
+    let (resp, mut recv) = request(conn, &req, None).await?;
+    let len = match resp {
+        Response::Found { len } => len,
+        Response::NotFound => return Err(FetchError::NotFound),
+        other => return Err(FetchError::Unexpected(other)),
+    };
+    if len > max {
+        let _ = recv.stop(ErrorCode::FrameTooLarge.var_int());
+        return Err(FetchError::BadLength { len, max });
+    }
+    let mut data = vec![0u8; len as usize];
+    recv.read_exact(&mut data)
+        .await
+        .map_err(|e| FetchError::Stream(e.to_string()))?;
+    let (data, actual) = tokio::task::spawn_blocking(move || {
+        let h = Hash::of(&data);
+        (data, h)
+    })
+    .await
+    .map_err(|e| FetchError::Stream(e.to_string()))?;
+    if actual != name {
+        return Err(FetchError::BadHash {
+            expected: name,
+            actual,
+        });
+    }
+    Ok(data)
+}
+
+/// Fetches and verifies one chunk of at most `max_len` bytes.
+pub async fn fetch_chunk(
+    conn: &Connection,
+    hash: Hash,
+    max_len: u64,
+    timeout: Duration,
+) -> Result<Vec<u8>, FetchError> {
+    tokio::time::timeout(
+        timeout,
+        fetch_raw(conn, Request::GetChunk { hash }, hash, max_len),
+    )
+    .await
+    .map_err(|_| FetchError::Timeout)?
+}
+
+/// Fetches and verifies a manifest.
+pub async fn fetch_manifest(
+    conn: &Connection,
+    id: Hash,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Manifest), FetchError> {
+    let bytes = tokio::time::timeout(
+        timeout,
+        fetch_raw(
+            conn,
+            Request::GetManifest { id },
+            id,
+            MAX_MANIFEST_SIZE as u64,
+        ),
+    )
+    .await
+    .map_err(|_| FetchError::Timeout)??;
+    let m = Manifest::decode(&bytes).map_err(|e| FetchError::Frame(FrameError::Wire(e)))?;
+    Ok((bytes, m))
+}
+
+/// Asks whether the peer holds `id`.
+pub async fn has(conn: &Connection, id: Hash, timeout: Duration) -> Result<bool, FetchError> {
+    let (resp, _) = tokio::time::timeout(timeout, request(conn, &Request::Has { id }, None))
+        .await
+        .map_err(|_| FetchError::Timeout)??;
+    match resp {
+        Response::Found { .. } => Ok(true),
+        Response::NotFound => Ok(false),
+        other => Err(FetchError::Unexpected(other)),
+    }
+}
+
+async fn push(
+    conn: &Connection,
+    req: Request,
+    body: Option<Bytes>,
+    timeout: Duration,
+) -> Result<(), PushError> {
+    let result = tokio::time::timeout(timeout, request(conn, &req, body))
+        .await
+        .map_err(|_| PushError::Timeout)?;
+    match result {
+        Ok((Response::Ack, _)) => Ok(()),
+        Ok((Response::Nack(r), _)) => Err(PushError::Nack(r)),
+        Ok((other, _)) => Err(PushError::Unexpected(other)),
+        Err(FetchError::Frame(e)) => Err(PushError::Frame(e)),
+        Err(e) => Err(PushError::Stream(e.to_string())),
+    }
+}
+
+/// Offers a chunk; Ok once the peer verified and stored it.
+pub async fn push_chunk(
+    conn: &Connection,
+    hash: Hash,
+    data: Bytes,
+    timeout: Duration,
+) -> Result<(), PushError> {
+    let len = u32::try_from(data.len()).map_err(|_| PushError::Nack(NackReason::TooLarge))?;
+    push(conn, Request::PutChunk { hash, len }, Some(data), timeout).await
+}
+
+/// Offers a manifest; Ok once the peer verified and stored it.
+pub async fn push_manifest(
+    conn: &Connection,
+    id: Hash,
+    bytes: Bytes,
+    timeout: Duration,
+) -> Result<(), PushError> {
+    let len = u32::try_from(bytes.len()).map_err(|_| PushError::Nack(NackReason::TooLarge))?;
+    push(conn, Request::PutManifest { id, len }, Some(bytes), timeout).await
+}
+
+/// Asks the peer to hold `id`; Ok once it has every piece and recorded it.
+pub async fn hold_file(conn: &Connection, id: Hash, timeout: Duration) -> Result<(), PushError> {
+    push(conn, Request::Hold { id }, None, timeout).await
+}
