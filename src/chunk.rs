@@ -308,6 +308,9 @@ pub struct ChunkLocation {
     pub len: usize,
 }
 
+/// Called with every chunk as a tree is built: its hash, bytes and location.
+pub type OnChunk<'a> = dyn FnMut(Hash, &[u8], ChunkLocation) -> std::io::Result<()> + 'a;
+
 /// A local file or directory cut into chunks and manifests.
 #[derive(Debug, Clone)]
 pub struct Tree {
@@ -346,7 +349,7 @@ impl Tree {
 pub fn build_tree(
     path: &Path,
     chunk_size: u32,
-    each: &mut dyn FnMut(Hash, &[u8], ChunkLocation) -> std::io::Result<()>,
+    each: &mut OnChunk<'_>,
 ) -> Result<Tree, ChunkError> {
     let mut manifests = Vec::new();
     let (root, size) = build_node(path, chunk_size, each, &mut manifests)?;
@@ -362,7 +365,7 @@ pub fn build_tree(
 fn build_node(
     path: &Path,
     chunk_size: u32,
-    each: &mut dyn FnMut(Hash, &[u8], ChunkLocation) -> std::io::Result<()>,
+    each: &mut OnChunk<'_>,
     manifests: &mut Vec<(Hash, Vec<u8>)>,
 ) -> Result<(Hash, u64), ChunkError> {
     let io = |source| ChunkError::Io {

@@ -1134,7 +1134,10 @@ impl Node {
     /// While no full node is connected, retries the bootstrap addresses with
     /// exponential backoff.
     fn maybe_bootstrap(&self, now: Instant) {
-        if self.inner.config.bootstrap.is_empty() || self.inner.stopping.is_cancelled() {
+        if self.inner.config.bootstrap.is_empty()
+            || self.inner.config.role == Role::Client
+            || self.inner.stopping.is_cancelled()
+        {
             return;
         }
         if lock(&self.inner.peers).connected_peers() > 0 {
@@ -1151,29 +1154,36 @@ impl Node {
         }
         let n = self.clone();
         self.inner.tasks.spawn(async move {
-            let ok = n.bootstrap_once().await;
+            let result = n.bootstrap_once().await;
             let mut b = lock(&n.inner.bootstrap);
             b.running = false;
-            if ok {
-                b.backoff = Duration::from_secs(1);
-            } else {
-                b.next = Instant::now() + b.backoff;
-                info!(retry_in = ?b.backoff, "no bootstrap node reachable");
-                b.backoff = (b.backoff * 2).min(MAX_BOOTSTRAP_BACKOFF);
+            match result {
+                Ok(()) => b.backoff = Duration::from_secs(1),
+                Err(last) => {
+                    b.next = Instant::now() + b.backoff;
+                    warn!(retry_in = ?b.backoff, "no bootstrap node reachable: {last}");
+                    b.backoff = (b.backoff * 2).min(MAX_BOOTSTRAP_BACKOFF);
+                }
             }
         });
     }
 
-    /// Dials every bootstrap address; true if at least one connected.
-    pub async fn bootstrap_once(&self) -> bool {
-        let mut ok = false;
+    /// Dials every bootstrap address; Ok if at least one connected, else the
+    /// last error.
+    pub async fn bootstrap_once(&self) -> Result<(), String> {
+        let mut last = Err("no bootstrap addresses".to_string());
         for addr in self.inner.config.bootstrap.clone() {
             match self.connect(&addr).await {
-                Ok(_) => ok = true,
-                Err(e) => warn!(%addr, "bootstrap failed: {e}"),
+                Ok(_) => last = Ok(()),
+                Err(e) => {
+                    debug!(%addr, "bootstrap failed: {e}");
+                    if last.is_err() {
+                        last = Err(format!("{addr}: {e}"));
+                    }
+                }
             }
         }
-        ok
+        last
     }
 
     /// Dials up to `max` known full nodes that are not connected (pinned to the

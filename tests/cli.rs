@@ -252,3 +252,146 @@ fn default_data_dirs_give_concurrent_nodes_distinct_ids() {
     c3.kill().unwrap();
     c3.wait().unwrap();
 }
+
+fn field(stdout: &str, key: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key:?} line in:\n{stdout}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn put_and_get_as_separate_processes() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &dir_arg(&da)]);
+    let (addr, a_id) = parse_started(&a.expect_line("[STARTED]", T));
+    let boot = format!("{a_id}@{addr}");
+    let mut b = Proc::spawn(&["--bootstrap", &boot, "--data-dir", &dir_arg(&db)]);
+    let (_, b_id) = parse_started(&b.expect_line("[STARTED]", T));
+    a.expect_line(&format!("[JOIN] {b_id}"), T);
+
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("payload.bin");
+    let data = common::random_bytes(3 * 1024 * 1024 + 5, 42);
+    std::fs::write(&src, &data).unwrap();
+
+    let out = binary()
+        .args([
+            "put",
+            &src.display().to_string(),
+            "--bootstrap",
+            &boot,
+            "--replicas",
+            "2",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "put failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[PUT] 2 of 2 copies"), "{stdout}");
+    let id = field(&stdout, "id: ");
+    let ticket = field(&stdout, "ticket: ");
+
+    // By ticket, with no bootstrap at all: the ticket says where to go.
+    let dest = work.path().join("by-ticket.bin");
+    let out = binary()
+        .args(["get", &ticket, "-o", &dest.display().to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "get failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[RECEIVED]"), "{stdout}");
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+
+    // By id, through the bootstrap node.
+    let dest = work.path().join("by-id.bin");
+    let status = binary()
+        .args([
+            "get",
+            &id,
+            "-o",
+            &dest.display().to_string(),
+            "--bootstrap",
+            &boot,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+
+    // The running nodes list it.
+    a.send("files");
+    a.expect_line(&id, T);
+
+    // Unknown id, unwritable output, unreachable network: a message and a failure,
+    // and nothing under the final name.
+    let unknown = quic_peer::chunk::Hash::of(b"never stored").to_string();
+    let dest = work.path().join("unknown.bin");
+    let err = run_fails(&[
+        "get",
+        &unknown,
+        "-o",
+        &dest.display().to_string(),
+        "--bootstrap",
+        &boot,
+    ]);
+    assert!(err.contains("no peer holds"), "{err}");
+    assert!(!dest.exists());
+    let err = run_fails(&[
+        "get",
+        &id,
+        "-o",
+        "/nonexistent-dir/x.bin",
+        "--bootstrap",
+        &boot,
+    ]);
+    assert!(err.contains("cannot write"), "{err}");
+    let err = run_fails(&[
+        "get",
+        &id,
+        "-o",
+        &work.path().join("never.bin").display().to_string(),
+        "--bootstrap",
+        "127.0.0.1:1",
+        "--idle-timeout",
+        "1",
+    ]);
+    assert!(err.contains("cannot reach the network"), "{err}");
+    let err = run_fails(&["get", "not-an-id", "-o", "x"]);
+    assert!(err.contains("invalid"), "{err}");
+
+    // The interactive node can put and get too.
+    let second = work.path().join("second.txt");
+    std::fs::write(&second, b"typed at the prompt").unwrap();
+    b.send(&format!("put {} 1", second.display()));
+    let id2 = b
+        .expect_line("id: ", T)
+        .trim_start_matches("id: ")
+        .to_string();
+    let back = work.path().join("second.back");
+    a.send(&format!("get {id2} {}", back.display()));
+    a.expect_line("[RECEIVED]", T);
+    assert_eq!(std::fs::read(&back).unwrap(), b"typed at the prompt");
+
+    for p in [&mut a, &mut b] {
+        p.send("exit");
+        assert!(p.wait(T).success());
+    }
+}

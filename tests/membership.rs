@@ -280,6 +280,8 @@ async fn restarted_node_keeps_its_id_and_rejoins() {
     let first_id = b.id();
     wait_until("b joined", CONVERGE, || connected(&a, first_id)).await;
     b.shutdown().await;
+    // The store (and its database lock) closes when the last handle is gone.
+    drop(b);
     wait_until("b left", CONVERGE, || !connected(&a, first_id)).await;
 
     let b = Node::start(config).await.unwrap();

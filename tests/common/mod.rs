@@ -162,3 +162,61 @@ pub fn parse_started(line: &str) -> (std::net::SocketAddr, NodeId) {
     let id = rest.trim_end_matches(')');
     (addr.parse().expect("addr"), id.parse().expect("id"))
 }
+
+/// A full node with a store in its own temp directory (kept alive with it).
+pub struct StoreNode {
+    pub node: Node,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a node with a store, joining through `bootstrap`.
+pub async fn store_node(bootstrap: &[&Node]) -> StoreNode {
+    store_node_with(bootstrap, |_| {}).await
+}
+
+/// Like [`store_node`], with a chance to change the config.
+pub async fn store_node_with(
+    bootstrap: &[&Node],
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> StoreNode {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig {
+        bootstrap: bootstrap.iter().map(|n| n.addr()).collect(),
+        data_dir: Some(dir.path().to_path_buf()),
+        ..NodeConfig::local_test()
+    };
+    tweak(&mut config);
+    let node = Node::start(config).await.expect("node starts");
+    StoreNode { node, dir }
+}
+
+/// `n` nodes with stores, all joined through the first, fully connected.
+pub async fn store_network(n: usize) -> Vec<StoreNode> {
+    let first = store_node(&[]).await;
+    let boot = first.node.clone();
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(store_node(&[&boot]).await);
+    }
+    let nodes: Vec<Node> = all.iter().map(|s| s.node.clone()).collect();
+    wait_until("full mesh", Duration::from_secs(30), || {
+        nodes.iter().all(|x| x.connected_peers().len() == n - 1)
+    })
+    .await;
+    all
+}
+
+/// Deterministic pseudo-random bytes (fast, no allocation games).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

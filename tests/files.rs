@@ -1,0 +1,408 @@
+//! Files across real nodes: put, get, boundaries, trees, lying peers, holders
+//! dying mid-download, resume, quota.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{random_bytes, store_network, store_node_with, wait_until, StoreNode};
+use quic_peer::chunk::{Hash, Manifest, DEFAULT_CHUNK_SIZE};
+use quic_peer::download::{download, DownloadOptions, NoProgress, Progress, Provider};
+use quic_peer::replication::{self, find_providers};
+use quic_peer::ticket::Target;
+use quic_peer::Node;
+
+const MIB: usize = 1 << 20;
+
+async fn put(node: &Node, path: &Path, replicas: usize) -> replication::PutReport {
+    replication::put(
+        node,
+        path,
+        replicas,
+        DEFAULT_CHUNK_SIZE,
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("put")
+}
+
+async fn get(node: &Node, id: Hash, out: &Path) -> quic_peer::download::DownloadStats {
+    replication::get(
+        node,
+        &Target::Id(id),
+        out,
+        &DownloadOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("get")
+}
+
+fn holders(report: &replication::PutReport) -> Vec<quic_peer::NodeId> {
+    report.holders.iter().map(|h| h.id).collect()
+}
+
+/// The node of `net` that holds nothing of `report`.
+fn non_holder<'a>(net: &'a [StoreNode], report: &replication::PutReport) -> &'a Node {
+    let h = holders(report);
+    &net.iter()
+        .find(|s| !h.contains(&s.node.id()))
+        .expect("a node without a copy")
+        .node
+}
+
+async fn shutdown(net: Vec<StoreNode>) {
+    for s in net {
+        s.node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boundary_sizes_round_trip() {
+    let net = store_network(4).await;
+    let src = tempfile::tempdir().unwrap();
+    let c = DEFAULT_CHUNK_SIZE as usize;
+    for (i, size) in [0, 1, c - 1, c, c + 1, 5 * c + c / 2]
+        .into_iter()
+        .enumerate()
+    {
+        let data = random_bytes(size, i as u64);
+        let path = src.path().join(format!("file-{size}"));
+        std::fs::write(&path, &data).unwrap();
+        let report = put(&net[0].node, &path, 2).await;
+        assert_eq!(report.remote_copies, 2);
+        assert_eq!(report.size, size as u64);
+        let fetcher = non_holder(&net, &report);
+        let out = src.path().join(format!("out-{size}"));
+        let stats = get(fetcher, report.id, &out).await;
+        assert_eq!(std::fs::read(&out).unwrap(), data, "size {size}");
+        assert_eq!(stats.chunks_fetched, size.div_ceil(c));
+        assert!(!quic_peer::download::part_path(&out).exists());
+    }
+    shutdown(net).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_mib_of_random_bytes() {
+    let net = store_network(3).await;
+    let src = tempfile::tempdir().unwrap();
+    let data = random_bytes(100 * MIB, 7);
+    let path = src.path().join("big.bin");
+    std::fs::write(&path, &data).unwrap();
+    let report = put(&net[0].node, &path, 1).await;
+    assert_eq!(report.remote_copies, 1);
+    let fetcher = non_holder(&net, &report);
+    let out = src.path().join("big.out");
+    let stats = get(fetcher, report.id, &out).await;
+    assert_eq!(stats.bytes, data.len() as u64);
+    assert_eq!(stats.per_peer.len(), 2, "both holders served");
+    assert!(std::fs::read(&out).unwrap() == data, "100 MiB differ");
+    shutdown(net).await;
+}
+
+fn write_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("docs/empty-dir")).unwrap();
+    std::fs::create_dir_all(root.join("data/deeper")).unwrap();
+    std::fs::write(root.join("readme.txt"), b"hello tree").unwrap();
+    std::fs::write(root.join("empty.txt"), b"").unwrap();
+    std::fs::write(root.join("docs/a.md"), b"# a").unwrap();
+    std::fs::write(
+        root.join("data/deeper/blob.bin"),
+        random_bytes(3 * MIB + 17, 9),
+    )
+    .unwrap();
+    // The same content twice: chunks are shared.
+    std::fs::write(root.join("data/copy.bin"), random_bytes(3 * MIB + 17, 9)).unwrap();
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let mut entries: Vec<_> = std::fs::read_dir(a).unwrap().map(|e| e.unwrap()).collect();
+    entries.sort_by_key(|e| e.file_name());
+    let mut other: Vec<_> = std::fs::read_dir(b).unwrap().map(|e| e.unwrap()).collect();
+    other.sort_by_key(|e| e.file_name());
+    let names = |v: &Vec<std::fs::DirEntry>| v.iter().map(|e| e.file_name()).collect::<Vec<_>>();
+    assert_eq!(names(&entries), names(&other), "in {}", a.display());
+    for e in entries {
+        let (pa, pb) = (e.path(), b.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            assert!(pb.is_dir());
+            assert_same_tree(&pa, &pb);
+        } else {
+            assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_tree_comes_back_the_same() {
+    let net = store_network(3).await;
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().join("tree");
+    write_tree(&root);
+    let report = put(&net[0].node, &root, 1).await;
+    let fetcher = non_holder(&net, &report);
+    let out = src.path().join("tree-copy");
+    let stats = get(fetcher, report.id, &out).await;
+    assert_eq!(stats.files, 5);
+    assert_same_tree(&root, &out);
+    shutdown(net).await;
+}
+
+/// Overwrites every chunk file in a node's store with other bytes of the same
+/// length: the node now serves tampered data for everything it holds.
+fn tamper_store(dir: &Path) -> usize {
+    let mut n = 0;
+    for sub in std::fs::read_dir(dir.join("store/chunks")).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let path = f.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            for b in bytes.iter_mut() {
+                *b ^= 0x5a;
+            }
+            std::fs::write(&path, bytes).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_bytes_are_caught_and_fetched_from_an_honest_peer() {
+    let net = store_network(3).await;
+    let src = tempfile::tempdir().unwrap();
+    let data = random_bytes(8 * MIB, 3);
+    let path = src.path().join("f.bin");
+    std::fs::write(&path, &data).unwrap();
+    // net[0] holds it locally; net[1] gets a copy.
+    let report = put(&net[0].node, &path, 1).await;
+    let honest_remote = report
+        .holders
+        .iter()
+        .find(|h| h.id != net[0].node.id())
+        .unwrap()
+        .id;
+    assert!(tamper_store(net[0].dir.path()) >= 8);
+    let liar = net[0].node.id();
+    let fetcher = non_holder(&net, &report);
+    let providers: Vec<Provider> = [liar, honest_remote]
+        .into_iter()
+        .map(|id| Provider {
+            id,
+            conn: fetcher.connection(&id).unwrap(),
+        })
+        .collect();
+    let out = src.path().join("out.bin");
+    let stats = download(
+        providers,
+        report.id,
+        &out,
+        &DownloadOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("download succeeds despite the liar");
+    assert!(stats.bad_chunks >= 1, "the lie was seen: {stats:?}");
+    assert!(
+        stats.per_peer.iter().all(|(id, _)| *id != liar),
+        "no chunk from the liar was accepted: {stats:?}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    shutdown(net).await;
+}
+
+/// Progress that runs a closure once, when a fraction of the bytes is done.
+struct At {
+    total: AtomicU64,
+    done: AtomicU64,
+    fraction: f64,
+    fired: std::sync::atomic::AtomicBool,
+    action: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Progress for At {
+    fn begin(&self, _: &str, total: u64) {
+        self.total.store(total, Ordering::SeqCst);
+    }
+    fn advance(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        let total = self.total.load(Ordering::SeqCst).max(1);
+        if done as f64 / total as f64 >= self.fraction && !self.fired.swap(true, Ordering::SeqCst) {
+            (self.action)();
+        }
+    }
+}
+
+fn at(fraction: f64, action: impl Fn() + Send + Sync + 'static) -> Arc<At> {
+    Arc::new(At {
+        total: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        fraction,
+        fired: Default::default(),
+        action: Box::new(action),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_mid_download_does_not_stop_it() {
+    let net = store_network(4).await;
+    let src = tempfile::tempdir().unwrap();
+    let data = random_bytes(48 * MIB, 5);
+    let path = src.path().join("f.bin");
+    std::fs::write(&path, &data).unwrap();
+    let report = put(&net[0].node, &path, 2).await;
+    let fetcher = non_holder(&net, &report).clone();
+    // Kill a remote holder once a quarter has arrived.
+    let victim = net
+        .iter()
+        .find(|s| s.node.id() != net[0].node.id() && holders(&report).contains(&s.node.id()))
+        .unwrap()
+        .node
+        .clone();
+    let v = victim.clone();
+    let progress = at(0.25, move || {
+        let v = v.clone();
+        tokio::spawn(async move { v.shutdown().await });
+    });
+    let out = src.path().join("out.bin");
+    let stats = replication::get(
+        &fetcher,
+        &Target::Id(report.id),
+        &out,
+        &DownloadOptions {
+            per_peer: 2,
+            ..DownloadOptions::default()
+        },
+        progress.clone(),
+    )
+    .await
+    .expect("download completes from the remaining holders");
+    assert!(progress.fired.load(Ordering::SeqCst));
+    assert!(stats.per_peer.len() >= 2, "{stats:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    shutdown(net).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_download_resumes_with_only_the_missing_chunks() {
+    let net = store_network(2).await;
+    let src = tempfile::tempdir().unwrap();
+    let data = random_bytes(32 * MIB, 11);
+    let path = src.path().join("f.bin");
+    std::fs::write(&path, &data).unwrap();
+    let report = put(&net[0].node, &path, 1).await;
+    let fetcher = &net[1].node;
+    // net[1] holds a copy; fetch from net[0] only, into a fresh path.
+    let provider = Provider {
+        id: net[0].node.id(),
+        conn: fetcher.connection(&net[0].node.id()).unwrap(),
+    };
+    let out = src.path().join("out.bin");
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let s = stop.clone();
+    let progress = at(0.4, move || s.notify_one());
+    let opts = DownloadOptions {
+        per_peer: 2,
+        max_in_flight: 2,
+        ..DownloadOptions::default()
+    };
+    tokio::select! {
+        r = download(vec![provider.clone()], report.id, &out, &opts, progress) => {
+            panic!("download finished before it was interrupted: {r:?}")
+        }
+        _ = stop.notified() => {}
+    }
+    let part = quic_peer::download::part_path(&out);
+    assert!(part.exists() && !out.exists(), "only the .part is left");
+
+    let stats = download(vec![provider], report.id, &out, &opts, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let total = 32;
+    assert_eq!(
+        stats.chunks_resumed + stats.chunks_fetched,
+        total,
+        "{stats:?}"
+    );
+    assert!(stats.chunks_resumed >= 12, "kept what it had: {stats:?}");
+    assert!(
+        stats.chunks_fetched < total - 10,
+        "fetched only the rest: {stats:?}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert!(!part.exists());
+    shutdown(net).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quota_put_is_refused_and_nothing_stored_is_lost() {
+    let small = store_node_with(&[], |c| c.max_storage = 3 * MIB as u64).await;
+    let up = common::store_node(&[&small.node]).await;
+    wait_until("joined", Duration::from_secs(20), || {
+        up.node.connected_peers().contains(&small.node.id())
+    })
+    .await;
+    let src = tempfile::tempdir().unwrap();
+    let first = random_bytes(2 * MIB, 1);
+    let second = random_bytes(2 * MIB, 2);
+    std::fs::write(src.path().join("first"), &first).unwrap();
+    std::fs::write(src.path().join("second"), &second).unwrap();
+
+    let ok = put(&up.node, &src.path().join("first"), 1).await;
+    assert_eq!(ok.remote_copies, 1);
+    let refused = put(&up.node, &src.path().join("second"), 1).await;
+    assert_eq!(refused.remote_copies, 0);
+    let (_, why) = &refused.failures[0];
+    assert!(why.contains("over quota"), "{why}");
+
+    let store = small.node.store().unwrap();
+    assert!(store.used() <= 3 * MIB as u64);
+    let files = store.files().unwrap();
+    assert_eq!(files.len(), 1, "the refused file is not recorded as held");
+    assert_eq!(files[0].id, ok.id);
+    assert!(files[0].complete);
+    // The first file still comes back whole from the small node.
+    let out = src.path().join("back");
+    let provider = Provider {
+        id: small.node.id(),
+        conn: up.node.connection(&small.node.id()).unwrap(),
+    };
+    download(
+        vec![provider],
+        ok.id,
+        &out,
+        &DownloadOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), first);
+    small.node.shutdown().await;
+    up.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_file_has_no_providers() {
+    let net = store_network(2).await;
+    let id = Hash::of(b"nobody stored this");
+    assert!(find_providers(&net[0].node, &Target::Id(id))
+        .await
+        .is_empty());
+    let out = tempfile::tempdir().unwrap();
+    let err = replication::get(
+        &net[0].node,
+        &Target::Id(id),
+        &out.path().join("x"),
+        &DownloadOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("no peer holds"), "{err}");
+    assert!(!out.path().join("x").exists());
+    // The manifest decoder is strict about what it accepts.
+    assert!(Manifest::decode(&[1, 2, 3]).is_err());
+    shutdown(net).await;
+}
