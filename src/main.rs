@@ -1,5 +1,7 @@
 //! The `quic-peer` command: parses the command line and drives the library.
 
+mod bench;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -122,6 +124,15 @@ enum Command {
         #[arg(short, long, value_name = "PATH")]
         out: PathBuf,
     },
+    /// Measure put and get throughput against a bare quinn stream.
+    Bench {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+    },
+    /// The bare quinn server the bench measures against.
+    #[command(hide = true)]
+    BenchBareServer,
     /// Run a small network on loopback and show it working.
     Demo {
         /// Number of nodes.
@@ -216,6 +227,8 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Demo { nodes }) => demo(nodes).await,
+        Some(Command::Bench { size_mib }) => bench::run(size_mib).await,
+        Some(Command::BenchBareServer) => bench::bare_server().await,
         Some(Command::Put {
             path,
             replicas,
@@ -383,6 +396,14 @@ fn human(bytes: u64) -> String {
 
 fn print_put(report: &PutReport) {
     say!("[PUT] {} bytes stored as {}", report.size, report.id);
+    let secs = report.elapsed.as_secs_f64().max(1e-6);
+    let sent = report.size * report.remote_copies as u64;
+    say!(
+        "[PUT] transferred {sent} bytes to {} node{} in {secs:.2} s ({:.1} MB/s)",
+        report.remote_copies,
+        if report.remote_copies == 1 { "" } else { "s" },
+        sent as f64 / secs / 1e6
+    );
     for h in &report.holders {
         let addrs: Vec<String> = h.addrs.iter().map(ToString::to_string).collect();
         say!("[SENT] copy held by {} ({})", h.id, addrs.join(","));

@@ -130,6 +130,8 @@ pub struct PutReport {
     pub failures: Vec<(NodeId, String)>,
     /// A ticket naming the holders.
     pub ticket: Ticket,
+    /// From reading the file to the last copy acknowledged.
+    pub elapsed: Duration,
 }
 
 /// Stores `path` (when this node has a store) and pushes it to `replicas` other
@@ -141,6 +143,7 @@ pub async fn put(
     chunk_size: u32,
     progress: Arc<dyn Progress>,
 ) -> Result<PutReport, PutError> {
+    let start = std::time::Instant::now();
     let path = path.to_path_buf();
     let store = node.store().cloned();
     let (tree, source) = match store {
@@ -240,6 +243,7 @@ pub async fn put(
         holders,
         failures,
         ticket,
+        elapsed: start.elapsed(),
     })
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::Connection;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{debug, warn};
 
 use crate::chunk::{Hash, Manifest, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
@@ -94,11 +94,12 @@ fn stream_err(e: impl std::fmt::Display) -> String {
 /// Serves one request on a stream whose first frame was `request`.
 ///
 /// `store` is `None` on clients: GETs find nothing and PUTs are refused.
-pub async fn serve<S, R>(store: Option<Store>, request: Request, mut send: S, mut recv: R)
-where
-    S: AsyncWrite + Unpin,
-    R: AsyncRead + Unpin,
-{
+pub async fn serve(
+    store: Option<Store>,
+    request: Request,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let result = match request {
         Request::GetChunk { hash } => {
             let data = match &store {
@@ -163,7 +164,7 @@ where
         debug!("transfer stream ended early: {e}");
         return;
     }
-    let _ = send.shutdown().await;
+    let _ = send.finish();
 }
 
 fn hold(store: &Store, id: &Hash) -> Result<Response, StoreError> {
@@ -204,8 +205,8 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
 }
 
-async fn send_found<S: AsyncWrite + Unpin>(
-    send: &mut S,
+async fn send_found(
+    send: &mut quinn::SendStream,
     data: Result<Option<Vec<u8>>, StoreError>,
 ) -> Result<(), FrameError> {
     match data {
@@ -218,7 +219,10 @@ async fn send_found<S: AsyncWrite + Unpin>(
                 MAX_CONTROL_FRAME,
             )
             .await?;
-            send.write_all(&bytes).await?;
+            // Hand the buffer to quinn as it is: no copy.
+            send.write_chunk(Bytes::from(bytes))
+                .await
+                .map_err(|e| FrameError::Io(e.into()))?;
             Ok(())
         }
         Ok(None) => write_frame(send, &Response::NotFound, MAX_CONTROL_FRAME).await,

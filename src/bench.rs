@@ -1,0 +1,412 @@
+//! `quic-peer bench`: throughput and memory of put and get between real node
+//! processes on loopback, each beside a bare quinn stream of the same size
+//! measured in the same run (two processes too), as a ratio.
+//!
+//! The bench re-runs this same executable for every process it needs: nodes
+//! (`--listen`), `put` and `get` clients, and the bare quinn server
+//! (`bench-bare-server`, hidden).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use quic_peer::Identity;
+
+/// One row of the results table.
+struct Row {
+    what: String,
+    secs: f64,
+    bytes: u64,
+    rss_kib: Option<u64>,
+    baseline: f64,
+}
+
+/// Runs the benchmark with a file of `size_mib` MiB and prints the table.
+pub async fn run(size_mib: u64) -> Result<()> {
+    let size = size_mib << 20;
+    let work = std::env::temp_dir().join(format!("quic-peer-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = run_in(&work, size).await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+async fn run_in(work: &Path, size: u64) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    eprintln!("bench: writing a {} MiB file", size >> 20);
+    let src = work.join("payload.bin");
+    write_payload(&src, size)?;
+
+    let bare1 = bare_quinn(&exe, size, None).await?;
+    eprintln!("bench: bare quinn stream {:.0} MB/s", mbps(size, bare1));
+    let sink = work.join("bare-sink.bin");
+    let bare_file = bare_quinn(&exe, size, Some(&sink)).await?;
+    eprintln!(
+        "bench: bare quinn stream to a file {:.0} MB/s",
+        mbps(size, bare_file)
+    );
+
+    let mut rows = Vec::new();
+    let a = NodeProc::start(&exe, &work.join("a"), None)?;
+    let (secs, _) = timed_client(
+        &exe,
+        &[
+            "put",
+            path_str(&src),
+            "--bootstrap",
+            &a.pinned,
+            "--replicas",
+            "1",
+        ],
+    )?;
+    let a_rss = a.peak_rss_kib();
+    rows.push(Row {
+        what: "put, client to 1 node".into(),
+        secs,
+        bytes: size,
+        rss_kib: a_rss,
+        baseline: bare1,
+    });
+
+    let id = file_id(&src)?;
+    let out1 = work.join("get1.bin");
+    let (secs, rss) = timed_client(
+        &exe,
+        &["get", &id, "-o", path_str(&out1), "--bootstrap", &a.pinned],
+    )?;
+    rows.push(Row {
+        what: "get, 1 holder".into(),
+        secs,
+        bytes: size,
+        rss_kib: rss,
+        baseline: bare1,
+    });
+    check_same(&src, &out1)?;
+    std::fs::remove_file(&out1)?;
+
+    let b = NodeProc::start(&exe, &work.join("b"), Some(&a.pinned))?;
+    let c = NodeProc::start(&exe, &work.join("c"), Some(&a.pinned))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (secs, _) = timed_client(
+        &exe,
+        &[
+            "put",
+            path_str(&src),
+            "--bootstrap",
+            &a.pinned,
+            "--replicas",
+            "3",
+        ],
+    )?;
+    rows.push(Row {
+        what: "put, client to 3 nodes (one had it)".into(),
+        secs,
+        bytes: 2 * size,
+        rss_kib: b.peak_rss_kib(),
+        baseline: bare1,
+    });
+
+    let bare2 = bare_quinn(&exe, size, None).await?;
+    eprintln!("bench: bare quinn stream {:.0} MB/s", mbps(size, bare2));
+    let bare = (bare1 + bare2) / 2.0;
+
+    let out3 = work.join("get3.bin");
+    let (secs, rss) = timed_client(
+        &exe,
+        &["get", &id, "-o", path_str(&out3), "--bootstrap", &a.pinned],
+    )?;
+    rows.push(Row {
+        what: "get, 3 holders at once".into(),
+        secs,
+        bytes: size,
+        rss_kib: rss,
+        baseline: bare,
+    });
+    check_same(&src, &out3)?;
+    drop((a, b, c));
+
+    println!();
+    println!(
+        "| {} MiB on loopback, {} cores | time | MB/s | bare quinn MB/s | ratio | ratio to bare stream written to a file | peak RSS of receiver |",
+        size >> 20,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| bare quinn stream, 2 processes (run 1 / run 2) | {:.2} s / {:.2} s | {:.0} / {:.0} | | | | |",
+        bare1,
+        bare2,
+        mbps(size, bare1),
+        mbps(size, bare2)
+    );
+    println!(
+        "| bare quinn stream written to a file and synced | {:.2} s | {:.0} | | | | |",
+        bare_file,
+        mbps(size, bare_file)
+    );
+    for r in rows {
+        let rate = r.bytes as f64 / r.secs / 1e6;
+        println!(
+            "| {} | {:.2} s | {:.0} | {:.0} | {:.2} | {:.2} | {} |",
+            r.what,
+            r.secs,
+            rate,
+            mbps(size, r.baseline),
+            rate / (size as f64 / r.baseline / 1e6),
+            rate / mbps(size, bare_file),
+            r.rss_kib
+                .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    println!();
+    println!("Times are the transfer as the client reports it: for get, from asking for the manifest to the");
+    println!("file verified, synced and renamed; for put, from reading the file to every copy acknowledged.");
+    println!("RSS: put rows give the receiving node's peak; get rows the get process's peak.");
+    Ok(())
+}
+
+fn mbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e6
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+fn write_payload(path: &Path, size: u64) -> Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for w in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn file_id(src: &Path) -> Result<String> {
+    let tree =
+        quic_peer::chunk::build_tree(src, quic_peer::chunk::DEFAULT_CHUNK_SIZE, &mut |_, _, _| {
+            Ok(())
+        })?;
+    Ok(tree.root.to_string())
+}
+
+fn check_same(a: &Path, b: &Path) -> Result<()> {
+    let ha = quic_peer::chunk::build_tree(a, 1 << 20, &mut |_, _, _| Ok(()))?;
+    let mut hb = quic_peer::chunk::build_tree(b, 1 << 20, &mut |_, _, _| Ok(()))?;
+    // Names differ; compare the chunk lists.
+    hb.manifests.truncate(1);
+    if ha.chunk_hashes() != hb.chunk_hashes() {
+        bail!("{} differs from {}", b.display(), a.display());
+    }
+    Ok(())
+}
+
+/// Peak resident set of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs a client command to completion, polling its peak RSS. The time is the
+/// transfer time the client reports (`… in X s`), else the process's wall time.
+fn timed_client(exe: &Path, args: &[&str]) -> Result<(f64, Option<u64>)> {
+    eprintln!("bench: quic-peer {}", args.join(" "));
+    let start = Instant::now();
+    let mut child = Command::new(exe)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut rss = None;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let secs = start.elapsed().as_secs_f64();
+            let mut out = String::new();
+            if let Some(mut o) = child.stdout.take() {
+                use std::io::Read;
+                o.read_to_string(&mut out)?;
+            }
+            if !status.success() {
+                bail!("quic-peer {} failed: {out}", args.join(" "));
+            }
+            let reported = out
+                .lines()
+                .find(|l| l.starts_with("[RECEIVED]") || l.starts_with("[PUT] transferred"))
+                .and_then(|l| l.split(" in ").nth(1))
+                .and_then(|r| r.split(" s").next())
+                .and_then(|v| v.trim().parse::<f64>().ok());
+            return Ok((reported.unwrap_or(secs), rss));
+        }
+        if let Some(r) = peak_rss_kib(child.id()) {
+            rss = Some(r);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A node process.
+struct NodeProc {
+    child: Child,
+    pinned: String,
+}
+
+impl NodeProc {
+    fn start(exe: &Path, dir: &Path, bootstrap: Option<&str>) -> Result<NodeProc> {
+        let mut cmd = Command::new(exe);
+        cmd.args(["--listen", "127.0.0.1:0", "--data-dir", path_str(dir)])
+            .args(["--max-storage", "64G"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        if let Some(b) = bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().context("node printed nothing")??;
+        let rest = first
+            .split("Peer active on ")
+            .nth(1)
+            .context("no [STARTED] line")?;
+        let (addr, id) = rest.split_once(" (id ").context("no id")?;
+        let pinned = format!("{}@{addr}", id.trim_end_matches(')'));
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(NodeProc { child, pinned })
+    }
+
+    fn peak_rss_kib(&self) -> Option<u64> {
+        peak_rss_kib(self.child.id())
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = writeln!(stdin, "exit");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Times one bare quinn stream of `size` bytes from a server process to this
+/// one; with `sink`, the bytes are written to that file and synced, as a
+/// download must.
+async fn bare_quinn(exe: &Path, size: u64, sink: Option<&Path>) -> Result<f64> {
+    let mut server = Command::new(exe)
+        .arg("bench-bare-server")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = server.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr: SocketAddr = line.trim().parse().context("bare server address")?;
+    let result = bare_client(addr, size, sink).await;
+    if let Some(p) = sink {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+fn endpoint(server: bool) -> Result<quinn::Endpoint> {
+    let identity = Identity::generate()?;
+    let (client, srv) = quic_peer::tls::quic_configs(&identity)?;
+    let socket = quic_peer::node::bind_socket("127.0.0.1:0".parse()?, 4 << 20)?;
+    let runtime = quinn::default_runtime().context("no runtime")?;
+    let server_config = server.then(|| quinn::ServerConfig::with_crypto(srv));
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server_config,
+        socket,
+        runtime,
+    )?;
+    ep.set_default_client_config(quinn::ClientConfig::new(client));
+    Ok(ep)
+}
+
+async fn bare_client(addr: SocketAddr, size: u64, sink: Option<&Path>) -> Result<f64> {
+    let ep = endpoint(false)?;
+    let conn = ep
+        .connect(addr, quic_peer::tls::UNPINNED_SERVER_NAME)?
+        .await?;
+    let start = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&size.to_be_bytes()).await?;
+    send.finish()?;
+    let mut got = 0u64;
+    let mut file = match sink {
+        Some(p) => Some(std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(p)?,
+        )),
+        None => None,
+    };
+    while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
+        got += chunk.bytes.len() as u64;
+        if let Some(f) = file.as_mut() {
+            f.write_all(&chunk.bytes)?;
+        }
+    }
+    if let Some(f) = file {
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if got != size {
+        bail!("bare stream delivered {got} of {size} bytes");
+    }
+    conn.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+    Ok(secs)
+}
+
+/// The hidden `bench-bare-server` process: prints its address, serves one stream.
+pub async fn bare_server() -> Result<()> {
+    let ep = endpoint(true)?;
+    println!("{}", ep.local_addr()?);
+    let conn = ep.accept().await.context("no connection")?.await?;
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let mut len = [0u8; 8];
+    recv.read_exact(&mut len).await?;
+    let mut left = u64::from_be_bytes(len);
+    let block = Bytes::from(vec![0x5au8; 1 << 20]);
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        send.write_chunk(block.slice(..n)).await?;
+        left -= n as u64;
+    }
+    send.finish()?;
+    let _ = conn.closed().await;
+    Ok(())
+}
