@@ -29,6 +29,7 @@
 
 pub mod chunk;
 pub mod datadir;
+pub mod dht;
 pub mod download;
 pub mod identity;
 pub mod membership;

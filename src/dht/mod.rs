@@ -1,0 +1,77 @@
+//! Kademlia: who stores what, without asking everyone.
+//!
+//! The key space is the 256-bit NodeId space with the XOR metric; a file id is a
+//! key in the same space. The parts here are pure state machines with time
+//! passed in, so that one routing table and one lookup implementation serve the
+//! real node and a simulator of ten thousand nodes alike:
+//!
+//! - [`kbucket`]: the routing table, 256 buckets of `k` contacts, least-recently
+//!   seen first, with a ping before a live contact is replaced.
+//! - [`query`]: an iterative lookup, `alpha` requests in flight, converging on the
+//!   `k` closest nodes; slow nodes stop counting against `alpha` so they cannot
+//!   stall it.
+//! - [`providers`]: provider records with expiry.
+
+pub mod kbucket;
+pub mod providers;
+pub mod query;
+
+use crate::identity::NodeId;
+
+/// Bucket size and the number of closest nodes a lookup converges on.
+pub const K: usize = 20;
+/// Requests a lookup keeps in flight.
+pub const ALPHA: usize = 3;
+
+/// The XOR distance between two keys, comparable as a 256-bit big-endian number.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct Distance(pub [u8; 32]);
+
+impl Distance {
+    /// Number of leading zero bits (256 for distance zero).
+    pub fn leading_zeros(&self) -> u32 {
+        let mut n = 0;
+        for b in self.0 {
+            if b == 0 {
+                n += 8;
+            } else {
+                return n + b.leading_zeros();
+            }
+        }
+        n
+    }
+}
+
+/// `a XOR b`.
+pub fn distance(a: &NodeId, b: &NodeId) -> Distance {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut d = [0u8; 32];
+    for i in 0..32 {
+        d[i] = a[i] ^ b[i];
+    }
+    Distance(d)
+}
+
+/// The DHT key of a file id.
+pub fn key_of(hash: &crate::chunk::Hash) -> NodeId {
+    NodeId::from_bytes(*hash.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xor_metric() {
+        let a = NodeId::from_bytes([0; 32]);
+        let mut bb = [0; 32];
+        bb[0] = 0x10;
+        let b = NodeId::from_bytes(bb);
+        assert_eq!(distance(&a, &a).leading_zeros(), 256);
+        assert_eq!(distance(&a, &b).leading_zeros(), 3);
+        assert_eq!(distance(&a, &b), distance(&b, &a));
+        let mut cc = [0; 32];
+        cc[31] = 1;
+        assert!(distance(&a, &NodeId::from_bytes(cc)) < distance(&a, &b));
+    }
+}
