@@ -15,6 +15,7 @@
 pub mod kbucket;
 pub mod providers;
 pub mod query;
+pub mod sim;
 
 use crate::identity::NodeId;
 
