@@ -354,9 +354,15 @@ struct Queue {
     pending: VecDeque<usize>,
     /// Providers that failed each chunk.
     failed: Vec<Vec<NodeId>>,
+    /// Times each chunk was reopened to every provider after all had failed it.
+    reopened: Vec<u8>,
     in_flight: usize,
     remaining: usize,
 }
+
+/// Times a chunk that every provider failed is offered to them all again
+/// (a timeout or a lost stream is often passing).
+const REOPEN_ROUNDS: u8 = 2;
 
 /// `fdatasync` after this many bytes are written, so the disk works while the
 /// network does and the final sync is short.
@@ -365,11 +371,28 @@ const SYNC_EVERY: u64 = 64 << 20;
 impl Queue {
     /// The next chunk `p` may try.
     fn take(&mut self, p: NodeId) -> Option<usize> {
-        let pos = self
+        let mut pos = self
             .pending
             .iter()
-            .position(|&i| !self.failed[i].contains(&p))?;
-        let i = self.pending.remove(pos)?;
+            .position(|&i| !self.failed[i].contains(&p));
+        if pos.is_none() && self.in_flight == 0 {
+            // Every provider failed what is left: give it another round or two.
+            let mut again = false;
+            for &i in &self.pending {
+                if self.reopened[i] < REOPEN_ROUNDS {
+                    self.reopened[i] += 1;
+                    self.failed[i].clear();
+                    again = true;
+                }
+            }
+            if again {
+                pos = self
+                    .pending
+                    .iter()
+                    .position(|&i| !self.failed[i].contains(&p));
+            }
+        }
+        let i = self.pending.remove(pos?)?;
         self.in_flight += 1;
         Some(i)
     }
@@ -438,6 +461,28 @@ async fn download_file(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
+    // A file finished by an earlier attempt (a directory download resumed) is
+    // kept if every chunk in it verifies.
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_file() && meta.len() == f.size {
+            let (p2, f2) = (path.to_path_buf(), f.clone());
+            let intact = tokio::task::spawn_blocking(move || {
+                let file = File::open(&p2)?;
+                Ok::<bool, std::io::Error>(scan(&file, &f2, f2.size)?.iter().all(|g| *g))
+            })
+            .await
+            .map_err(|e| DownloadError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(io(path))?;
+            if intact {
+                progress.advance(f.size);
+                lock(&shared.stats).chunks_resumed += f.chunks.len();
+                return Ok(());
+            }
+        }
+    }
     let part = part_path(path);
     let file = OpenOptions::new()
         .read(true)
@@ -485,6 +530,7 @@ async fn download_file(
     let queue = Arc::new(Mutex::new(Queue {
         pending: (0..f.chunks.len()).filter(|&i| !have[i]).collect(),
         failed: vec![Vec::new(); f.chunks.len()],
+        reopened: vec![0; f.chunks.len()],
         in_flight: 0,
         remaining: f.chunks.len() - resumed,
     }));
@@ -640,6 +686,7 @@ mod tests {
         let mut q = Queue {
             pending: (0..3).collect(),
             failed: vec![Vec::new(); 3],
+            reopened: vec![0; 3],
             in_flight: 0,
             remaining: 3,
         };
@@ -651,6 +698,19 @@ mod tests {
         assert_eq!(q.take(b), Some(0));
         q.done();
         assert_eq!(q.remaining, 2);
+        // When every provider failed a chunk and nothing is in flight, it is
+        // offered again, REOPEN_ROUNDS times.
+        q.done();
+        q.done();
+        q.pending.push_back(1);
+        q.remaining = 1;
+        for _ in 0..REOPEN_ROUNDS {
+            q.failed[1] = vec![a, b];
+            assert_eq!(q.take(a), Some(1));
+            q.retry(1, a);
+            q.failed[1].push(b);
+        }
+        assert_eq!(q.take(a), None, "given up after the rounds");
     }
 
     #[test]

@@ -30,6 +30,9 @@ use tokio::sync::mpsc;
 use crate::identity::NodeId;
 use crate::wire::{Control, PeerRecord, Role, MAX_ADDRS_PER_PEER};
 
+/// Most peers kept that are known from gossip but not connected.
+pub const MAX_KNOWN: usize = 1024;
+
 /// Why a peer stopped being a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeftReason {
@@ -329,15 +332,23 @@ impl PeerTable {
     }
 
     /// Adds peers told by gossip or WELCOME. Returns how many were new.
+    ///
+    /// At most [`MAX_KNOWN`] peers are kept that are not connected, so a flood of
+    /// made-up records cannot grow the table.
     pub fn learn(&mut self, records: &[PeerRecord], now: Instant) -> usize {
         let me = self.me;
         let mut new = 0;
+        let mut known = self.peers.values().filter(|e| e.conn.is_none()).count();
         for r in records.iter().filter(|r| r.id != me) {
             let addrs: Vec<SocketAddr> = r.addrs.iter().copied().filter(dialable).collect();
             if addrs.is_empty() {
                 continue;
             }
             if !self.peers.contains_key(&r.id) {
+                if known >= MAX_KNOWN {
+                    continue;
+                }
+                known += 1;
                 new += 1;
             }
             let e = self.entry(r.id, Role::Peer, now);

@@ -40,6 +40,10 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
     c
 }
 
+/// Longest a peer may take over one transfer stream (a 16 MiB chunk at
+/// 100 kB/s), after which the stream is dropped.
+const STREAM_DEADLINE: Duration = Duration::from_secs(180);
+
 /// Peers per gossip message and WELCOME.
 const GOSSIP_SAMPLE: usize = 32;
 /// Control frames queued per connection before gossip is dropped.
@@ -329,6 +333,8 @@ struct Inner {
     session: u64,
     peers: Mutex<PeerTable>,
     observed: Mutex<Option<SocketAddr>>,
+    /// Ids with a dial under way.
+    dialing: Mutex<std::collections::HashSet<NodeId>>,
     bootstrap: Mutex<BootstrapState>,
     events: broadcast::Sender<PeerEvent>,
     permits: Arc<Semaphore>,
@@ -487,6 +493,7 @@ impl Node {
                 permits: Arc::new(Semaphore::new(config.max_connections)),
                 peers: Mutex::new(PeerTable::new(identity.node_id())),
                 observed: Mutex::new(None),
+                dialing: Mutex::new(Default::default()),
                 bootstrap: Mutex::new(BootstrapState {
                     next: now,
                     backoff: Duration::from_secs(1),
@@ -624,6 +631,32 @@ impl Node {
         if self.inner.stopping.is_cancelled() {
             return Err(ConnectError::ShuttingDown);
         }
+        // One dial per known peer at a time, and none if a connection is up:
+        // a second connection would only be closed as a duplicate.
+        let _guard = match expect {
+            Some(id) => {
+                let deadline = Instant::now() + self.inner.config.handshake_timeout;
+                loop {
+                    if self
+                        .connection(&id)
+                        .is_some_and(|c| c.close_reason().is_none())
+                    {
+                        return Ok(id);
+                    }
+                    if lock(&self.inner.dialing).insert(id) {
+                        break Some(DialGuard {
+                            node: self.clone(),
+                            id,
+                        });
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(ConnectError::Timeout { addr });
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+            None => None,
+        };
         let permit = self
             .inner
             .permits
@@ -1060,7 +1093,12 @@ impl Node {
                             close(&conn, ErrorCode::ProtocolViolation, &"second JOIN");
                         }
                         Ok(Ok(Some(request))) => {
-                            crate::transfer::serve(store, request, send, recv).await;
+                            // A peer that stops reading or writing must not pin a
+                            // buffer (up to a chunk) and a stream forever.
+                            let serve = crate::transfer::serve(store, request, send, recv);
+                            if tokio::time::timeout(STREAM_DEADLINE, serve).await.is_err() {
+                                debug!("transfer stream took too long: dropped");
+                            }
                         }
                         Ok(Ok(None)) => {
                             let _ = recv.stop(ErrorCode::ProtocolViolation.var_int());
@@ -1250,6 +1288,18 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.tasks.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
         debug!(id = %self.id(), "node stopped");
+    }
+}
+
+/// Clears a peer's "dial under way" mark when the dial ends, however it ends.
+struct DialGuard {
+    node: Node,
+    id: NodeId,
+}
+
+impl Drop for DialGuard {
+    fn drop(&mut self) {
+        lock(&self.node.inner.dialing).remove(&self.id);
     }
 }
 

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! A chunk is verified against its hash before it is written, written to a temp
-//! file, fsynced, then renamed into place: after a crash it is whole or absent.
+//! file, fsynced, then linked into place (and the directory synced): after a
+//! crash it is whole or absent, and once acknowledged it stays.
 //! The quota is checked before writing, never by half-writing. All methods are
 //! blocking; async callers use `spawn_blocking`.
 
@@ -27,6 +28,9 @@ use crate::chunk::{FileManifest, Hash, Manifest};
 
 const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests");
 const FILES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("files");
+
+/// Most distinct manifests in one file tree.
+pub const MAX_TREE_MANIFESTS: usize = 1_000_000;
 
 /// redb's page cache: small, the data lives in chunk files.
 const DB_CACHE: usize = 16 << 20;
@@ -161,7 +165,14 @@ impl Store {
             tx.open_table(FILES)?;
             tx.commit()?;
         }
-        let used = disk_usage(&chunks)?;
+        let mut used = disk_usage(&chunks)?;
+        {
+            let tx = db.begin_read()?;
+            for row in tx.open_table(MANIFESTS)?.iter()? {
+                let (_, v) = row?;
+                used += v.value().len() as u64;
+            }
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 chunks,
@@ -249,7 +260,11 @@ impl Store {
         let len = data.len() as u64;
         self.reserve(len)?;
         match self.write_new(&path, data) {
-            Ok(()) => Ok(Stored::Written),
+            Ok(Stored::Written) => Ok(Stored::Written),
+            Ok(Stored::AlreadyHad) => {
+                self.release(len);
+                Ok(Stored::AlreadyHad)
+            }
             Err(e) => {
                 self.release(len);
                 Err(e)
@@ -257,31 +272,53 @@ impl Store {
         }
     }
 
-    fn write_new(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    fn write_new(&self, path: &Path, data: &[u8]) -> Result<Stored, StoreError> {
         let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.inner.tmp.join(format!("{}-{n}", std::process::id()));
         let result = (|| {
             let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
             f.write_all(data).map_err(io_err("cannot write", &tmp))?;
             f.sync_data().map_err(io_err("cannot sync", &tmp))?;
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+            let parent = path.parent().unwrap_or(&self.inner.chunks);
+            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+            // A hard link publishes atomically and, unlike rename, fails if a
+            // concurrent upload of the same chunk got there first.
+            let published = match fs::hard_link(&tmp, path) {
+                Ok(()) => Stored::Written,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Stored::AlreadyHad,
+                Err(e) => return Err(io_err("cannot publish", path)(e)),
+            };
+            // Make the new name durable: an acknowledged chunk survives power loss.
+            if let Ok(dir) = fs::File::open(parent) {
+                let _ = dir.sync_all();
             }
-            fs::rename(&tmp, path).map_err(io_err("cannot rename into", path))
+            Ok(published)
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
+        let _ = fs::remove_file(&tmp);
         result
     }
 
     /// Stores a manifest (validated) and returns its id.
+    ///
+    /// Manifest bytes count against the quota like chunk bytes.
     pub fn put_manifest(&self, bytes: &[u8]) -> Result<(Hash, Manifest), StoreError> {
         let manifest = Manifest::decode(bytes)?;
         let id = Hash::of(bytes);
-        let tx = self.inner.db.begin_write()?;
-        tx.open_table(MANIFESTS)?.insert(id.as_bytes(), bytes)?;
-        tx.commit()?;
+        if self.manifest_bytes(&id)?.is_some() {
+            return Ok((id, manifest));
+        }
+        let len = bytes.len() as u64;
+        self.reserve(len)?;
+        let result = (|| {
+            let tx = self.inner.db.begin_write()?;
+            tx.open_table(MANIFESTS)?.insert(id.as_bytes(), bytes)?;
+            tx.commit()?;
+            Ok::<(), StoreError>(())
+        })();
+        if let Err(e) = result {
+            self.release(len);
+            return Err(e);
+        }
         Ok((id, manifest))
     }
 
@@ -347,28 +384,40 @@ impl Store {
     /// The chunks of file or tree `id` not yet stored, or `None` if a manifest
     /// in it is missing.
     pub fn missing_chunks(&self, id: &Hash) -> Result<Option<Vec<Hash>>, StoreError> {
+        let Some(tree) = self.tree(id)? else {
+            return Ok(None);
+        };
         let mut missing = Vec::new();
-        let mut stack = vec![*id];
-        while let Some(id) = stack.pop() {
-            match self.manifest(&id)? {
-                None => return Ok(None),
-                Some(Manifest::File(f)) => {
-                    missing.extend(f.chunks.iter().filter(|h| !self.has_chunk(h)).copied());
+        let mut seen = std::collections::HashSet::new();
+        for (_, m) in &tree {
+            if let Manifest::File(f) = m {
+                for h in &f.chunks {
+                    if seen.insert(*h) && !self.has_chunk(h) {
+                        missing.push(*h);
+                    }
                 }
-                Some(Manifest::Dir(d)) => stack.extend(d.entries.iter().map(|e| e.id)),
             }
         }
-        missing.sort();
-        missing.dedup();
         Ok(Some(missing))
     }
 
     /// Every file manifest in the tree `id`, with the manifests' ids (the root
     /// first). `None` if one is missing.
+    ///
+    /// Each distinct manifest is visited once (a hostile peer can make a
+    /// directory graph whose paths number in the billions), and a tree of more
+    /// than [`MAX_TREE_MANIFESTS`] manifests counts as incomplete.
     pub fn tree(&self, id: &Hash) -> Result<Option<Vec<(Hash, Manifest)>>, StoreError> {
         let mut out = Vec::new();
         let mut stack = vec![*id];
+        let mut seen = std::collections::HashSet::new();
         while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            if seen.len() > MAX_TREE_MANIFESTS {
+                return Ok(None);
+            }
             let Some(m) = self.manifest(&id)? else {
                 return Ok(None);
             };
@@ -487,6 +536,54 @@ mod tests {
             fs::read_dir(dir.path().join("store/tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn a_directory_graph_with_billions_of_paths_is_walked_once() {
+        use crate::chunk::{DirEntry, DirManifest, FileManifest};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30).unwrap();
+        let file = Manifest::File(FileManifest {
+            name: "f".into(),
+            size: 5,
+            chunk_size: 1024,
+            chunks: vec![Hash::of(b"never stored")],
+        });
+        let (mut below, _) = store.put_manifest(&file.encode()).unwrap();
+        // Five levels of 1000 entries that all point to the level below: 10^15 paths.
+        for level in 0..5 {
+            let d = Manifest::Dir(DirManifest {
+                name: format!("d{level}"),
+                entries: (0..1000)
+                    .map(|i| DirEntry {
+                        name: format!("e{i:04}"),
+                        id: below,
+                    })
+                    .collect(),
+            });
+            below = store.put_manifest(&d.encode()).unwrap().0;
+        }
+        let start = std::time::Instant::now();
+        assert_eq!(store.tree(&below).unwrap().unwrap().len(), 6);
+        assert_eq!(store.missing_chunks(&below).unwrap().unwrap().len(), 1);
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn manifests_count_against_the_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 100).unwrap();
+        let m = Manifest::File(crate::chunk::FileManifest {
+            name: "x".repeat(200),
+            size: 0,
+            chunk_size: 1024,
+            chunks: vec![],
+        });
+        assert!(matches!(
+            store.put_manifest(&m.encode()),
+            Err(StoreError::OverQuota { .. })
+        ));
+        assert_eq!(store.used(), 0);
     }
 
     #[test]
