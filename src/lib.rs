@@ -32,6 +32,7 @@ pub mod datadir;
 pub mod dht;
 pub mod download;
 pub mod identity;
+pub mod kad;
 pub mod membership;
 pub mod node;
 pub mod replication;

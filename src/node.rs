@@ -190,6 +190,20 @@ pub struct NodeConfig {
     pub socket_buffer: usize,
     /// Bytes of chunk data this node stores at most (`--max-storage`).
     pub max_storage: u64,
+    /// Copies of each file the network keeps (put places them, repair restores them).
+    pub replicas: usize,
+    /// How long a provider record lives.
+    pub provider_ttl: Duration,
+    /// How often this node re-announces the files it holds (well under the TTL).
+    pub republish_interval: Duration,
+    /// A bucket untouched this long is refreshed with a lookup.
+    pub refresh_interval: Duration,
+    /// How often held files are checked to be on the R closest live nodes.
+    pub repair_interval: Duration,
+    /// Bytes per second repair may send, on average.
+    pub repair_rate: u64,
+    /// Time allowed for one DHT request.
+    pub rpc_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -209,6 +223,13 @@ impl Default for NodeConfig {
             max_streams: 64,
             socket_buffer: 4 << 20,
             max_storage: 10 << 30,
+            replicas: 3,
+            provider_ttl: Duration::from_secs(24 * 3600),
+            republish_interval: Duration::from_secs(12 * 3600),
+            refresh_interval: Duration::from_secs(600),
+            repair_interval: Duration::from_secs(60),
+            repair_rate: 32 << 20,
+            rpc_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -222,6 +243,12 @@ impl NodeConfig {
             keep_alive: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(5),
             gossip_interval: Duration::from_millis(500),
+            provider_ttl: Duration::from_secs(60),
+            republish_interval: Duration::from_secs(20),
+            refresh_interval: Duration::from_secs(10),
+            repair_interval: Duration::from_secs(2),
+            rpc_timeout: Duration::from_secs(2),
+            repair_rate: 256 << 20,
             ..NodeConfig::default()
         }
     }
@@ -332,6 +359,8 @@ struct Inner {
     local_addr: SocketAddr,
     session: u64,
     peers: Mutex<PeerTable>,
+    dht: Mutex<crate::kad::DhtState>,
+    dht_busy: std::sync::atomic::AtomicBool,
     observed: Mutex<Option<SocketAddr>>,
     /// Ids with a dial under way.
     dialing: Mutex<std::collections::HashSet<NodeId>>,
@@ -492,6 +521,8 @@ impl Node {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(config.max_connections)),
                 peers: Mutex::new(PeerTable::new(identity.node_id())),
+                dht: Mutex::new(crate::kad::DhtState::new(identity.node_id())),
+                dht_busy: Default::default(),
                 observed: Mutex::new(None),
                 dialing: Mutex::new(Default::default()),
                 bootstrap: Mutex::new(BootstrapState {
@@ -541,6 +572,30 @@ impl Node {
             .next()
             .unwrap_or(self.inner.local_addr);
         PeerAddr::pinned(self.id(), addr)
+    }
+
+    /// The DHT state, locked.
+    pub(crate) fn dht(&self) -> MutexGuard<'_, crate::kad::DhtState> {
+        lock(&self.inner.dht)
+    }
+
+    /// Spawns a task that ends with the node.
+    pub(crate) fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.inner.cancel.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+
+    /// Contacts in the routing table.
+    pub fn routing_table_len(&self) -> usize {
+        self.dht().table.len()
     }
 
     /// The node's store (`None` for clients and nodes without a data directory).
@@ -967,7 +1022,10 @@ impl Node {
         let c = conn.clone();
         self.inner
             .tasks
-            .spawn(async move { n.stream_acceptor(c).await }.instrument(span.clone()));
+            .spawn(async move { n.stream_acceptor(c, id, role).await }.instrument(span.clone()));
+        if role == Role::Peer {
+            self.dht_seen(id, meta.addrs.clone());
+        }
         let n = self.clone();
         self.inner.tasks.spawn(
             async move {
@@ -1068,7 +1126,7 @@ impl Node {
     }
 
     /// Accepts the streams a peer opens after the control stream.
-    async fn stream_acceptor(self, conn: Connection) {
+    async fn stream_acceptor(self, conn: Connection, peer: NodeId, role: Role) {
         loop {
             let (send, mut recv) = match conn.accept_bi().await {
                 Ok(s) => s,
@@ -1077,6 +1135,7 @@ impl Node {
             let timeout = self.inner.config.handshake_timeout;
             let conn = conn.clone();
             let store = self.inner.store.clone();
+            let node = self.clone();
             self.inner.tasks.spawn(
                 async move {
                     let first = tokio::time::timeout(
@@ -1092,12 +1151,29 @@ impl Node {
                         Ok(Ok(Some(Request::Join(_)))) => {
                             close(&conn, ErrorCode::ProtocolViolation, &"second JOIN");
                         }
+                        Ok(Ok(Some(Request::Dht(request)))) => {
+                            let remote = conn.remote_address();
+                            let serve =
+                                node.serve_dht(peer, role == Role::Client, remote, request, send);
+                            let _ =
+                                tokio::time::timeout(node.inner.config.rpc_timeout, serve).await;
+                        }
                         Ok(Ok(Some(request))) => {
+                            let held = match &request {
+                                Request::Hold { id } => Some(*id),
+                                _ => None,
+                            };
                             // A peer that stops reading or writing must not pin a
                             // buffer (up to a chunk) and a stream forever.
-                            let serve = crate::transfer::serve(store, request, send, recv);
+                            let serve = crate::transfer::serve(store.clone(), request, send, recv);
                             if tokio::time::timeout(STREAM_DEADLINE, serve).await.is_err() {
                                 debug!("transfer stream took too long: dropped");
+                            }
+                            // A new holder says so in the DHT.
+                            if let (Some(id), Some(store)) = (held, store) {
+                                if store.holds(&id).unwrap_or(false) {
+                                    node.announce(id).await;
+                                }
                             }
                         }
                         Ok(Ok(None)) => {
@@ -1120,6 +1196,13 @@ impl Node {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_gossip = Instant::now();
+        let start = Instant::now();
+        let cfg = &self.inner.config;
+        let jitter = |d: Duration| d.mul_f64(0.8 + 0.4 * rand::random::<f64>());
+        let mut next_refresh = start;
+        let mut next_republish = start + jitter(cfg.republish_interval.min(Duration::from_secs(5)));
+        let mut next_repair = start + jitter(cfg.repair_interval);
+        let mut self_lookup_done = false;
         loop {
             tokio::select! {
                 _ = self.inner.stopping.cancelled() => return,
@@ -1168,6 +1251,43 @@ impl Node {
                 });
             }
             self.maybe_bootstrap(now);
+
+            // The DHT: one round at a time, off this loop.
+            if !self.dht().table.is_empty()
+                && !self
+                    .inner
+                    .dht_busy
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                let cfg = &self.inner.config;
+                let mut due = crate::kad::DhtDue::default();
+                let first = !self_lookup_done;
+                self_lookup_done = true;
+                if now >= next_refresh {
+                    due.refresh = true;
+                    next_refresh = now + cfg.refresh_interval.min(Duration::from_secs(60));
+                }
+                if cfg.role == Role::Peer && now >= next_republish {
+                    due.republish = true;
+                    next_republish = now + jitter(cfg.republish_interval);
+                }
+                if cfg.role == Role::Peer && now >= next_repair {
+                    due.repair = true;
+                    next_repair = now + jitter(cfg.repair_interval);
+                }
+                let n = self.clone();
+                self.spawn(async move {
+                    if first {
+                        // Joining: a lookup of our own id fills the table
+                        // around us and tells those nodes about us.
+                        n.lookup(n.id(), None).await;
+                    }
+                    n.dht_round(due).await;
+                    n.inner
+                        .dht_busy
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
         }
     }
 

@@ -7,8 +7,9 @@
 //! piece. [`get`] finds the nodes that hold a file (the ticket's holders, and
 //! any peer that answers HAS) and hands them to the download engine.
 //!
-//! Placement here is on connected full nodes, chosen at random; the DHT will
-//! choose the nodes closest to the file id instead.
+//! Placement follows Kademlia: the R live nodes closest to the file id hold it,
+//! each announces itself as a provider on the k closest nodes, and `get` finds
+//! them with a GET_PROVIDERS lookup.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,12 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rand::seq::SliceRandom;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use crate::chunk::{build_tree, ChunkLocation, Hash, Tree};
+use crate::dht::kbucket::Contact;
 use crate::download::{
     download, DownloadError, DownloadOptions, DownloadStats, Progress, Provider,
 };
@@ -29,17 +30,15 @@ use crate::identity::NodeId;
 use crate::node::{Node, PeerAddr};
 use crate::store::Store;
 use crate::ticket::{Target, Ticket, MAX_HOLDERS};
-use crate::transfer::{has, hold_file, push_chunk, push_manifest, PushError};
+use crate::transfer::{hold_file, push_chunk, push_manifest, PushError};
 use crate::wire::PeerRecord;
 
 /// Chunks pushed to one target at a time.
 pub const PUSH_IN_FLIGHT: usize = 8;
 /// Time allowed for one PUT or HOLD to be answered.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
-/// Time allowed for a HAS answer.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Peers asked whether they hold a file.
-const MAX_QUERIED: usize = 32;
+/// Most providers looked for.
+const MAX_QUERIED: usize = 16;
 
 /// Where pushed chunks are read from.
 #[derive(Clone)]
@@ -181,30 +180,67 @@ pub async fn put(
             addrs: node.listen_addrs(),
         });
     }
-    node.connect_known(crate::ticket::MAX_HOLDERS * 4).await;
-    let mut targets = node.connected_peers();
-    targets.shuffle(&mut rand::rng());
-    targets.truncate(replicas);
+    // Placement: the live nodes closest to the file id, closest first; if one
+    // fails, the next in line is tried.
+    let mut candidates: Vec<Contact> = node
+        .closest_nodes(tree.root, crate::dht::K)
+        .await
+        .into_iter()
+        .filter(|c| c.id != node.id())
+        .collect();
+    if candidates.is_empty() {
+        // A network too young for lookups: fall back to whoever is connected.
+        candidates = node
+            .connected_peers()
+            .into_iter()
+            .map(|id| Contact { id, addrs: vec![] })
+            .collect();
+    }
     let name = tree
         .root_manifest()
         .map(|m| m.name().to_string())
         .unwrap_or_default();
-    progress.begin(&name, tree.size * targets.len() as u64);
+    progress.begin(&name, tree.size * replicas.min(candidates.len()) as u64);
 
     let tree = Arc::new(tree);
-    let mut tasks = JoinSet::new();
-    for id in targets.iter().copied() {
-        let Some(conn) = node.connection(&id) else {
-            continue;
-        };
-        let (tree, source, progress) = (tree.clone(), source.clone(), progress.clone());
-        tasks.spawn(async move {
-            let r = push_tree(&conn, &tree, &source, progress.as_ref()).await;
-            (id, r)
-        });
-    }
     let mut failures = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
+    let mut next = candidates.into_iter();
+    let mut tasks = JoinSet::new();
+    let mut running = 0;
+    loop {
+        let acked = holders.iter().filter(|h| h.id != node.id()).count();
+        while acked + running < replicas {
+            let Some(c) = next.next() else { break };
+            let conn = match node.connection(&c.id) {
+                Some(conn) => conn,
+                None => {
+                    let Some(addr) = c.addrs.first() else {
+                        continue;
+                    };
+                    match node.connect(&PeerAddr::pinned(c.id, *addr)).await {
+                        Ok(_) => match node.connection(&c.id) {
+                            Some(conn) => conn,
+                            None => continue,
+                        },
+                        Err(e) => {
+                            failures.push((c.id, e.to_string()));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let (tree, source, progress) = (tree.clone(), source.clone(), progress.clone());
+            let id = c.id;
+            running += 1;
+            tasks.spawn(async move {
+                let r = push_tree(&conn, &tree, &source, progress.as_ref()).await;
+                (id, r)
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        running -= 1;
         let Ok((id, result)) = joined else { continue };
         match result {
             Ok(()) => {
@@ -222,6 +258,10 @@ pub async fn put(
                 failures.push((id, e));
             }
         }
+    }
+    if node.store().is_some() {
+        // This node holds a copy too: say so in the DHT.
+        node.announce(tree.root).await;
     }
     if holders.is_empty() {
         let why = failures
@@ -316,41 +356,38 @@ pub async fn push_tree(
         .map_err(|e| format!("hold: {e}"))
 }
 
-/// Connects to the ticket's holders and asks connected and known full nodes
-/// whether they hold `id`; returns the ones that do.
+/// The nodes that hold the target: the ticket's holders, and the providers a
+/// GET_PROVIDERS lookup finds in the DHT (no flooding: a lookup asks about
+/// log N nodes). Each is connected, pinned to its id.
 pub async fn find_providers(node: &Node, target: &Target) -> Vec<Provider> {
     let id = target.id();
-    // Dial the ticket's holders (pinned), then every known full node.
-    let mut dials = JoinSet::new();
-    if let Target::Ticket(t) = target {
-        for h in &t.holders {
-            if h.id == node.id() || node.connection(&h.id).is_some() {
-                continue;
-            }
-            if let Some(a) = h.addrs.first() {
-                let (n, addr) = (node.clone(), PeerAddr::pinned(h.id, *a));
-                dials.spawn(async move {
-                    if let Err(e) = n.connect(&addr).await {
-                        debug!(%addr, "ticket holder unreachable: {e}");
-                    }
-                });
-            }
+    let mut records: Vec<PeerRecord> = match target {
+        Target::Ticket(t) => t.holders.clone(),
+        Target::Id(_) => Vec::new(),
+    };
+    for r in node.find_providers(id, MAX_QUERIED).await.providers {
+        if !records.iter().any(|x| x.id == r.id) {
+            records.push(r);
         }
     }
-    while dials.join_next().await.is_some() {}
-    node.connect_known(MAX_QUERIED).await;
-    let mut asks = JoinSet::new();
-    for peer in node.connected_peers().into_iter().take(MAX_QUERIED) {
-        let Some(conn) = node.connection(&peer) else {
-            continue;
-        };
-        asks.spawn(async move {
-            let yes = has(&conn, id, QUERY_TIMEOUT).await.unwrap_or(false);
-            yes.then_some(Provider { id: peer, conn })
+    records.retain(|r| r.id != node.id());
+    let mut dials = JoinSet::new();
+    for r in records {
+        let n = node.clone();
+        dials.spawn(async move {
+            if n.connection(&r.id).is_none() {
+                let addr = r.addrs.first()?;
+                if let Err(e) = n.connect(&PeerAddr::pinned(r.id, *addr)).await {
+                    debug!(peer = %r.id.fmt_short(), "provider unreachable: {e}");
+                    return None;
+                }
+            }
+            let conn = n.connection(&r.id)?;
+            Some(Provider { id: r.id, conn })
         });
     }
     let mut out = Vec::new();
-    while let Some(r) = asks.join_next().await {
+    while let Some(r) = dials.join_next().await {
         if let Ok(Some(p)) = r {
             out.push(p);
         }

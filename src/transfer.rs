@@ -150,8 +150,8 @@ pub async fn serve(
             };
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
-        Request::Join(_) => {
-            // The node routes JOIN elsewhere; on a transfer stream it is a violation.
+        Request::Join(_) | Request::Dht(_) => {
+            // The node routes these elsewhere.
             write_frame(
                 &mut send,
                 &Response::Nack(NackReason::NotAccepted),

@@ -43,6 +43,8 @@
 //! - [`Request::Hold`]: after a file's manifests and chunks were put, asks the
 //!   receiver to keep the file; Ack only if every piece is present.
 //! - [`Request::Has`]: whether the receiver holds a file.
+//! - [`Request::Dht`]: one Kademlia RPC per stream (PING, FIND_NODE,
+//!   GET_PROVIDERS, ADD_PROVIDER), answered by one [`Response`] frame.
 //!
 //! Raw data is capped by [`MAX_CHUNK_SIZE`] (16 MiB) for chunks and
 //! [`MAX_MANIFEST_SIZE`] (16 MiB) for manifests; a larger declared length is
@@ -228,6 +230,34 @@ pub enum Request {
         /// The file id.
         id: Hash,
     },
+    /// A DHT request, answered by one [`Response`].
+    Dht(DhtRequest),
+}
+
+/// Kademlia RPCs, one short stream each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DhtRequest {
+    /// Liveness: answered by [`Response::Ack`].
+    Ping,
+    /// The receiver's closest contacts to `target`: [`Response::Nodes`].
+    FindNode {
+        /// A key.
+        target: NodeId,
+    },
+    /// Providers of `key` the receiver knows, and its closest contacts:
+    /// [`Response::Providers`].
+    GetProviders {
+        /// A file id as a key.
+        key: NodeId,
+    },
+    /// "I hold `key`": accepted ([`Response::Ack`]) only when `provider.id` is
+    /// the id the connection's handshake proved, else [`NackReason::NotAccepted`].
+    AddProvider {
+        /// A file id as a key.
+        key: NodeId,
+        /// The provider: must be the sender.
+        provider: PeerRecord,
+    },
 }
 
 /// The answer on a transfer stream.
@@ -244,6 +274,15 @@ pub enum Response {
     Ack,
     /// Refused.
     Nack(NackReason),
+    /// Contacts closest to a key.
+    Nodes(Vec<PeerRecord>),
+    /// Providers of a key, and contacts closer to it.
+    Providers {
+        /// Nodes that announced they hold the key.
+        providers: Vec<PeerRecord>,
+        /// The answering node's closest contacts to the key.
+        closer: Vec<PeerRecord>,
+    },
 }
 
 /// Why a PUT or HOLD was refused.
@@ -436,19 +475,30 @@ impl Message for Request {
                     max: MAX_MANIFEST_SIZE,
                 })
             }
+            Request::Dht(DhtRequest::AddProvider { provider, .. }) => {
+                check_peers(std::slice::from_ref(provider))
+            }
             Request::GetChunk { .. }
             | Request::PutChunk { .. }
             | Request::GetManifest { .. }
             | Request::PutManifest { .. }
             | Request::Hold { .. }
-            | Request::Has { .. } => Ok(()),
+            | Request::Has { .. }
+            | Request::Dht(_) => Ok(()),
         }
     }
 }
 
 impl Message for Response {
     fn validate(&self) -> Result<(), WireError> {
-        Ok(())
+        match self {
+            Response::Nodes(nodes) => check_peers(nodes),
+            Response::Providers { providers, closer } => {
+                check_peers(providers)?;
+                check_peers(closer)
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -596,6 +646,17 @@ mod tests {
             Request::PutManifest { id: h, len: 9 },
             Request::Hold { id: h },
             Request::Has { id: h },
+            Request::Dht(DhtRequest::Ping),
+            Request::Dht(DhtRequest::FindNode {
+                target: NodeId::from_bytes([1; 32]),
+            }),
+            Request::Dht(DhtRequest::GetProviders {
+                key: NodeId::from_bytes([2; 32]),
+            }),
+            Request::Dht(DhtRequest::AddProvider {
+                key: NodeId::from_bytes([2; 32]),
+                provider: peer(4),
+            }),
         ];
         for r in reqs {
             let f = encode(&r, MAX_CONTROL_FRAME).unwrap();
@@ -630,6 +691,19 @@ mod tests {
                 r
             );
         }
+    }
+
+    #[test]
+    fn oversized_dht_answers_are_rejected() {
+        let many: Vec<PeerRecord> = (0..MAX_PEERS_PER_MESSAGE as u8 + 1).map(peer).collect();
+        let body = postcard::to_allocvec(&Response::Nodes(many.clone())).unwrap();
+        assert!(decode_body::<Response>(&body).is_err());
+        let body = postcard::to_allocvec(&Response::Providers {
+            providers: many,
+            closer: vec![],
+        })
+        .unwrap();
+        assert!(decode_body::<Response>(&body).is_err());
     }
 
     #[test]
