@@ -112,6 +112,11 @@ impl Node {
         }
     }
 
+    /// The provider records this node keeps for `file` (for inspection).
+    pub fn local_providers(&self, file: Hash) -> Vec<PeerRecord> {
+        self.dht().providers.get(&key_of(&file), Instant::now())
+    }
+
     /// Answers one DHT request from the peer `from` (proven by the handshake).
     pub(crate) async fn serve_dht(
         &self,
@@ -374,6 +379,57 @@ impl Node {
         nodes
     }
 
+    /// Saves the routing table and provider records in the store.
+    pub(crate) async fn save_dht(&self) {
+        let Some(store) = self.store().cloned() else {
+            return;
+        };
+        let (contacts, providers) = {
+            let d = self.dht();
+            let now = Instant::now();
+            let wall = std::time::SystemTime::now();
+            let contacts: Vec<_> = d
+                .table
+                .contacts()
+                .into_iter()
+                .map(|c| (c.id, c.addrs))
+                .collect();
+            let providers: Vec<_> = d
+                .providers
+                .all(now)
+                .into_iter()
+                .map(|(k, p, exp)| (k, p.id, p.addrs, wall + exp.saturating_duration_since(now)))
+                .collect();
+            (contacts, providers)
+        };
+        let r = tokio::task::spawn_blocking(move || store.save_dht(&contacts, &providers)).await;
+        if let Ok(Err(e)) = r {
+            warn!("cannot save the routing table: {e}");
+        }
+    }
+
+    /// Loads the routing table and provider records a previous run saved.
+    pub(crate) fn load_dht(&self) {
+        let Some(store) = self.store() else { return };
+        let Ok((contacts, providers)) = store.load_dht() else {
+            return;
+        };
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now();
+        let mut d = self.dht();
+        for (id, addrs) in contacts {
+            // Proven by a handshake in an earlier run; a dead one fails its
+            // first request and is dropped.
+            if let Insert::Ping(old) = d.table.insert(Contact { id, addrs }, now) {
+                d.table.ping_result(&old.id, true, now);
+            }
+        }
+        for (key, id, addrs, expires) in providers {
+            let left = expires.duration_since(wall).unwrap_or_default();
+            d.providers.add(key, PeerRecord { id, addrs }, now + left);
+        }
+    }
+
     /// One DHT maintenance round: refresh quiet buckets, expire records,
     /// republish what this node holds when due, repair replicas when due.
     pub(crate) async fn dht_round(&self, due: DhtDue) {
@@ -392,6 +448,7 @@ impl Node {
                 };
                 self.lookup(target, None).await;
             }
+            self.save_dht().await;
         }
         if due.republish || due.repair {
             let Some(store) = self.store().cloned() else {

@@ -545,6 +545,7 @@ impl Node {
             }),
         };
         debug!(id = %node.id(), addr = %local_addr, "node started");
+        node.load_dht();
         let n = node.clone();
         node.inner.tasks.spawn(async move { n.accept_loop().await });
         let n = node.clone();
@@ -651,6 +652,14 @@ impl Node {
         match *lock(&self.inner.observed) {
             Some(seen) => vec![SocketAddr::new(seen.ip(), local.port())],
             None => Vec::new(),
+        }
+    }
+
+    /// A member left: drop it from the routing table too (unless this node is
+    /// the one stopping: then the table is kept for the next start).
+    fn forget(&self, id: NodeId) {
+        if !self.inner.stopping.is_cancelled() {
+            self.dht().table.remove(&id);
         }
     }
 
@@ -1044,6 +1053,7 @@ impl Node {
                     Instant::now(),
                 );
                 if let Some(reason) = left {
+                    n.forget(id);
                     n.emit(PeerEvent::Left { id, reason });
                 }
                 drop(permit);
@@ -1120,6 +1130,7 @@ impl Node {
             Instant::now(),
         );
         if let Some(reason) = left {
+            self.forget(id);
             self.emit(PeerEvent::Left { id, reason });
         }
         conn.close(ErrorCode::Ok.var_int(), ErrorCode::Ok.reason());
@@ -1391,6 +1402,7 @@ impl Node {
             return;
         }
         self.inner.stopping.cancel();
+        self.save_dht().await;
         // Tell everyone first, then stop the tasks.
         let conns = lock(&self.inner.peers).connections();
         for (_, _, handle) in &conns {
