@@ -305,7 +305,7 @@ impl Node {
                 Err(e) => {
                     debug!(peer = %c.id.fmt_short(), "DHT request failed: {e}");
                     lookup.on_failure(&c.id);
-                    self.dht().table.remove(&c.id);
+                    self.dht().table.record_failure(&c.id);
                 }
             }
         }

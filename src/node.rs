@@ -44,6 +44,9 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
 /// 100 kB/s), after which the stream is dropped.
 const STREAM_DEADLINE: Duration = Duration::from_secs(180);
 
+/// Peers gossiped to per round.
+const GOSSIP_FANOUT: usize = 6;
+
 /// Peers per gossip message and WELCOME.
 const GOSSIP_SAMPLE: usize = 32;
 /// Control frames queued per connection before gossip is dropped.
@@ -1303,12 +1306,22 @@ impl Node {
     }
 
     /// Sends each connected full node a sample of the others, and a PING.
+    ///
+    /// Each round goes to [`GOSSIP_FANOUT`] random peers, not to all of them:
+    /// the cost stays linear in the network's size (sending to every connected
+    /// peer every round overloaded 150 nodes on one machine).
     fn gossip(&self) {
+        use rand::seq::IteratorRandom;
+        if self.inner.config.role == Role::Client {
+            return;
+        }
         let t = lock(&self.inner.peers);
-        for (id, role, handle) in t.connections() {
-            if role != Role::Peer || self.inner.config.role == Role::Client {
-                continue;
-            }
+        let chosen = t
+            .connections()
+            .into_iter()
+            .filter(|(_, role, _)| *role == Role::Peer)
+            .choose_multiple(&mut rand::rng(), GOSSIP_FANOUT);
+        for (id, _, handle) in chosen {
             let sample = t.sample(GOSSIP_SAMPLE, id);
             // A full queue means the peer is not reading: skip this round.
             if !sample.is_empty() {

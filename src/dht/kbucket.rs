@@ -29,7 +29,13 @@ pub struct Contact {
 struct Entry {
     contact: Contact,
     last_seen: Instant,
+    /// Requests that failed since it last answered.
+    failures: u8,
 }
+
+/// Consecutive failed requests after which a contact is dropped: one lost
+/// request under load is not death.
+pub const MAX_FAILURES: u8 = 3;
 
 #[derive(Clone, Debug)]
 struct Bucket {
@@ -101,6 +107,7 @@ impl RoutingTable {
         if let Some(pos) = b.entries.iter().position(|e| e.contact.id == contact.id) {
             let mut e = b.entries.remove(pos);
             e.last_seen = now;
+            e.failures = 0;
             if !contact.addrs.is_empty() {
                 e.contact.addrs = contact.addrs;
             }
@@ -111,6 +118,7 @@ impl RoutingTable {
             b.entries.push(Entry {
                 contact,
                 last_seen: now,
+                failures: 0,
             });
             return Insert::Added;
         }
@@ -120,6 +128,7 @@ impl RoutingTable {
         b.pending = Some(Entry {
             contact,
             last_seen: now,
+            failures: 0,
         });
         Insert::Ping(b.entries[0].contact.clone())
     }
@@ -151,7 +160,27 @@ impl RoutingTable {
         }
     }
 
-    /// Removes a contact (it failed to answer).
+    /// A request to `id` failed; after [`MAX_FAILURES`] in a row it is removed
+    /// (and a pending newcomer takes its place). Returns whether it was removed.
+    pub fn record_failure(&mut self, id: &NodeId) -> bool {
+        let Some(i) = self.index(id) else {
+            return false;
+        };
+        let Some(e) = self.buckets[i]
+            .entries
+            .iter_mut()
+            .find(|e| e.contact.id == *id)
+        else {
+            return false;
+        };
+        e.failures = e.failures.saturating_add(1);
+        if e.failures >= MAX_FAILURES {
+            return self.remove(id);
+        }
+        false
+    }
+
+    /// Removes a contact (it left, or failed to answer too often).
     pub fn remove(&mut self, id: &NodeId) -> bool {
         let Some(i) = self.index(id) else {
             return false;
@@ -277,6 +306,21 @@ mod tests {
         t.ping_result(&ids[1], false, now);
         assert!(t.contains(&ids[2]) && !t.contains(&ids[1]));
         assert_eq!(t.insert(contact(local), now), Insert::IsSelf);
+    }
+
+    #[test]
+    fn contacts_are_dropped_after_repeated_failures_only() {
+        let now = Instant::now();
+        let mut t = RoutingTable::new(NodeId::from_bytes([0; 32]), 20, now);
+        let id = NodeId::from_bytes([9; 32]);
+        t.insert(contact(id), now);
+        assert!(!t.record_failure(&id));
+        assert!(!t.record_failure(&id));
+        t.insert(contact(id), now); // it answered: the count starts over
+        assert!(!t.record_failure(&id));
+        assert!(!t.record_failure(&id));
+        assert!(t.record_failure(&id));
+        assert!(!t.contains(&id));
     }
 
     #[test]

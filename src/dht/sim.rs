@@ -104,7 +104,7 @@ impl Sim {
                         if self.down.contains(&peer.id) || !self.tables.contains_key(&peer.id) {
                             l.on_failure(&peer.id);
                             if let Some(t) = self.tables.get_mut(&from) {
-                                t.remove(&peer.id);
+                                t.record_failure(&peer.id);
                             }
                             continue;
                         }
