@@ -1386,28 +1386,6 @@ impl Node {
         last
     }
 
-    /// Dials up to `max` known full nodes that are not connected (pinned to the
-    /// ids gossip gave), concurrently, and waits for the dials to finish.
-    pub async fn connect_known(&self, max: usize) {
-        let addrs: Vec<PeerAddr> = self
-            .peers()
-            .into_iter()
-            .filter(|p| p.role == Role::Peer && p.state == crate::membership::PeerState::Known)
-            .filter_map(|p| p.addrs.first().map(|a| PeerAddr::pinned(p.id, *a)))
-            .take(max)
-            .collect();
-        let mut dials = tokio::task::JoinSet::new();
-        for addr in addrs {
-            let n = self.clone();
-            dials.spawn(async move {
-                if let Err(e) = n.connect(&addr).await {
-                    debug!(%addr, "dial failed: {e}");
-                }
-            });
-        }
-        while dials.join_next().await.is_some() {}
-    }
-
     /// Graceful shutdown: LEAVE to every peer, close every connection with
     /// [`ErrorCode::Shutdown`], wait (bounded) for the endpoint to go idle.
     pub async fn shutdown(&self) {

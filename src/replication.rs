@@ -287,6 +287,23 @@ pub async fn put(
     })
 }
 
+/// Counts a finished chunk push: progress on success, the first error kept.
+fn settle(
+    done: Result<Result<u64, String>, tokio::task::JoinError>,
+    progress: &dyn Progress,
+    first_error: &mut Option<String>,
+) {
+    match done {
+        Ok(Ok(len)) => progress.advance(len),
+        Ok(Err(e)) => {
+            first_error.get_or_insert(e);
+        }
+        Err(e) => {
+            first_error.get_or_insert(e.to_string());
+        }
+    }
+}
+
 /// Pushes every manifest and chunk of `tree` to one peer, then asks it to hold
 /// the file. Errors are strings: they end up in a report.
 pub async fn push_tree(
@@ -309,15 +326,7 @@ pub async fn push_tree(
         };
         // Collect finished pushes as we go, to stop early on failure.
         while let Some(done) = tasks.try_join_next() {
-            match done {
-                Ok(Ok(len)) => progress.advance(len),
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e.to_string());
-                }
-            }
+            settle(done, progress, &mut first_error);
         }
         if first_error.is_some() {
             break;
@@ -338,15 +347,7 @@ pub async fn push_tree(
         });
     }
     while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(len)) => progress.advance(len),
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                first_error.get_or_insert(e.to_string());
-            }
-        }
+        settle(done, progress, &mut first_error);
     }
     if let Some(e) = first_error {
         return Err(e);

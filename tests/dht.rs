@@ -18,20 +18,10 @@ use quic_peer::{Identity, Node};
 const R: usize = 3;
 
 async fn network(n: usize) -> Vec<StoreNode> {
-    let first = store_node(&[]).await;
-    let boot = first.node.clone();
-    let mut all = vec![first];
-    for _ in 1..n {
-        all.push(store_node(&[&boot]).await);
-    }
-    let nodes: Vec<Node> = all.iter().map(|s| s.node.clone()).collect();
-    wait_until("routing tables filled", Duration::from_secs(60), || {
-        nodes
-            .iter()
-            .all(|x| x.routing_table_len() >= 10 && x.connected_peers().len() >= 10)
+    common::store_network_until(n, "routing tables filled", Duration::from_secs(60), |x| {
+        x.routing_table_len() >= 10 && x.connected_peers().len() >= 10
     })
-    .await;
-    all
+    .await
 }
 
 /// Live nodes that hold `id`.

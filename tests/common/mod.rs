@@ -193,6 +193,19 @@ pub async fn store_node_with(
 
 /// `n` nodes with stores, all joined through the first, fully connected.
 pub async fn store_network(n: usize) -> Vec<StoreNode> {
+    store_network_until(n, "full mesh", Duration::from_secs(30), |x| {
+        x.connected_peers().len() == n - 1
+    })
+    .await
+}
+
+/// `n` nodes with stores joined through the first, once `ready` holds for all.
+pub async fn store_network_until(
+    n: usize,
+    what: &str,
+    timeout: Duration,
+    ready: impl Fn(&Node) -> bool,
+) -> Vec<StoreNode> {
     let first = store_node(&[]).await;
     let boot = first.node.clone();
     let mut all = vec![first];
@@ -200,10 +213,7 @@ pub async fn store_network(n: usize) -> Vec<StoreNode> {
         all.push(store_node(&[&boot]).await);
     }
     let nodes: Vec<Node> = all.iter().map(|s| s.node.clone()).collect();
-    wait_until("full mesh", Duration::from_secs(30), || {
-        nodes.iter().all(|x| x.connected_peers().len() == n - 1)
-    })
-    .await;
+    wait_until(what, timeout, || nodes.iter().all(&ready)).await;
     all
 }
 
