@@ -64,7 +64,7 @@ impl From<blake3::Hash> for Hash {
 
 impl fmt::Display for Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&data_encoding::BASE32_DNSSEC.encode(&self.0))
+        f.write_str(&crate::identity::encode_b32(&self.0))
     }
 }
 
@@ -84,10 +84,7 @@ impl FromStr for Hash {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseHashError(s.chars().take(80).collect());
-        let bytes = data_encoding::BASE32_DNSSEC
-            .decode(s.to_ascii_lowercase().as_bytes())
-            .map_err(|_| err())?;
-        Ok(Hash(bytes.try_into().map_err(|_| err())?))
+        crate::identity::decode_b32(s).map(Hash).ok_or_else(err)
     }
 }
 

@@ -62,7 +62,7 @@ impl NodeId {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&data_encoding::BASE32_DNSSEC.encode(&self.0))
+        f.write_str(&encode_b32(&self.0))
     }
 }
 
@@ -80,6 +80,21 @@ pub struct ParseNodeIdError {
     pub input: String,
 }
 
+/// The 52-character lowercase base32 (DNSSEC alphabet) text form of 32 bytes,
+/// shared by node ids and content hashes.
+pub(crate) fn encode_b32(bytes: &[u8; 32]) -> String {
+    data_encoding::BASE32_DNSSEC.encode(bytes)
+}
+
+/// Parses [`encode_b32`]'s form (either case).
+pub(crate) fn decode_b32(s: &str) -> Option<[u8; 32]> {
+    data_encoding::BASE32_DNSSEC
+        .decode(s.to_ascii_lowercase().as_bytes())
+        .ok()?
+        .try_into()
+        .ok()
+}
+
 impl FromStr for NodeId {
     type Err = ParseNodeIdError;
 
@@ -87,12 +102,7 @@ impl FromStr for NodeId {
         let err = || ParseNodeIdError {
             input: s.chars().take(80).collect(),
         };
-        let lower = s.to_ascii_lowercase();
-        let bytes = data_encoding::BASE32_DNSSEC
-            .decode(lower.as_bytes())
-            .map_err(|_| err())?;
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| err())?;
-        Ok(NodeId(arr))
+        decode_b32(s).map(NodeId).ok_or_else(err)
     }
 }
 
@@ -156,20 +166,11 @@ pub enum IdentityError {
 }
 
 /// A node's key pair and certificate.
+#[derive(Clone)]
 pub struct Identity {
     key_der: Vec<u8>,
     cert: CertificateDer<'static>,
     id: NodeId,
-}
-
-impl Clone for Identity {
-    fn clone(&self) -> Self {
-        Identity {
-            key_der: self.key_der.clone(),
-            cert: self.cert.clone(),
-            id: self.id,
-        }
-    }
 }
 
 impl fmt::Debug for Identity {

@@ -459,13 +459,6 @@ impl PeerTable {
             .count()
     }
 
-    /// Whether a connected full node lists `addr` among its addresses.
-    pub fn has_connection_to(&self, addr: &SocketAddr) -> bool {
-        self.peers
-            .values()
-            .any(|e| e.conn.is_some() && e.addrs.contains(addr))
-    }
-
     /// A snapshot of every peer, members first.
     pub fn snapshot(&self, now: Instant) -> Vec<PeerInfo> {
         let mut out: Vec<PeerInfo> = self

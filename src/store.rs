@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::{FileManifest, Hash, Manifest};
+use crate::chunk::{Hash, Manifest};
 
 const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests");
 const FILES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("files");
@@ -217,11 +217,6 @@ impl Store {
     /// Whether the chunk is stored.
     pub fn has_chunk(&self, hash: &Hash) -> bool {
         self.chunk_path(hash).is_file()
-    }
-
-    /// Size of a stored chunk.
-    pub fn chunk_len(&self, hash: &Hash) -> Option<u64> {
-        fs::metadata(self.chunk_path(hash)).ok().map(|m| m.len())
     }
 
     /// Reads a stored chunk.
@@ -555,16 +550,6 @@ impl Store {
             ));
         }
         Ok((contacts, providers))
-    }
-
-    /// Reads chunk `index` of `f` from the store.
-    pub fn read_file_chunk(&self, f: &FileManifest, index: usize) -> Result<Vec<u8>, StoreError> {
-        let hash = f.chunks[index];
-        self.read_chunk(&hash)?.ok_or_else(|| StoreError::Io {
-            action: "missing chunk",
-            path: self.chunk_path(&hash),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        })
     }
 }
 
