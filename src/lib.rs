@@ -35,6 +35,7 @@ pub mod identity;
 pub mod kad;
 pub mod membership;
 pub mod node;
+pub mod relay;
 pub mod replication;
 pub mod store;
 pub mod stream;
