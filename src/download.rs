@@ -50,6 +50,10 @@ pub struct DownloadOptions {
     pub per_peer: usize,
     /// Time allowed for one chunk.
     pub chunk_timeout: Duration,
+    /// How long [`crate::replication::get`] keeps trying, after an attempt that
+    /// got the manifest but not every chunk (providers gone, the path dark),
+    /// to find providers again and resume.
+    pub retry_for: Duration,
 }
 
 impl Default for DownloadOptions {
@@ -58,6 +62,7 @@ impl Default for DownloadOptions {
             max_in_flight: 12,
             per_peer: 4,
             chunk_timeout: Duration::from_secs(30),
+            retry_for: Duration::from_secs(60),
         }
     }
 }
@@ -93,6 +98,9 @@ pub struct DownloadStats {
     pub bad_chunks: usize,
     /// Chunk requests that failed and were retried.
     pub retries: usize,
+    /// Attempts made ([`crate::replication::get`] tries again after an
+    /// incomplete one).
+    pub attempts: usize,
     /// Chunks served by each provider.
     pub per_peer: Vec<(NodeId, usize)>,
     /// Wall time.
@@ -561,6 +569,11 @@ async fn download_file(
         (q.remaining, f.chunks.len())
     };
     if remaining > 0 {
+        // Keep every verified chunk that arrived, written out before a retry
+        // scans the .part file.
+        if let Err(e) = writer.finish().await {
+            debug!("flushing the partial download: {e}");
+        }
         return Err(DownloadError::Incomplete {
             path: path.to_path_buf(),
             missing: remaining,

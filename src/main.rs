@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use quic_peer::chunk::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use quic_peer::datadir::{self, DataDir};
 use quic_peer::download::{DownloadOptions, DownloadStats, Progress};
+use quic_peer::node::Congestion;
 use quic_peer::replication::{self, PutReport};
 use quic_peer::ticket::Target;
 use quic_peer::wire::Role;
@@ -74,6 +75,10 @@ struct NodeArgs {
     /// Most bytes of chunk data this node stores, e.g. 500M, 20G.
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size, global = true)]
     max_storage: u64,
+    /// QUIC congestion control: bbr copes with random loss, cubic and
+    /// new-reno halve their rate on every loss.
+    #[arg(long, value_enum, default_value_t = Congestion::Bbr, global = true)]
+    congestion: Congestion,
 }
 
 /// Parses `1024`, `64K`, `500M`, `20G`, `1T` (binary units).
@@ -123,6 +128,10 @@ enum Command {
         /// Where to write it.
         #[arg(short, long, value_name = "PATH")]
         out: PathBuf,
+        /// After an attempt that got part of the file, keep looking for
+        /// providers and resuming this long (30s, 5m; 0 to give up at once).
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = quic_peer::relay::parse_duration)]
+        retry_for: Duration,
     },
     /// Measure put and get throughput against a bare quinn stream.
     Bench {
@@ -163,6 +172,7 @@ impl NodeArgs {
             target_peers: self.target_peers,
             max_connections: self.max_connections,
             max_storage: self.max_storage,
+            congestion: self.congestion,
             ..NodeConfig::default()
         };
         cfg.handshake_timeout = cfg.handshake_timeout.min(idle.max(Duration::from_secs(1)));
@@ -234,7 +244,11 @@ async fn run(cli: Cli) -> Result<()> {
             replicas,
             chunk_size,
         }) => cli_put(&cli.node, &path, replicas, chunk_size).await,
-        Some(Command::Get { target, out }) => cli_get(&cli.node, &target, &out).await,
+        Some(Command::Get {
+            target,
+            out,
+            retry_for,
+        }) => cli_get(&cli.node, &target, &out, retry_for).await,
         None => run_node(&cli.node).await,
     }
 }
@@ -563,7 +577,12 @@ async fn cli_put(
     Ok(())
 }
 
-async fn cli_get(args: &NodeArgs, target: &Target, out: &std::path::Path) -> Result<()> {
+async fn cli_get(
+    args: &NodeArgs,
+    target: &Target,
+    out: &std::path::Path,
+    retry_for: Duration,
+) -> Result<()> {
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -582,14 +601,11 @@ async fn cli_get(args: &NodeArgs, target: &Target, out: &std::path::Path) -> Res
     let need_bootstrap = matches!(target, Target::Id(_));
     let node = client(args, need_bootstrap).await?;
     let progress = TransferProgress::new("get");
-    let result = replication::get(
-        &node,
-        target,
-        out,
-        &DownloadOptions::default(),
-        progress.clone(),
-    )
-    .await;
+    let opts = DownloadOptions {
+        retry_for,
+        ..DownloadOptions::default()
+    };
+    let result = replication::get(&node, target, out, &opts, progress.clone()).await;
     progress.finish();
     node.shutdown().await;
     let stats = result?;

@@ -248,9 +248,12 @@ impl PeerTable {
         e.last_seen = now;
         e.dialing = false;
         e.failures = 0;
-        let mut fresh = addrs.to_vec();
+        // The addresses just proven first, then the ones known before; no
+        // duplicates (a peer's listen address is often the one it dialed from).
+        let mut fresh = Vec::new();
+        merge_addrs(&mut fresh, addrs.iter().copied());
         merge_addrs(&mut fresh, e.addrs.iter().copied());
-        e.addrs = fresh.into_iter().filter(dialable).collect();
+        e.addrs = fresh;
 
         let replaced = match &e.conn {
             None => None,

@@ -207,6 +207,26 @@ pub struct NodeConfig {
     pub repair_rate: u64,
     /// Time allowed for one DHT request.
     pub rpc_timeout: Duration,
+    /// Congestion control for every connection.
+    pub congestion: Congestion,
+}
+
+/// QUIC congestion control.
+///
+/// BBR is the default: it paces to the measured bottleneck rate and does not
+/// treat every lost packet as congestion, so random loss (Wi-Fi, lossy WAN
+/// links) costs little. Cubic and NewReno halve their window on loss; at 20-30%
+/// loss they crawl (a 32 MiB file took 20-50 s through the loss relay where BBR
+/// took under a second; `examples/loss_bench.rs` has the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Congestion {
+    /// Bottleneck bandwidth and round-trip propagation time.
+    #[default]
+    Bbr,
+    /// Cubic (quinn's default, like Linux TCP's).
+    Cubic,
+    /// NewReno.
+    NewReno,
 }
 
 impl Default for NodeConfig {
@@ -233,6 +253,7 @@ impl Default for NodeConfig {
             repair_interval: Duration::from_secs(60),
             repair_rate: 32 << 20,
             rpc_timeout: Duration::from_secs(5),
+            congestion: Congestion::default(),
         }
     }
 }
@@ -410,6 +431,12 @@ fn transport_config(config: &NodeConfig) -> Result<quinn::TransportConfig, Start
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
+    let cc: Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> = match config.congestion {
+        Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        Congestion::Cubic => Arc::new(quinn::congestion::CubicConfig::default()),
+        Congestion::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
+    };
+    t.congestion_controller_factory(cc);
     Ok(t)
 }
 
@@ -658,6 +685,24 @@ impl Node {
         }
     }
 
+    /// Records an address this node was seen at (by a peer's WELCOME, or the
+    /// local address an incoming connection arrived on), for a node bound to
+    /// an unspecified address to announce. A routable address replaces a
+    /// loopback one; otherwise the first one seen is kept.
+    fn learn_own_addr(&self, seen: SocketAddr) {
+        if seen.ip().is_unspecified() {
+            return;
+        }
+        let mut observed = lock(&self.inner.observed);
+        let better = match *observed {
+            None => true,
+            Some(cur) => cur.ip().is_loopback() && !seen.ip().is_loopback(),
+        };
+        if better {
+            *observed = Some(seen);
+        }
+    }
+
     /// A member left: drop it from the routing table too (unless this node is
     /// the one stopping: then the table is kept for the next start).
     fn forget(&self, id: NodeId) {
@@ -819,12 +864,7 @@ impl Node {
                 return Err(ConnectError::Timeout { addr });
             }
         };
-        {
-            let mut observed = lock(&self.inner.observed);
-            if observed.is_none() {
-                *observed = Some(welcome.observed_addr);
-            }
-        }
+        self.learn_own_addr(welcome.observed_addr);
         lock(&self.inner.peers).learn(&welcome.peers, Instant::now());
         let mut addrs = vec![addr];
         addrs.extend(
@@ -900,6 +940,11 @@ impl Node {
         if id == self.id() {
             close(&conn, ErrorCode::SelfDial, &"dialed by itself");
             return;
+        }
+        // A node bound to 0.0.0.0 that is only ever dialed (the first node of
+        // a network) learns its address from the one it was reached at.
+        if let Some(ip) = conn.local_ip() {
+            self.learn_own_addr(SocketAddr::new(ip, self.inner.local_addr.port()));
         }
         let span = info_span!("peer", peer = %id.fmt_short());
         let joined = async {

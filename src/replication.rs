@@ -397,6 +397,12 @@ pub async fn find_providers(node: &Node, target: &Target) -> Vec<Provider> {
 }
 
 /// Finds who holds the target and downloads it to `out`.
+///
+/// An attempt that got the manifest but not every chunk (its providers left,
+/// or the path to them went dark) is not the end: providers are looked up and
+/// dialed again, with backoff, for up to `opts.retry_for`, and each new attempt
+/// resumes from the chunks already written. A file nobody is known to hold
+/// fails at once.
 pub async fn get(
     node: &Node,
     target: &Target,
@@ -404,7 +410,37 @@ pub async fn get(
     opts: &DownloadOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<DownloadStats, DownloadError> {
-    let providers = find_providers(node, target).await;
-    debug!(file = %target.id().fmt_short(), providers = providers.len(), "providers found");
-    download(providers, target.id(), out, opts, progress).await
+    let deadline = std::time::Instant::now() + opts.retry_for;
+    let mut backoff = Duration::from_millis(500);
+    let mut attempts = 0;
+    let mut seen_manifest = false;
+    loop {
+        attempts += 1;
+        let providers = find_providers(node, target).await;
+        debug!(file = %target.id().fmt_short(), providers = providers.len(), attempts, "providers found");
+        let err = match download(providers, target.id(), out, opts, progress.clone()).await {
+            Ok(mut stats) => {
+                stats.attempts = attempts;
+                return Ok(stats);
+            }
+            Err(e) => e,
+        };
+        seen_manifest |= matches!(err, DownloadError::Incomplete { .. });
+        let retryable = matches!(
+            err,
+            DownloadError::Incomplete { .. }
+                | DownloadError::NoProviders(_)
+                | DownloadError::Manifest { .. }
+        );
+        if !seen_manifest
+            || !retryable
+            || node.is_shutting_down()
+            || std::time::Instant::now() + backoff > deadline
+        {
+            return Err(err);
+        }
+        warn!("{err}; looking for providers again in {backoff:?}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }

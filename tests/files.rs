@@ -4,13 +4,13 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{random_bytes, store_network, store_node_with, wait_until, StoreNode};
+use common::{at, random_bytes, store_network, store_node_with, wait_until, StoreNode};
 use quic_peer::chunk::{Hash, Manifest, DEFAULT_CHUNK_SIZE};
-use quic_peer::download::{download, DownloadOptions, NoProgress, Progress, Provider};
+use quic_peer::download::{download, DownloadOptions, NoProgress, Provider};
 use quic_peer::replication::{self, find_providers};
 use quic_peer::ticket::Target;
 use quic_peer::Node;
@@ -211,38 +211,6 @@ async fn tampered_bytes_are_caught_and_fetched_from_an_honest_peer() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), data);
     shutdown(net).await;
-}
-
-/// Progress that runs a closure once, when a fraction of the bytes is done.
-struct At {
-    total: AtomicU64,
-    done: AtomicU64,
-    fraction: f64,
-    fired: std::sync::atomic::AtomicBool,
-    action: Box<dyn Fn() + Send + Sync>,
-}
-
-impl Progress for At {
-    fn begin(&self, _: &str, total: u64) {
-        self.total.store(total, Ordering::SeqCst);
-    }
-    fn advance(&self, bytes: u64) {
-        let done = self.done.fetch_add(bytes, Ordering::SeqCst) + bytes;
-        let total = self.total.load(Ordering::SeqCst).max(1);
-        if done as f64 / total as f64 >= self.fraction && !self.fired.swap(true, Ordering::SeqCst) {
-            (self.action)();
-        }
-    }
-}
-
-fn at(fraction: f64, action: impl Fn() + Send + Sync + 'static) -> Arc<At> {
-    Arc::new(At {
-        total: AtomicU64::new(0),
-        done: AtomicU64::new(0),
-        fraction,
-        fired: Default::default(),
-        action: Box::new(action),
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quic_peer::{Node, NodeConfig, NodeId, PeerEvent};
@@ -229,4 +231,36 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// Progress that runs a closure once, when a fraction of the bytes is done.
+pub struct At {
+    total: AtomicU64,
+    done: AtomicU64,
+    fraction: f64,
+    pub fired: std::sync::atomic::AtomicBool,
+    action: Box<dyn Fn() + Send + Sync>,
+}
+
+impl quic_peer::download::Progress for At {
+    fn begin(&self, _: &str, total: u64) {
+        self.total.store(total, Ordering::SeqCst);
+    }
+    fn advance(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        let total = self.total.load(Ordering::SeqCst).max(1);
+        if done as f64 / total as f64 >= self.fraction && !self.fired.swap(true, Ordering::SeqCst) {
+            (self.action)();
+        }
+    }
+}
+
+pub fn at(fraction: f64, action: impl Fn() + Send + Sync + 'static) -> Arc<At> {
+    Arc::new(At {
+        total: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        fraction,
+        fired: Default::default(),
+        action: Box::new(action),
+    })
 }
