@@ -410,7 +410,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn transport_config(config: &NodeConfig) -> Result<quinn::TransportConfig, StartError> {
+/// The QUIC transport settings of every connection a node with `config` makes
+/// or accepts (public so benchmarks can give a bare quinn stream the same ones).
+pub fn transport_config(config: &NodeConfig) -> Result<quinn::TransportConfig, StartError> {
     let mut t = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
         .map_err(|_| StartError::Config("idle timeout too large".into()))?;

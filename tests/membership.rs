@@ -312,3 +312,41 @@ async fn connection_limit_refuses_extra_peers() {
         n.shutdown().await;
     }
 }
+
+/// The first node of a network, bound to 0.0.0.0 and only ever dialed,
+/// learns the address it is reached at and announces that, not 0.0.0.0; the
+/// peer that dialed it also learns its address from WELCOME.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_the_unspecified_address_announces_where_it_is_reached() {
+    common::init_logs();
+    let wildcard = || NodeConfig {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        ..NodeConfig::local_test()
+    };
+    let a = Node::start(wildcard()).await.unwrap();
+    assert!(
+        a.listen_addrs().is_empty(),
+        "nothing known before any contact"
+    );
+    let port = a.local_addr().port();
+    let b = Node::start(NodeConfig {
+        bootstrap: vec![PeerAddr::pinned(a.id(), ([127, 0, 0, 1], port).into())],
+        ..wildcard()
+    })
+    .await
+    .unwrap();
+    wait_until("a and b connected", CONVERGE, || connected(&a, b.id())).await;
+    assert_eq!(a.listen_addrs(), vec![([127, 0, 0, 1], port).into()]);
+    let b_port = b.local_addr().port();
+    assert_eq!(b.listen_addrs(), vec![([127, 0, 0, 1], b_port).into()]);
+    // And that is what each knows the other by, once.
+    let b_addr: std::net::SocketAddr = ([127, 0, 0, 1], b_port).into();
+    wait_until("a knows b by its address", CONVERGE, || {
+        a.peers()
+            .iter()
+            .any(|p| p.id == b.id() && p.addrs == vec![b_addr])
+    })
+    .await;
+    b.shutdown().await;
+    a.shutdown().await;
+}
