@@ -17,7 +17,7 @@
 //!    the length right), synced, then renamed to its final name. A failed
 //!    download leaves only the `.part`, never a file under the final name.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -98,6 +98,9 @@ pub struct DownloadStats {
     pub bad_chunks: usize,
     /// Chunk requests that failed and were retried.
     pub retries: usize,
+    /// Chunks also asked of a second provider at the end of a download,
+    /// because the first was slow to answer (the end game).
+    pub endgame_requests: usize,
     /// Attempts made ([`crate::replication::get`] tries again after an
     /// incomplete one).
     pub attempts: usize,
@@ -220,6 +223,7 @@ pub async fn download(
     }
     let mut stats = lock(&shared.stats).clone();
     stats.elapsed = start.elapsed();
+    stats.attempts = 1;
     Ok(stats)
 }
 
@@ -364,6 +368,10 @@ struct Queue {
     failed: Vec<Vec<NodeId>>,
     /// Times each chunk was reopened to every provider after all had failed it.
     reopened: Vec<u8>,
+    /// Chunks being fetched: since when, and from whom.
+    active: HashMap<usize, (Instant, Vec<NodeId>)>,
+    /// Chunks fetched and handed to the writer.
+    finished: Vec<bool>,
     in_flight: usize,
     remaining: usize,
 }
@@ -372,13 +380,31 @@ struct Queue {
 /// (a timeout or a lost stream is often passing).
 const REOPEN_ROUNDS: u8 = 2;
 
+/// End game: once nothing is left to hand out, a chunk in flight this long is
+/// asked of a second provider too, so one slow or silent peer cannot hold up
+/// the last chunks until its connection times out.
+const ENDGAME_AFTER: Duration = Duration::from_millis(750);
+
 /// `fdatasync` after this many bytes are written, so the disk works while the
 /// network does and the final sync is short.
 const SYNC_EVERY: u64 = 64 << 20;
 
 impl Queue {
-    /// The next chunk `p` may try.
-    fn take(&mut self, p: NodeId) -> Option<usize> {
+    fn new(n: usize, have: &[bool]) -> Queue {
+        Queue {
+            pending: (0..n).filter(|&i| !have[i]).collect(),
+            failed: vec![Vec::new(); n],
+            reopened: vec![0; n],
+            active: HashMap::new(),
+            finished: have.to_vec(),
+            in_flight: 0,
+            remaining: have.iter().filter(|h| !**h).count(),
+        }
+    }
+
+    /// The next chunk `p` may try, and whether it is an end-game duplicate of
+    /// a request already in flight elsewhere.
+    fn take(&mut self, p: NodeId, now: Instant) -> Option<(usize, bool)> {
         let mut pos = self
             .pending
             .iter()
@@ -400,20 +426,71 @@ impl Queue {
                     .position(|&i| !self.failed[i].contains(&p));
             }
         }
-        let i = self.pending.remove(pos?)?;
+        if let Some(i) = pos.and_then(|pos| self.pending.remove(pos)) {
+            self.in_flight += 1;
+            self.active.insert(i, (now, vec![p]));
+            return Some((i, false));
+        }
+        if !self.pending.is_empty() {
+            return None;
+        }
+        // End game: the oldest straggler this peer has not tried, asked of at
+        // most two peers at once.
+        let failed = &self.failed;
+        let (&i, (_, askers)) = self
+            .active
+            .iter_mut()
+            .filter(|(i, (since, askers))| {
+                askers.len() < 2
+                    && !askers.contains(&p)
+                    && !failed[**i].contains(&p)
+                    && now.saturating_duration_since(*since) >= ENDGAME_AFTER
+            })
+            .min_by_key(|(_, (since, _))| *since)?;
+        askers.push(p);
         self.in_flight += 1;
-        Some(i)
+        Some((i, true))
     }
 
-    fn done(&mut self) {
+    /// `p` fetched chunk `i`: true if it is the first copy (to be written),
+    /// false if another provider's copy won.
+    fn complete(&mut self, i: usize, p: NodeId) -> bool {
         self.in_flight -= 1;
+        if let Some((_, askers)) = self.active.get_mut(&i) {
+            askers.retain(|a| *a != p);
+        }
+        if self.finished[i] {
+            if self.active.get(&i).is_some_and(|(_, a)| a.is_empty()) {
+                self.active.remove(&i);
+            }
+            return false;
+        }
+        self.finished[i] = true;
         self.remaining -= 1;
+        if self.active.get(&i).is_some_and(|(_, a)| a.is_empty()) {
+            self.active.remove(&i);
+        }
+        true
     }
 
+    /// `p` failed chunk `i`: it goes back in the queue unless another
+    /// provider is still fetching it or already has.
     fn retry(&mut self, i: usize, p: NodeId) {
         self.in_flight -= 1;
         self.failed[i].push(p);
-        self.pending.push_back(i);
+        let others = match self.active.get_mut(&i) {
+            Some((_, askers)) => {
+                askers.retain(|a| *a != p);
+                !askers.is_empty()
+            }
+            None => false,
+        };
+        if !others {
+            self.active.remove(&i);
+            if !self.finished[i] {
+                self.pending.push_back(i);
+            }
+        }
     }
 }
 
@@ -535,13 +612,7 @@ async fn download_file(
             part.display()
         );
     }
-    let queue = Arc::new(Mutex::new(Queue {
-        pending: (0..f.chunks.len()).filter(|&i| !have[i]).collect(),
-        failed: vec![Vec::new(); f.chunks.len()],
-        reopened: vec![0; f.chunks.len()],
-        in_flight: 0,
-        remaining: f.chunks.len() - resumed,
-    }));
+    let queue = Arc::new(Mutex::new(Queue::new(f.chunks.len(), &have)));
     let writer = Arc::new(Writer::new(file.clone(), existing));
     lock(&shared.stats).chunks_resumed += resumed;
 
@@ -562,7 +633,13 @@ async fn download_file(
             ));
         }
     }
-    while workers.join_next().await.is_some() {}
+    while workers.join_next().await.is_some() {
+        if lock(&queue).remaining == 0 {
+            // Every chunk is in: requests still waiting on a slow or silent
+            // peer (the losers of the end game) are dropped, not waited for.
+            workers.abort_all();
+        }
+    }
 
     let (remaining, total) = {
         let q = lock(&queue);
@@ -611,25 +688,30 @@ async fn worker(
         if lock(&shared.banned).contains(&p.id) || p.conn.close_reason().is_some() {
             return;
         }
+        let Ok(_permit) = permits.acquire().await else {
+            return;
+        };
         let next = {
             let mut q = lock(&queue);
             if q.remaining == 0 {
                 return;
             }
-            match q.take(p.id) {
+            match q.take(p.id, Instant::now()) {
                 Some(i) => Some(i),
                 // Nothing this peer may try, and nobody will hand anything back.
                 None if q.in_flight == 0 => return,
                 None => None,
             }
         };
-        let Some(i) = next else {
+        let Some((i, duplicate)) = next else {
+            drop(_permit);
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let Ok(_permit) = permits.acquire().await else {
-            return;
-        };
+        if duplicate {
+            debug!(peer = %p.id.fmt_short(), chunk = i, "end game: asking a second peer");
+            lock(&shared.stats).endgame_requests += 1;
+        }
         let (off, len) = f.chunk_range(i);
         let hash = f.chunks[i];
         let result = fetch_chunk(&p.conn, hash, len as u64, timeout).await;
@@ -642,9 +724,12 @@ async fn worker(
         };
         match result {
             Ok(data) => {
+                if !lock(&queue).complete(i, p.id) {
+                    // Another provider's copy of this chunk won the end game.
+                    continue;
+                }
                 match writer.write(off, data).await {
                     Ok(()) => {
-                        lock(&queue).done();
                         progress.advance(len as u64);
                         let mut s = lock(&shared.stats);
                         s.chunks_fetched += 1;
@@ -656,9 +741,7 @@ async fn worker(
                     _ => {
                         // A local write error: no peer can fix it.
                         *lock(&shared.last_error) = "cannot write the output file".into();
-                        let mut q = lock(&queue);
-                        q.in_flight -= 1;
-                        q.pending.clear();
+                        lock(&queue).pending.clear();
                         return;
                     }
                 }
@@ -696,34 +779,57 @@ mod tests {
     fn queue_skips_chunks_a_peer_failed() {
         let a = NodeId::from_bytes([1; 32]);
         let b = NodeId::from_bytes([2; 32]);
-        let mut q = Queue {
-            pending: (0..3).collect(),
-            failed: vec![Vec::new(); 3],
-            reopened: vec![0; 3],
-            in_flight: 0,
-            remaining: 3,
-        };
-        assert_eq!(q.take(a), Some(0));
+        let now = Instant::now();
+        let mut q = Queue::new(3, &[false; 3]);
+        assert_eq!(q.take(a, now), Some((0, false)));
         q.retry(0, a);
-        assert_eq!(q.take(a), Some(1));
-        assert_eq!(q.take(a), Some(2));
-        assert_eq!(q.take(a), None, "only chunk 0 is left and a failed it");
-        assert_eq!(q.take(b), Some(0));
-        q.done();
+        assert_eq!(q.take(a, now), Some((1, false)));
+        assert_eq!(q.take(a, now), Some((2, false)));
+        assert_eq!(q.take(a, now), None, "only chunk 0 is left and a failed it");
+        assert_eq!(q.take(b, now), Some((0, false)));
+        assert!(q.complete(0, b));
         assert_eq!(q.remaining, 2);
         // When every provider failed a chunk and nothing is in flight, it is
         // offered again, REOPEN_ROUNDS times.
-        q.done();
-        q.done();
+        assert!(q.complete(1, a));
+        assert!(q.complete(2, a));
+        q.finished[1] = false;
         q.pending.push_back(1);
         q.remaining = 1;
         for _ in 0..REOPEN_ROUNDS {
             q.failed[1] = vec![a, b];
-            assert_eq!(q.take(a), Some(1));
+            assert_eq!(q.take(a, now), Some((1, false)));
             q.retry(1, a);
             q.failed[1].push(b);
         }
-        assert_eq!(q.take(a), None, "given up after the rounds");
+        assert_eq!(q.take(a, now), None, "given up after the rounds");
+    }
+
+    #[test]
+    fn end_game_asks_a_second_peer_for_stragglers_only() {
+        let a = NodeId::from_bytes([1; 32]);
+        let b = NodeId::from_bytes([2; 32]);
+        let c = NodeId::from_bytes([3; 32]);
+        let t0 = Instant::now();
+        let mut q = Queue::new(3, &[false, true, false]);
+        assert_eq!(q.remaining, 2, "chunk 1 was resumed");
+        assert_eq!(q.take(a, t0), Some((0, false)));
+        assert_eq!(q.take(a, t0), Some((2, false)));
+        // Nothing pending; a's requests are young: b waits.
+        assert_eq!(q.take(b, t0), None);
+        let later = t0 + ENDGAME_AFTER;
+        assert_eq!(q.take(b, later), Some((0, true)), "the oldest straggler");
+        assert_eq!(q.take(b, later), Some((2, true)));
+        assert_eq!(q.take(c, later), None, "two askers at most");
+        // b's copy of 0 wins; a's late copy is dropped, not written twice.
+        assert!(q.complete(0, b));
+        assert!(!q.complete(0, a));
+        // a fails 2 while b still fetches it: not queued again.
+        q.retry(2, a);
+        assert!(q.pending.is_empty());
+        assert!(q.complete(2, b));
+        assert_eq!((q.remaining, q.in_flight), (0, 0));
+        assert!(q.active.is_empty());
     }
 
     #[test]

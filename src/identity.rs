@@ -6,6 +6,11 @@
 //! and reused afterwards, so a node keeps its id across restarts. See
 //! `certs/README.md` for the format.
 //!
+//! In a private network the certificate presented also carries the network's
+//! membership proof ([`crate::netkey`]); [`Identity::for_network`] re-makes it
+//! from the key at every start, so a stale proof is never presented and the id
+//! stays the same.
+//!
 //! `NodeId = BLAKE3(raw Ed25519 public key)`: 256 bits, printed as 52 characters of
 //! lowercase base32 (the DNSSEC alphabet, which is also a valid DNS label, so the id
 //! can travel as the TLS server name).
@@ -19,6 +24,8 @@ use std::str::FromStr;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
+
+use crate::netkey::{NetworkKey, MEMBERSHIP_OID};
 
 /// File name of the node's private key inside the data directory.
 pub const KEY_FILE: &str = "node.key";
@@ -119,16 +126,18 @@ pub enum CertIdentityError {
 
 /// Derives the [`NodeId`] from a DER certificate whose key is Ed25519.
 pub fn node_id_from_cert(cert: &CertificateDer<'_>) -> Result<NodeId, CertIdentityError> {
+    ed25519_public_key(cert).map(|key| NodeId::from_public_key(&key))
+}
+
+/// The raw 32-byte key of a DER certificate whose key is Ed25519.
+pub(crate) fn ed25519_public_key(cert: &CertificateDer<'_>) -> Result<[u8; 32], CertIdentityError> {
     let parsed = rustls::server::ParsedCertificate::try_from(cert)
         .map_err(|_| CertIdentityError::Malformed)?;
     let spki = parsed.subject_public_key_info();
-    let spki = spki.as_ref();
-    if spki.len() != ED25519_SPKI_PREFIX.len() + 32 || !spki.starts_with(&ED25519_SPKI_PREFIX) {
-        return Err(CertIdentityError::NotEd25519);
-    }
-    let mut key = [0u8; 32];
-    key.copy_from_slice(&spki[ED25519_SPKI_PREFIX.len()..]);
-    Ok(NodeId::from_public_key(&key))
+    spki.as_ref()
+        .strip_prefix(&ED25519_SPKI_PREFIX)
+        .and_then(|key| key.try_into().ok())
+        .ok_or(CertIdentityError::NotEd25519)
 }
 
 /// Why an identity could not be loaded or created.
@@ -170,6 +179,7 @@ pub enum IdentityError {
 pub struct Identity {
     key_der: Vec<u8>,
     cert: CertificateDer<'static>,
+    public_key: [u8; 32],
     id: NodeId,
 }
 
@@ -187,8 +197,23 @@ impl Identity {
     }
 
     fn from_key_pair(key: &rcgen::KeyPair) -> Result<Self, IdentityError> {
-        let cert = make_certificate(key)?;
+        let cert = make_certificate(key, None)?;
         Self::from_parts(key, cert.der().clone())
+    }
+
+    /// The same key and id with a certificate, made now, that carries
+    /// `network`'s membership proof for this key.
+    pub fn for_network(&self, network: &NetworkKey) -> Result<Self, IdentityError> {
+        self.with_membership_proof(network.proof_for(&self.public_key))
+    }
+
+    /// The same key and id with a new certificate whose membership extension
+    /// holds `proof` (tests use it to forge one).
+    pub(crate) fn with_membership_proof(&self, proof: Vec<u8>) -> Result<Self, IdentityError> {
+        let key = rcgen::KeyPair::try_from(self.key_der.as_slice())?;
+        let extension = rcgen::CustomExtension::from_oid_content(MEMBERSHIP_OID, proof);
+        let cert = make_certificate(&key, Some(extension))?;
+        Self::from_parts(&key, cert.der().clone())
     }
 
     fn from_parts(
@@ -205,6 +230,7 @@ impl Identity {
         Ok(Identity {
             key_der: key.serialize_der(),
             cert,
+            public_key: raw,
             id: NodeId::from_public_key(&raw),
         })
     }
@@ -256,7 +282,7 @@ impl Identity {
                 }),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let cert = make_certificate(&key)?;
+                let cert = make_certificate(&key, None)?;
                 write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)
                     .map_err(io("cannot write certificate", &cert_path))?;
                 Self::from_parts(&key, cert.der().clone())
@@ -281,7 +307,10 @@ impl Identity {
     }
 }
 
-fn make_certificate(key: &rcgen::KeyPair) -> Result<rcgen::Certificate, rcgen::Error> {
+fn make_certificate(
+    key: &rcgen::KeyPair,
+    extension: Option<rcgen::CustomExtension>,
+) -> Result<rcgen::Certificate, rcgen::Error> {
     // The subject name carries no meaning: peers derive the id from the key. rcgen's
     // default validity (1975 to 4096) is kept and verifiers ignore dates anyway.
     let mut params = rcgen::CertificateParams::new(vec!["quic-peer".to_string()])?;
@@ -289,6 +318,7 @@ fn make_certificate(key: &rcgen::KeyPair) -> Result<rcgen::Certificate, rcgen::E
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "quic-peer node");
+    params.custom_extensions.extend(extension);
     params.self_signed(key)
 }
 
@@ -377,6 +407,21 @@ mod tests {
         fs::remove_file(dir.path().join(CERT_FILE)).unwrap();
         let c = Identity::load_or_create(dir.path()).unwrap();
         assert_eq!(c.node_id(), a.node_id());
+    }
+
+    #[test]
+    fn network_certificate_keeps_the_id_and_carries_the_proof() {
+        let net = NetworkKey::generate().unwrap();
+        let plain = Identity::generate().unwrap();
+        let member = plain.for_network(&net).unwrap();
+        assert_eq!(member.node_id(), plain.node_id());
+        assert_eq!(
+            node_id_from_cert(member.certificate()).unwrap(),
+            plain.node_id()
+        );
+        assert_ne!(member.certificate(), plain.certificate());
+        net.check_member(member.certificate()).unwrap();
+        assert!(net.check_member(plain.certificate()).is_err());
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //!  │                JOIN/LEAVE events (pure data, time passed in)
 //!  ├── stream       frames over async byte streams (bounded reads)
 //!  ├── wire         sans-IO protocol: message enums, framing, caps, error codes
-//!  ├── tls          rustls verifiers: self-signed Ed25519, NodeId pinning, ALPN
+//!  ├── tls          rustls verifiers: self-signed Ed25519, NodeId pinning, ALPN,
+//!  │                private-network membership and allow lists
 //!  ├── identity     Ed25519 key + rcgen certificate, NodeId, persistence
+//!  ├── netkey       private networks: the shared key, membership proofs in certificates
 //!  └── datadir      where a node keeps its state; one running node per directory
 //! ```
 //!
@@ -34,6 +36,7 @@ pub mod download;
 pub mod identity;
 pub mod kad;
 pub mod membership;
+pub mod netkey;
 pub mod node;
 pub mod relay;
 pub mod replication;

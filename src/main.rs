@@ -13,11 +13,12 @@ use clap::{Parser, Subcommand};
 use quic_peer::chunk::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use quic_peer::datadir::{self, DataDir};
 use quic_peer::download::{DownloadOptions, DownloadStats, Progress};
+use quic_peer::netkey::NetworkKey;
 use quic_peer::node::Congestion;
 use quic_peer::replication::{self, PutReport};
 use quic_peer::ticket::Target;
 use quic_peer::wire::Role;
-use quic_peer::{Identity, Node, NodeConfig, PeerAddr, PeerEvent, PeerState};
+use quic_peer::{Identity, Node, NodeConfig, NodeId, PeerAddr, PeerEvent, PeerState};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncBufReadExt;
@@ -79,6 +80,17 @@ struct NodeArgs {
     /// new-reno halve their rate on every loss.
     #[arg(long, value_enum, default_value_t = Congestion::Bbr, global = true)]
     congestion: Congestion,
+
+    /// Join the private network whose key is in FILE (made by `quic-peer
+    /// keygen`): only nodes holding the same key can connect, either way.
+    #[arg(long, value_name = "FILE", global = true)]
+    network_key: Option<PathBuf>,
+
+    /// Connect only with this node id, either way. Repeatable; without it any
+    /// node may connect. `put` and `get` reach such a node only if their own id
+    /// (from their --data-dir) is listed there.
+    #[arg(long, value_name = "ID", global = true)]
+    allow: Vec<NodeId>,
 }
 
 /// Parses `1024`, `64K`, `500M`, `20G`, `1T` (binary units).
@@ -110,6 +122,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
 enum Command {
     /// Print this node's id.
     Id,
+    /// Write a new random private-network key to FILE (mode 0600), for
+    /// `--network-key`.
+    Keygen {
+        /// Where to write the key.
+        file: PathBuf,
+        /// Replace FILE if it exists (nodes holding the old key are shut out).
+        #[arg(long)]
+        force: bool,
+    },
     /// Store a file or directory on the network; prints its id and a ticket.
     Put {
         /// The file or directory.
@@ -173,6 +194,11 @@ impl NodeArgs {
             max_connections: self.max_connections,
             max_storage: self.max_storage,
             congestion: self.congestion,
+            network_key: match &self.network_key {
+                Some(path) => Some(NetworkKey::load(path)?),
+                None => None,
+            },
+            allow: (!self.allow.is_empty()).then(|| self.allow.iter().copied().collect()),
             ..NodeConfig::default()
         };
         cfg.handshake_timeout = cfg.handshake_timeout.min(idle.max(Duration::from_secs(1)));
@@ -236,6 +262,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", identity.node_id());
             Ok(())
         }
+        Some(Command::Keygen { file, force }) => keygen(&file, force),
         Some(Command::Demo { nodes }) => demo(nodes).await,
         Some(Command::Bench { size_mib }) => bench::run(size_mib).await,
         Some(Command::BenchBareServer) => bench::bare_server().await,
@@ -276,6 +303,12 @@ async fn run_node(args: &NodeArgs) -> Result<()> {
         node.id()
     );
     say!("[DATA] {}", dir.path().display());
+    if let Some(key) = &node.config().network_key {
+        say!("[PRIVATE] member of private network {}", key.fingerprint());
+    }
+    if let Some(allow) = &node.config().allow {
+        say!("[ALLOW] only {} listed peer(s) may connect", allow.len());
+    }
     say!("[WAITING] Listening for incoming peer connections...");
     let printer = tokio::spawn(print_events(node.clone()));
 
@@ -301,6 +334,20 @@ async fn run_node(args: &NodeArgs) -> Result<()> {
     node.shutdown().await;
     printer.abort();
     say!("[STOPPED] {}", node.id());
+    Ok(())
+}
+
+fn keygen(file: &std::path::Path, force: bool) -> Result<()> {
+    let key = NetworkKey::write_new(file, force)?;
+    say!(
+        "[KEYGEN] wrote a new network key to {} (network {})",
+        file.display(),
+        key.fingerprint()
+    );
+    say!(
+        "give it to every member over a safe channel and start them with --network-key {}",
+        file.display()
+    );
     Ok(())
 }
 
@@ -532,7 +579,11 @@ impl Progress for TransferProgress {
 }
 
 /// Starts a short-lived client node and joins through the bootstrap nodes.
-async fn client(args: &NodeArgs, need_bootstrap: bool) -> Result<Node> {
+///
+/// Its identity is a throwaway one, or with `--data-dir` that directory's
+/// (locked while the returned guard lives, so it is not a running node's),
+/// which lets nodes with an allow list admit it.
+async fn client(args: &NodeArgs, need_bootstrap: bool) -> Result<(Node, Option<DataDir>)> {
     let config = NodeConfig {
         role: Role::Client,
         data_dir: None,
@@ -541,16 +592,28 @@ async fn client(args: &NodeArgs, need_bootstrap: bool) -> Result<Node> {
     if need_bootstrap && config.bootstrap.is_empty() {
         anyhow::bail!("--bootstrap ADDR is required to reach the network");
     }
-    let node = Node::start(config).await?;
+    let (node, dir) = match &args.data_dir {
+        Some(dir) => {
+            let dir = DataDir::lock(dir)?;
+            let identity = Identity::load_or_create(dir.path())?;
+            (
+                Node::start_with_identity(config, identity).await?,
+                Some(dir),
+            )
+        }
+        None => (Node::start(config).await?, None),
+    };
     if !args.bootstrap.is_empty() {
         if let Err(last) = node.bootstrap_once().await {
             if need_bootstrap {
                 node.shutdown().await;
-                anyhow::bail!("cannot reach the network: no bootstrap node answered ({last})");
+                anyhow::bail!(
+                    "cannot reach the network: no bootstrap node could be joined ({last})"
+                );
             }
         }
     }
-    Ok(node)
+    Ok((node, dir))
 }
 
 async fn cli_put(
@@ -567,7 +630,7 @@ async fn cli_put(
             format!("--chunk-size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")
         })?;
     std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let node = client(args, true).await?;
+    let (node, _dir) = client(args, true).await?;
     let progress = TransferProgress::new("put");
     let result = replication::put(&node, path, replicas, chunk_size, progress.clone()).await;
     progress.finish();
@@ -599,7 +662,7 @@ async fn cli_get(
     let _ = std::fs::remove_file(&probe);
 
     let need_bootstrap = matches!(target, Target::Id(_));
-    let node = client(args, need_bootstrap).await?;
+    let (node, _dir) = client(args, need_bootstrap).await?;
     let progress = TransferProgress::new("get");
     let opts = DownloadOptions {
         retry_for,

@@ -7,6 +7,7 @@
 //! one maintenance loop (gossip, ping, dialing, bootstrap retry, expiry). All of
 //! them hang off one root [`CancellationToken`] and a [`TaskTracker`].
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -21,6 +22,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::identity::{Identity, IdentityError, NodeId};
 use crate::membership::{dialable, LeftReason, PeerEvent, PeerInfo, PeerTable, Registered};
+use crate::netkey::NetworkKey;
 use crate::store::Store;
 use crate::stream::{read_frame, write_frame, FrameError};
 use crate::tls;
@@ -209,6 +211,11 @@ pub struct NodeConfig {
     pub rpc_timeout: Duration,
     /// Congestion control for every connection.
     pub congestion: Congestion,
+    /// Private network: only nodes holding this key connect, either way
+    /// (`--network-key`).
+    pub network_key: Option<NetworkKey>,
+    /// Only these peers connect, either way (`--allow`); `None` admits any.
+    pub allow: Option<HashSet<NodeId>>,
 }
 
 /// QUIC congestion control.
@@ -254,6 +261,8 @@ impl Default for NodeConfig {
             repair_rate: 32 << 20,
             rpc_timeout: Duration::from_secs(5),
             congestion: Congestion::default(),
+            network_key: None,
+            allow: None,
         }
     }
 }
@@ -363,6 +372,18 @@ pub enum ConnectError {
     /// This node is at its connection limit.
     #[error("connection limit of {0} reached")]
     Limit(usize),
+    /// The peer refused this node inside the handshake: another private
+    /// network, or not on its allow list.
+    #[error("{addr} refused this node: {refusal}")]
+    Refused {
+        /// The address.
+        addr: SocketAddr,
+        /// Why, as the peer said.
+        refusal: tls::Refusal,
+    },
+    /// The id is not on this node's allow list, so it is not dialed.
+    #[error("{0} is not on this node's allow list")]
+    NotAllowed(NodeId),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -522,7 +543,17 @@ impl Node {
             _ => None,
         };
         let transport = Arc::new(transport_config(&config)?);
-        let (client_crypto, server_crypto) = tls::quic_configs(&identity)?;
+        // In a private network the certificate carries the membership proof,
+        // made now from the key so that it always matches the key in use.
+        let identity = match &config.network_key {
+            Some(network) => identity.for_network(network)?,
+            None => identity,
+        };
+        let policy = tls::PeerPolicy {
+            network: config.network_key.clone(),
+            allow: config.allow.clone(),
+        };
+        let (client_crypto, server_crypto) = tls::quic_configs_with(&identity, &policy)?;
         let mut server_config = quinn::ServerConfig::with_crypto(server_crypto);
         server_config.transport_config(transport.clone());
         server_config.migration(false);
@@ -745,6 +776,12 @@ impl Node {
         if self.inner.stopping.is_cancelled() {
             return Err(ConnectError::ShuttingDown);
         }
+        // The verifier would refuse it; do not spend a handshake on it.
+        if let (Some(id), Some(allow)) = (expect, &self.inner.config.allow) {
+            if !allow.contains(&id) {
+                return Err(ConnectError::NotAllowed(id));
+            }
+        }
         // One dial per known peer at a time, and none if a connection is up:
         // a second connection would only be closed as a duplicate.
         let _guard = match expect {
@@ -789,7 +826,12 @@ impl Node {
             .map_err(|source| ConnectError::Dial { addr, source })?;
         let conn = match tokio::time::timeout(timeout, connecting).await {
             Err(_) => return Err(ConnectError::Timeout { addr }),
-            Ok(Err(source)) => return Err(ConnectError::Handshake { addr, source }),
+            Ok(Err(source)) => {
+                return Err(match tls::Refusal::of(&source) {
+                    Some(refusal) => ConnectError::Refused { addr, refusal },
+                    None => ConnectError::Handshake { addr, source },
+                })
+            }
             Ok(Ok(conn)) => conn,
         };
         let Some(id) = tls::peer_node_id(&conn) else {
@@ -859,6 +901,11 @@ impl Node {
                         return Ok(id);
                     }
                 }
+                // The dialer's side of the handshake ends before the server has
+                // checked its certificate, so a refusal shows up here.
+                if let Some(refusal) = conn.close_reason().as_ref().and_then(tls::Refusal::of) {
+                    return Err(ConnectError::Refused { addr, refusal });
+                }
                 return Err(e);
             }
             Err(_) => {
@@ -922,7 +969,10 @@ impl Node {
             Ok(connecting) => match tokio::time::timeout(timeout, connecting).await {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
-                    info!(%remote, "incoming handshake failed: {e}");
+                    match tls::Refusal::of(&e) {
+                        Some(refusal) => info!(%remote, "refused by the dialing peer: {refusal}"),
+                        None => info!(%remote, "incoming handshake failed: {e}"),
+                    }
                     return;
                 }
                 Err(_) => {

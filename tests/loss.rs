@@ -399,3 +399,55 @@ async fn a_download_whose_only_path_goes_dark_resumes_when_it_returns() {
     );
     assert_eq!(stats.chunks_resumed + stats.chunks_fetched, 24, "{stats:?}");
 }
+
+/// End game: when one of two holders goes silent mid-download, the chunks it
+/// was sending are asked of the other once nothing else is left, and the
+/// download finishes before the silent connection has even timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_holder_does_not_hold_up_the_last_chunks() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(24 * MIB, 31);
+    let h1 = relayed(Vec::new(), RelayConfig::default()).await;
+    let h2 = relayed(Vec::new(), RelayConfig::default()).await;
+    let report = store_locally(h1.node(), dir.path(), &data).await;
+    store_locally(h2.node(), dir.path(), &data).await;
+    let getter = client().await;
+    let mut providers = Vec::new();
+    for h in [&h1, &h2] {
+        let id = getter.connect(&h.addr()).await.unwrap();
+        providers.push(Provider {
+            id,
+            conn: getter.connection(&id).unwrap(),
+        });
+    }
+    let silent_at = Arc::new(std::sync::Mutex::new(None));
+    let (relay, at_) = (Arc::new(h1.relay), silent_at.clone());
+    let r = relay.clone();
+    let progress = at(0.5, move || {
+        r.set_blackhole(true);
+        *at_.lock().unwrap() = Some(std::time::Instant::now());
+    });
+    let out = dir.path().join("out.bin");
+    let stats = download(
+        providers,
+        report.id,
+        &out,
+        &DownloadOptions::default(),
+        progress,
+    )
+    .await
+    .expect("the other holder finishes the download");
+    let after = silent_at.lock().unwrap().expect("went silent").elapsed();
+    let idle = getter.config().idle_timeout;
+    eprintln!("finished {after:?} after one holder went silent: {stats:?}");
+    assert!(std::fs::read(&out).unwrap() == data);
+    assert!(stats.endgame_requests > 0, "{stats:?}");
+    assert!(
+        after < idle,
+        "done {after:?} after the silence, before the {idle:?} idle timeout"
+    );
+    getter.shutdown().await;
+    h2.s.node.shutdown().await;
+    h1.s.node.shutdown().await;
+}
