@@ -223,9 +223,33 @@ async fn get_through(
         ..NodeConfig::local_test()
     })
     .await?;
-    let peer = client
-        .connect(&PeerAddr::pinned(holder.id(), relay.local_addr()))
-        .await?;
+    // Joining can fail at high loss (every handshake packet is a coin toss):
+    // try a few times before calling the cell failed.
+    let mut joined = Err(anyhow::anyhow!("not tried"));
+    for _ in 0..3 {
+        match client
+            .connect(&PeerAddr::pinned(holder.id(), relay.local_addr()))
+            .await
+        {
+            Ok(id) => {
+                joined = Ok(id);
+                break;
+            }
+            Err(e) => joined = Err(e.into()),
+        }
+    }
+    let peer = match joined {
+        Ok(id) => id,
+        Err(e) => {
+            client.shutdown().await;
+            return Ok(Run {
+                bytes: 0,
+                secs: 0.0,
+                capped: false,
+                failed: Some(format!("could not join: {e}")),
+            });
+        }
+    };
     let conn = client.connection(&peer).context("no connection")?;
     let count = Arc::new(Count::default());
     let mut opts = DownloadOptions {
