@@ -67,6 +67,7 @@ async fn main() -> Result<()> {
         data_dir: Some(work.path().join("holder")),
         idle_timeout: Duration::from_secs(20),
         keep_alive: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(20),
         ..NodeConfig::local_test()
     })
     .await?;

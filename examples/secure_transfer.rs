@@ -7,9 +7,10 @@
 //! 2. An impostor with another key at the pinned address is refused: a
 //!    newcomer D dials `A_ID@(the impostor's address)`; the handshake fails
 //!    with a pin mismatch and no connection to the impostor exists afterwards.
-//! 3. A peer that serves tampered chunks is caught: T holds the file, its chunk
-//!    files are corrupted on disk, B downloads from T and A at once; the hash
-//!    check rejects T's bytes and the file still arrives intact from A.
+//! 3. A peer that serves tampered chunks is caught: T, a peer with its own key
+//!    that holds the file and serves every chunk with its bytes flipped (a real
+//!    node will not: its store hashes each chunk it reads), and A both serve B
+//!    at once; the hash check rejects T's bytes and the file arrives intact.
 //! 4. The wire is encrypted: C downloads a file full of a marker string from A
 //!    through a UDP relay that keeps every datagram; the marker (or any 16-byte
 //!    piece of it) is nowhere in them, not even across datagram boundaries.
@@ -24,6 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "../tests/common/liar.rs"]
+mod liar;
 
 use anyhow::{bail, ensure, Context, Result};
 use quic_peer::chunk::{Hash, Manifest};
@@ -57,8 +61,6 @@ struct Demo {
     a: Node,
     /// Downloads in steps 1 and 3.
     b: Node,
-    /// Holds a copy and, once its disk is tampered with, serves bad chunks.
-    t: Node,
     /// Another key, listening at its own address.
     impostor: Node,
     /// A newcomer with no connection to A yet, dialing A's id at the
@@ -93,7 +95,6 @@ async fn main() -> Result<ExitCode> {
     let mut demo = Demo {
         a: start(&dir, "a", Role::Peer).await?,
         b: start(&dir, "b", Role::Peer).await?,
-        t: start(&dir, "t", Role::Peer).await?,
         impostor: start(&dir, "impostor", Role::Peer).await?,
         d: start(&dir, "d", Role::Peer).await?,
         c: start(&dir, "c", Role::Client).await?,
@@ -106,7 +107,6 @@ async fn main() -> Result<ExitCode> {
     for (name, node, what) in [
         ("A", &demo.a, "holds the files"),
         ("B", &demo.b, "downloads"),
-        ("T", &demo.t, "holds a copy, then tampers with it"),
         ("I", &demo.impostor, "impostor: another key"),
         ("D", &demo.d, "newcomer, dials A's id at I's address"),
         ("C", &demo.c, "downloads through an observing relay"),
@@ -136,7 +136,6 @@ async fn main() -> Result<ExitCode> {
     tokio::join!(
         demo.a.shutdown(),
         demo.b.shutdown(),
-        demo.t.shutdown(),
         demo.impostor.shutdown(),
         demo.d.shutdown(),
         demo.c.shutdown(),
@@ -335,32 +334,16 @@ async fn step2(demo: &Demo) -> Result<()> {
 /// original anyway.
 async fn step3(demo: &Demo) -> Result<()> {
     println!("step 3: tampered chunks are caught; the file arrives intact from an honest peer");
-    let (a, b, t) = (&demo.a, &demo.b, &demo.t);
+    let (a, b) = (&demo.a, &demo.b);
     let id = demo.file_id.context("step 1 did not store the file")?;
-    let report = store_locally(t, &demo.original_path).await?;
-    ensure!(report.id == id, "T's copy has id {}, not {id}", report.id);
-    let t_dir = t
-        .config()
-        .data_dir
-        .clone()
-        .context("T has no data directory")?;
-    let tampered = tamper_chunks(&t_dir.join("store/chunks"))?;
-    let chunks = FILE_SIZE.div_ceil(CHUNK_SIZE as usize);
-    ensure!(
-        tampered >= chunks,
-        "only {tampered} chunk files were tampered with, the file has {chunks}"
-    );
+    let store = a.store().context("A has no store")?;
+    let t = liar::Liar::start(store, id).await?;
     println!(
-        "   T holds the file; its {tampered} chunk files were overwritten on disk (same length, other bytes)"
+        "   T {} at {}: its own key, holds the file, serves every chunk with its bytes flipped",
+        t.id, t.addr
     );
-
-    let proven = b
-        .connect(&t.addr())
-        .await
-        .with_context(|| format!("B could not connect to T at {}", t.addr()))?;
-    ensure!(proven == t.id(), "the handshake proved {proven}, not T");
     let providers = vec![
-        provider(t.id(), b.connection(&t.id()).context("no connection to T")?),
+        provider(t.id, t.connect().await.context("B could not connect to T")?),
         provider(a.id(), b.connection(&a.id()).context("no connection to A")?),
     ];
     let out = demo.dir.join("step3-received.bin");
@@ -376,7 +359,7 @@ async fn step3(demo: &Demo) -> Result<()> {
     println!(
         "   B asked T and A: {} bad chunks caught, {} chunks accepted from T, {} from A",
         stats.bad_chunks,
-        from(t.id()),
+        from(t.id),
         from(a.id())
     );
     ensure!(
@@ -384,7 +367,11 @@ async fn step3(demo: &Demo) -> Result<()> {
         "no bad chunk was seen: T was never asked ({stats:?})"
     );
     ensure!(
-        from(t.id()) == 0,
+        t.lies.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "T was never asked for a chunk"
+    );
+    ensure!(
+        from(t.id) == 0,
         "chunks from the tampering peer were accepted ({stats:?})"
     );
     let got = std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
@@ -527,32 +514,6 @@ async fn fetch(providers: Vec<Provider>, id: Hash, out: &Path) -> Result<Downloa
     )
     .await
     .with_context(|| format!("downloading {id} failed"))
-}
-
-/// Overwrites every chunk file under `dir` with other bytes of the same length;
-/// returns how many there were.
-fn tamper_chunks(dir: &Path) -> Result<usize> {
-    let mut n = 0;
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .path();
-        if path.is_dir() {
-            n += tamper_chunks(&path)?;
-        } else {
-            let mut bytes =
-                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            for b in bytes.iter_mut() {
-                *b ^= 0x5a;
-            }
-            std::fs::write(&path, bytes)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 /// Every [`PIECE`]-byte window of the repeated marker: one per rotation.

@@ -191,6 +191,14 @@ impl Manifest {
             return Err(WireError::TrailingBytes(rest.len()));
         }
         m.validate()?;
+        // postcard also reads over-long varints (`0x80 0x00` for 0): such bytes
+        // decode to a manifest whose id is not the hash of these bytes, giving
+        // one file many ids. Only the canonical encoding is a manifest.
+        if m.encode() != bytes {
+            return Err(WireError::Malformed(
+                "manifest is not canonically encoded".into(),
+            ));
+        }
         Ok(m)
     }
 

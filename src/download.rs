@@ -619,6 +619,7 @@ async fn download_file(
     let permits = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
     let manifest = Arc::new(f.clone());
     let mut workers = tokio::task::JoinSet::new();
+    let all_in = tokio_util::sync::CancellationToken::new();
     for p in providers {
         for _ in 0..opts.per_peer.max(1) {
             workers.spawn(worker(
@@ -630,6 +631,7 @@ async fn download_file(
                 manifest.clone(),
                 opts.chunk_timeout,
                 progress.clone(),
+                all_in.clone(),
             ));
         }
     }
@@ -637,7 +639,9 @@ async fn download_file(
         if lock(&queue).remaining == 0 {
             // Every chunk is in: requests still waiting on a slow or silent
             // peer (the losers of the end game) are dropped, not waited for.
-            workers.abort_all();
+            // Workers handing a chunk to the writer are not interrupted: that
+            // write must land before the writer is finished.
+            all_in.cancel();
         }
     }
 
@@ -683,6 +687,7 @@ async fn worker(
     f: Arc<FileManifest>,
     timeout: Duration,
     progress: Arc<dyn Progress>,
+    all_in: tokio_util::sync::CancellationToken,
 ) {
     loop {
         if lock(&shared.banned).contains(&p.id) || p.conn.close_reason().is_some() {
@@ -714,7 +719,10 @@ async fn worker(
         }
         let (off, len) = f.chunk_range(i);
         let hash = f.chunks[i];
-        let result = fetch_chunk(&p.conn, hash, len as u64, timeout).await;
+        let result = tokio::select! {
+            r = fetch_chunk(&p.conn, hash, len as u64, timeout) => r,
+            _ = all_in.cancelled() => return,
+        };
         let result = match result {
             Ok(data) if data.len() != len => Err(FetchError::BadLength {
                 len: data.len() as u64,

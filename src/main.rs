@@ -73,6 +73,18 @@ struct NodeArgs {
     #[arg(long, value_name = "N", default_value_t = 256, global = true)]
     max_connections: usize,
 
+    /// Incoming connections (handshakes included) from one address at once;
+    /// an IPv6 address counts by its /64. More are refused before their
+    /// handshake.
+    #[arg(long, value_name = "N", default_value_t = 8, global = true)]
+    max_connections_per_ip: usize,
+
+    /// Requests (get, put, has, hold, DHT) one peer may make per second, in
+    /// bursts of up to twice that; more are refused with a rate-limited
+    /// error. 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 1000, global = true)]
+    max_requests_per_sec: u32,
+
     /// Most bytes of chunk data this node stores, e.g. 500M, 20G.
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size, global = true)]
     max_storage: u64,
@@ -192,6 +204,9 @@ impl NodeArgs {
             gossip_interval: seconds("gossip-interval", self.gossip_interval)?,
             target_peers: self.target_peers,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_requests_per_sec: self.max_requests_per_sec,
+            request_burst: self.max_requests_per_sec.saturating_mul(2),
             max_storage: self.max_storage,
             congestion: self.congestion,
             network_key: match &self.network_key {
@@ -204,6 +219,9 @@ impl NodeArgs {
         cfg.handshake_timeout = cfg.handshake_timeout.min(idle.max(Duration::from_secs(1)));
         if cfg.max_connections == 0 {
             anyhow::bail!("--max-connections must be at least 1");
+        }
+        if cfg.max_connections_per_ip == 0 {
+            anyhow::bail!("--max-connections-per-ip must be at least 1");
         }
         Ok(cfg)
     }

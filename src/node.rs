@@ -7,10 +7,11 @@
 //! one maintenance loop (gossip, ping, dialing, bootstrap retry, expiry). All of
 //! them hang off one root [`CancellationToken`] and a [`TaskTracker`].
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,15 @@ const DIALS_PER_TICK: usize = 8;
 const MAX_DIAL_FAILURES: u32 = 4;
 /// Longest wait between bootstrap retries.
 const MAX_BOOTSTRAP_BACKOFF: Duration = Duration::from_secs(60);
+/// Handshakes in progress above which a new, unvalidated address must first
+/// echo a QUIC Retry token: a spoofed source address cannot, so it costs the
+/// node no handshake and takes no per-address slot.
+const RETRY_ABOVE_HANDSHAKES: usize = 64;
+/// A limit hit by one source (an address, a peer) is logged at most once per
+/// this long; the repeats in between are counted in the next line.
+const LOG_WINDOW: Duration = Duration::from_secs(60);
+/// Sources the log gate remembers at most.
+const LOG_GATE_MAX: usize = 4096;
 
 /// A peer's address as users write it: `host:port`, or `ID@host:port` to pin the
 /// peer's NodeId.
@@ -189,6 +199,17 @@ pub struct NodeConfig {
     pub target_peers: usize,
     /// Hard limit on connections, in and out.
     pub max_connections: usize,
+    /// Incoming connections, handshakes in progress included, from one
+    /// address (an IPv6 address counts by its /64) at once; more are refused
+    /// before their handshake is processed.
+    pub max_connections_per_ip: usize,
+    /// Request streams (GET, PUT, HAS, HOLD, DHT) one connection may open per
+    /// second on average; a stream over the rate is refused with
+    /// [`ErrorCode::RateLimited`]. 0 means no limit.
+    pub max_requests_per_sec: u32,
+    /// Request streams a connection may open at once above the rate (the
+    /// token bucket's size).
+    pub request_burst: u32,
     /// Bidirectional streams a peer may have open at once.
     pub max_streams: u32,
     /// UDP socket buffer size to ask the kernel for.
@@ -250,6 +271,9 @@ impl Default for NodeConfig {
             gossip_interval: Duration::from_secs(10),
             target_peers: 32,
             max_connections: 256,
+            max_connections_per_ip: 8,
+            max_requests_per_sec: 1000,
+            request_burst: 2000,
             max_streams: 64,
             socket_buffer: 4 << 20,
             max_storage: 10 << 30,
@@ -282,6 +306,8 @@ impl NodeConfig {
             repair_interval: Duration::from_secs(2),
             rpc_timeout: Duration::from_secs(2),
             repair_rate: 256 << 20,
+            // Every test node is on 127.0.0.1.
+            max_connections_per_ip: 1024,
             ..NodeConfig::default()
         }
     }
@@ -318,6 +344,18 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// A failed handshake's reason, without the wrapping rustls puts around our
+/// verifiers' own messages (`invalid peer certificate: Other(OtherError(Msg("…")))`).
+fn handshake_reason(e: &ConnectionError) -> String {
+    let text = e.to_string();
+    if let Some((_, inner)) = text.split_once("Msg(\"") {
+        if let Some((msg, _)) = inner.rsplit_once("\")") {
+            return format!("the handshake failed: {msg}");
+        }
+    }
+    text
+}
+
 /// Why a dial failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -339,7 +377,7 @@ pub enum ConnectError {
     },
     /// The handshake failed: unreachable, refused, or a certificate the
     /// verifier rejected (this is where a pinned-id mismatch shows).
-    #[error("connection to {addr} failed: {source}")]
+    #[error("connection to {addr} failed: {}", handshake_reason(source))]
     Handshake {
         /// The address.
         addr: SocketAddr,
@@ -412,12 +450,185 @@ struct Inner {
     bootstrap: Mutex<BootstrapState>,
     events: broadcast::Sender<PeerEvent>,
     permits: Arc<Semaphore>,
+    /// Incoming connections (and handshakes) per remote address.
+    per_ip: IpCounts,
+    /// Incoming handshakes in progress.
+    handshaking: AtomicUsize,
+    /// Keeps repeated limit and failure logs down to one line per source.
+    log_gate: Mutex<LogGate>,
     /// Cancelled first on shutdown: no new connections, no maintenance.
     stopping: CancellationToken,
     /// Cancelled last: every task ends.
     cancel: CancellationToken,
     tasks: TaskTracker,
     writers: TaskTracker,
+}
+
+/// Live incoming connections per address key (see [`ip_key`]).
+type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// The address a per-address limit counts: an IPv4 address as it is (also
+/// when it arrives IPv4-mapped), an IPv6 address by its /64, which one
+/// subscriber usually holds whole.
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// One of an address's connection slots, given back on drop.
+struct IpSlot {
+    counts: IpCounts,
+    key: IpAddr,
+}
+
+impl IpSlot {
+    /// A slot for `key`, if it has fewer than `max` in use.
+    fn take(counts: &IpCounts, key: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut c = lock(counts);
+        let n = c.get(&key).copied().unwrap_or(0);
+        if n >= max {
+            return None;
+        }
+        c.insert(key, n + 1);
+        Some(IpSlot {
+            counts: counts.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut c = lock(&self.counts);
+        if let Some(n) = c.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What a connection holds while it lives: its place under
+/// `max_connections` and, if it came in, under `max_connections_per_ip`.
+struct ConnPermit {
+    _total: OwnedSemaphorePermit,
+    _ip: Option<IpSlot>,
+}
+
+/// Counts a handshake in progress until dropped.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Counted(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A source of repeated log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum LogKey {
+    /// The total connection limit.
+    Total,
+    /// An address over its connection limit.
+    PerIp(IpAddr),
+    /// Failed incoming handshakes from an address.
+    Handshake(IpAddr),
+    /// A peer over its request rate.
+    Rate(NodeId),
+    /// Connections from an address closed for breaking the protocol.
+    Hostile(IpAddr),
+}
+
+/// Lets the first line about a source through, then one per [`LOG_WINDOW`],
+/// counting the ones held back.
+#[derive(Default)]
+struct LogGate {
+    seen: HashMap<LogKey, (Instant, u64)>,
+}
+
+impl LogGate {
+    /// `Some(held back since the last line)` if a line about `key` may be
+    /// logged now.
+    fn check(&mut self, key: LogKey, now: Instant) -> Option<u64> {
+        if let Some((since, held)) = self.seen.get_mut(&key) {
+            if now.saturating_duration_since(*since) < LOG_WINDOW {
+                *held += 1;
+                return None;
+            }
+            let n = *held;
+            *since = now;
+            *held = 0;
+            return Some(n);
+        }
+        if self.seen.len() >= LOG_GATE_MAX {
+            self.seen
+                .retain(|_, (since, _)| now.saturating_duration_since(*since) < LOG_WINDOW);
+            if self.seen.len() >= LOG_GATE_MAX {
+                self.seen.clear();
+            }
+        }
+        self.seen.insert(key, (now, 0));
+        Some(0)
+    }
+}
+
+/// " (N more not logged)" after a gated line, or nothing.
+fn held_back(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} more since the last such line)")
+    }
+}
+
+/// Request streams a connection may open: `rate` per second, up to `burst`
+/// at once.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        TokenBucket {
+            rate: f64::from(rate),
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct BootstrapState {
@@ -583,6 +794,9 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(config.max_connections)),
+                per_ip: Default::default(),
+                handshaking: AtomicUsize::new(0),
+                log_gate: Mutex::new(LogGate::default()),
                 peers: Mutex::new(PeerTable::new(identity.node_id())),
                 dht: Mutex::new(crate::kad::DhtState::new(identity.node_id())),
                 dht_busy: Default::default(),
@@ -934,7 +1148,10 @@ impl Node {
             },
             send,
             recv,
-            permit,
+            ConnPermit {
+                _total: permit,
+                _ip: None,
+            },
             span,
         );
         Ok(id)
@@ -949,12 +1166,45 @@ impl Node {
                     None => return,
                 },
             };
-            let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
-                warn!(remote = %incoming.remote_address(), "connection limit reached: refusing");
+            let remote = incoming.remote_address();
+            // Under a handshake flood, an address must first show it receives
+            // what is sent to it (QUIC Retry); spoofed sources go no further.
+            if !incoming.remote_address_validated()
+                && incoming.may_retry()
+                && self.inner.handshaking.load(Ordering::Relaxed) >= RETRY_ABOVE_HANDSHAKES
+            {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+                continue;
+            }
+            // Checked before the handshake is processed: refusing costs one
+            // small packet.
+            let key = ip_key(remote.ip());
+            let max_per_ip = self.inner.config.max_connections_per_ip;
+            let Some(slot) = IpSlot::take(&self.inner.per_ip, key, max_per_ip) else {
+                if let Some(held) = self.gate(LogKey::PerIp(key)) {
+                    warn!(
+                        %remote,
+                        "address over its limit of {max_per_ip} connections: refusing{}",
+                        held_back(held)
+                    );
+                }
                 incoming.refuse();
                 continue;
             };
-            let span = info_span!("conn", remote = %incoming.remote_address());
+            let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+                if let Some(held) = self.gate(LogKey::Total) {
+                    warn!(%remote, "connection limit reached: refusing{}", held_back(held));
+                }
+                incoming.refuse();
+                continue;
+            };
+            let permit = ConnPermit {
+                _total: permit,
+                _ip: Some(slot),
+            };
+            let span = info_span!("conn", %remote);
             let n = self.clone();
             self.inner
                 .tasks
@@ -962,29 +1212,59 @@ impl Node {
         }
     }
 
-    async fn handle_incoming(self, incoming: Incoming, permit: OwnedSemaphorePermit) {
+    /// `Some(lines held back)` if a line about `key` may be logged now.
+    fn gate(&self, key: LogKey) -> Option<u64> {
+        lock(&self.inner.log_gate).check(key, Instant::now())
+    }
+
+    /// [`close`] for what a hostile peer can cause at will (garbage where a
+    /// request or JOIN should be): logged once per address per
+    /// [`LOG_WINDOW`], and not again for a connection already closed.
+    fn close_hostile(&self, conn: &Connection, code: ErrorCode, why: &dyn std::fmt::Display) {
+        if conn.close_reason().is_some() {
+            return;
+        }
+        match self.gate(LogKey::Hostile(ip_key(conn.remote_address().ip()))) {
+            Some(held) => close(conn, code, &format_args!("{why}{}", held_back(held))),
+            None => conn.close(code.var_int(), code.reason()),
+        }
+    }
+
+    async fn handle_incoming(self, incoming: Incoming, permit: ConnPermit) {
         let remote = incoming.remote_address();
         let timeout = self.inner.config.handshake_timeout;
+        let failed = LogKey::Handshake(ip_key(remote.ip()));
+        let handshake = Counted::new(&self.inner.handshaking);
         let conn = match incoming.accept() {
             Ok(connecting) => match tokio::time::timeout(timeout, connecting).await {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
-                    match tls::Refusal::of(&e) {
-                        Some(refusal) => info!(%remote, "refused by the dialing peer: {refusal}"),
-                        None => info!(%remote, "incoming handshake failed: {e}"),
+                    if let Some(held) = self.gate(failed) {
+                        let held = held_back(held);
+                        match tls::Refusal::of(&e) {
+                            Some(refusal) => {
+                                info!(%remote, "refused by the dialing peer: {refusal}{held}")
+                            }
+                            None => info!(%remote, "incoming handshake failed: {e}{held}"),
+                        }
                     }
                     return;
                 }
                 Err(_) => {
-                    info!(%remote, "incoming handshake timed out");
+                    if let Some(held) = self.gate(failed) {
+                        info!(%remote, "incoming handshake timed out{}", held_back(held));
+                    }
                     return;
                 }
             },
             Err(e) => {
-                info!(%remote, "incoming connection failed: {e}");
+                if let Some(held) = self.gate(failed) {
+                    info!(%remote, "incoming connection failed: {e}{}", held_back(held));
+                }
                 return;
             }
         };
+        drop(handshake);
         let Some(id) = tls::peer_node_id(&conn) else {
             close(&conn, ErrorCode::Internal, &"no peer certificate");
             return;
@@ -1004,7 +1284,7 @@ impl Node {
             let join = match read_frame::<Request, _>(&mut recv, MAX_CONTROL_FRAME).await {
                 Ok(Some(Request::Join(join))) => join,
                 Ok(Some(_)) => {
-                    close(
+                    self.close_hostile(
                         &conn,
                         ErrorCode::ProtocolViolation,
                         &"first stream is not JOIN",
@@ -1012,11 +1292,11 @@ impl Node {
                     return None;
                 }
                 Ok(None) => {
-                    close(&conn, ErrorCode::ProtocolViolation, &"empty first stream");
+                    self.close_hostile(&conn, ErrorCode::ProtocolViolation, &"empty first stream");
                     return None;
                 }
                 Err(e) => {
-                    close(&conn, e.code(), &format!("bad JOIN: {e}"));
+                    self.close_hostile(&conn, e.code(), &format!("bad JOIN: {e}"));
                     return None;
                 }
             };
@@ -1037,7 +1317,7 @@ impl Node {
         }
         .instrument(span.clone());
         let Ok(joined) = tokio::time::timeout(timeout, joined).await else {
-            close(&conn, ErrorCode::Timeout, &"no JOIN in time");
+            self.close_hostile(&conn, ErrorCode::Timeout, &"no JOIN in time");
             return;
         };
         let Some((send, recv, join)) = joined else {
@@ -1068,7 +1348,7 @@ impl Node {
         meta: ConnMeta,
         send: SendStream,
         recv: RecvStream,
-        permit: OwnedSemaphorePermit,
+        permit: ConnPermit,
         span: tracing::Span,
     ) {
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
@@ -1237,12 +1517,49 @@ impl Node {
     }
 
     /// Accepts the streams a peer opens after the control stream.
+    ///
+    /// Each stream takes a token from the connection's bucket
+    /// (`max_requests_per_sec`, `request_burst`); one that finds none is
+    /// reset and stopped with [`ErrorCode::RateLimited`] before anything on
+    /// it is read, and the connection stays up, unless more streams than
+    /// twice the rate or burst are refused within a second: a peer that keeps
+    /// opening them regardless is closed with the same code.
     async fn stream_acceptor(self, conn: Connection, peer: NodeId, role: Role) {
+        let cfg = &self.inner.config;
+        let (rate, burst) = (cfg.max_requests_per_sec, cfg.request_burst);
+        let mut bucket = TokenBucket::new(rate, burst, Instant::now());
+        let max_refused = rate.max(burst).saturating_mul(2);
+        let (mut refused, mut window) = (0u32, Instant::now());
         loop {
-            let (send, mut recv) = match conn.accept_bi().await {
+            let (mut send, mut recv) = match conn.accept_bi().await {
                 Ok(s) => s,
                 Err(_) => return,
             };
+            let now = Instant::now();
+            if !bucket.take(now) {
+                let _ = send.reset(ErrorCode::RateLimited.var_int());
+                let _ = recv.stop(ErrorCode::RateLimited.var_int());
+                if now.saturating_duration_since(window) >= Duration::from_secs(1) {
+                    (refused, window) = (0, now);
+                }
+                refused += 1;
+                if refused > max_refused {
+                    close(
+                        &conn,
+                        ErrorCode::RateLimited,
+                        &format_args!("peer {peer} kept exceeding {rate} requests per second"),
+                    );
+                    return;
+                }
+                if let Some(held) = self.gate(LogKey::Rate(peer)) {
+                    warn!(
+                        %peer,
+                        "peer exceeds {rate} requests per second: refusing its extra streams{}",
+                        held_back(held)
+                    );
+                }
+                continue;
+            }
             let timeout = self.inner.config.handshake_timeout;
             let conn = conn.clone();
             let store = self.inner.store.clone();
@@ -1260,7 +1577,7 @@ impl Node {
                             drop(send);
                         }
                         Ok(Ok(Some(Request::Join(_)))) => {
-                            close(&conn, ErrorCode::ProtocolViolation, &"second JOIN");
+                            node.close_hostile(&conn, ErrorCode::ProtocolViolation, &"second JOIN");
                         }
                         Ok(Ok(Some(Request::Dht(request)))) => {
                             let remote = conn.remote_address();
@@ -1290,7 +1607,9 @@ impl Node {
                         Ok(Ok(None)) => {
                             let _ = recv.stop(ErrorCode::ProtocolViolation.var_int());
                         }
-                        Ok(Err(e)) => close(&conn, e.code(), &format!("bad request: {e}")),
+                        Ok(Err(e)) => {
+                            node.close_hostile(&conn, e.code(), &format!("bad request: {e}"))
+                        }
                     }
                 }
                 .in_current_span(),
@@ -1587,5 +1906,63 @@ mod tests {
         ] {
             assert!(bad.parse::<PeerAddr>().is_err(), "{bad:?}");
         }
+    }
+    #[test]
+    fn token_bucket_allows_the_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 5, t0);
+        assert_eq!((0..8).filter(|_| b.take(t0)).count(), 5, "the burst");
+        // A tenth of a second buys one more; a long pause refills only to the burst.
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..8).filter(|_| b.take(later)).count(), 5);
+        // Rate 0: no limit.
+        let mut free = TokenBucket::new(0, 1, t0);
+        assert!((0..10_000).all(|_| free.take(t0)));
+    }
+
+    #[test]
+    fn log_gate_lets_one_line_per_source_per_window() {
+        let t0 = Instant::now();
+        let mut g = LogGate::default();
+        let a = LogKey::PerIp([10, 0, 0, 1].into());
+        let b = LogKey::PerIp([10, 0, 0, 2].into());
+        assert_eq!(g.check(a, t0), Some(0));
+        assert_eq!(g.check(a, t0 + Duration::from_secs(1)), None);
+        assert_eq!(g.check(a, t0 + Duration::from_secs(2)), None);
+        assert_eq!(g.check(b, t0), Some(0), "another source is logged");
+        assert_eq!(g.check(a, t0 + LOG_WINDOW), Some(2), "then the count");
+        // Bounded however many sources there are.
+        for i in 0..(LOG_GATE_MAX as u32 * 2) {
+            g.check(LogKey::PerIp(std::net::Ipv4Addr::from(i).into()), t0);
+        }
+        assert!(g.seen.len() <= LOG_GATE_MAX);
+    }
+
+    #[test]
+    fn ip_slots_count_per_address_and_come_back() {
+        let counts = IpCounts::default();
+        let a = ip_key([127, 0, 0, 1].into());
+        let b = ip_key([127, 0, 0, 2].into());
+        let held: Vec<_> = (0..3)
+            .map(|_| IpSlot::take(&counts, a, 3).unwrap())
+            .collect();
+        assert!(IpSlot::take(&counts, a, 3).is_none());
+        assert!(IpSlot::take(&counts, b, 3).is_some());
+        drop(held);
+        assert!(lock(&counts).is_empty(), "nothing left behind");
+        assert!(IpSlot::take(&counts, a, 3).is_some());
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let x: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let y: IpAddr = "2001:db8:1:2:bbbb::7".parse().unwrap();
+        let z: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(x), ip_key(y));
+        assert_ne!(ip_key(x), ip_key(z));
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(ip_key(mapped), IpAddr::from([10, 1, 2, 3]));
     }
 }

@@ -14,17 +14,45 @@
 //! crash it is whole or absent, and once acknowledged it stays.
 //! The quota is checked before writing, never by half-writing. All methods are
 //! blocking; async callers use `spawn_blocking`.
+//!
+//! # Consistency after a crash
+//!
+//! [`Store::open`] runs a pass that costs one `readdir` and `stat` per chunk and
+//! no hashing:
+//!
+//! - `store/tmp` is emptied: the only place a write in progress (a crash, or a
+//!   process that exited while a chunk was being stored) leaves anything;
+//! - files in `store/chunks` that cannot be chunks (a name that is not a hash,
+//!   or in the wrong directory) are removed and not counted against the quota;
+//! - every held file is checked for missing chunks or manifests; one with a
+//!   piece missing is *incomplete*: [`Store::files`] says so, [`Store::holds`]
+//!   says no (so the node neither answers HAS for it, lists itself as its
+//!   provider, nor republishes it) until its pieces are stored again and it is
+//!   held anew (a HOLD, or an import).
+//!
+//! Chunks are not hashed at open. The publish protocol means a crash cannot
+//! leave a chunk torn under its final name, so hashing the whole store at every
+//! start (minutes for a large store) would only look for media corruption,
+//! which strikes at any time, not just around crashes. Instead every chunk is
+//! hashed each time it is read ([`Store::read_chunk`], which serves peers and
+//! feeds repairs): a chunk that fails is deleted, counted out of the quota, its
+//! files become incomplete, and the reader gets "not found", so a corrupt chunk
+//! is never served and is fetched again from another holder by repair. BLAKE3
+//! runs at several GB/s, less than the QUIC encryption the bytes go through next.
 
+use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
-use crate::chunk::{Hash, Manifest};
+use crate::chunk::{Hash, Manifest, MAX_CHUNK_SIZE};
 
 const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests");
 const FILES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("files");
@@ -147,6 +175,51 @@ struct Inner {
     quota: u64,
     used: Mutex<u64>,
     tmp_counter: AtomicU64,
+    /// Names this store's temp files start with: unique per open store, even
+    /// for two opened in one process (a node restarted in a test).
+    tmp_prefix: String,
+    /// Held files with a chunk or manifest missing (see [`Store::holds`]).
+    incomplete: Mutex<HashSet<Hash>>,
+    /// A chunk was deleted since `incomplete` was computed.
+    suspect: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // No clone of this store is left, so none of its writes is under way:
+        // none of its temp files is live. (A process that exits without
+        // dropping its store leaves them to the next open.)
+        let Ok(entries) = fs::read_dir(&self.tmp) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&self.tmp_prefix))
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Stores opened by this process, for unique temp file names.
+static OPENED: AtomicU64 = AtomicU64::new(0);
+
+/// Empties the temp directory (creating it if needed).
+fn clear_tmp(tmp: &Path) {
+    match fs::remove_dir_all(tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!("cannot clear {}: {e}", tmp.display()),
+    }
+    if let Err(e) = fs::create_dir_all(tmp) {
+        warn!("cannot create {}: {e}", tmp.display());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -160,13 +233,15 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> S
 
 impl Store {
     /// Opens (or creates) the store under `dir` with a quota of `quota` bytes of
-    /// chunk data. Leftover temp files from a crash are removed.
+    /// chunk data, and makes it consistent after a crash (see the module
+    /// documentation): leftover temp files and stray files are removed, and
+    /// held files with a piece missing are marked incomplete.
     pub fn open(dir: &Path, quota: u64) -> Result<Store, StoreError> {
         let root = dir.join("store");
         let chunks = root.join("chunks");
         let tmp = root.join("tmp");
         fs::create_dir_all(&chunks).map_err(io_err("cannot create", &chunks))?;
-        let _ = fs::remove_dir_all(&tmp);
+        clear_tmp(&tmp);
         fs::create_dir_all(&tmp).map_err(io_err("cannot create", &tmp))?;
         let db = redb::Database::builder()
             .set_cache_size(DB_CACHE)
@@ -179,7 +254,7 @@ impl Store {
             tx.open_table(PROVIDERS)?;
             tx.commit()?;
         }
-        let mut used = disk_usage(&chunks)?;
+        let mut used = scan_chunks(&chunks)?;
         {
             let tx = db.begin_read()?;
             for row in tx.open_table(MANIFESTS)?.iter()? {
@@ -187,7 +262,7 @@ impl Store {
                 used += v.value().len() as u64;
             }
         }
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 chunks,
                 tmp,
@@ -195,8 +270,23 @@ impl Store {
                 quota,
                 used: Mutex::new(used),
                 tmp_counter: AtomicU64::new(0),
+                tmp_prefix: format!(
+                    "{}-{}-",
+                    std::process::id(),
+                    OPENED.fetch_add(1, Ordering::Relaxed)
+                ),
+                incomplete: Mutex::new(HashSet::new()),
+                suspect: AtomicBool::new(false),
             }),
-        })
+        };
+        let incomplete = store.files()?.iter().filter(|f| !f.complete).count();
+        if incomplete > 0 {
+            warn!(
+                "{incomplete} held file(s) have chunks missing: not served or announced until \
+                 stored again"
+            );
+        }
+        Ok(store)
     }
 
     fn chunk_path(&self, hash: &Hash) -> PathBuf {
@@ -219,14 +309,59 @@ impl Store {
         self.chunk_path(hash).is_file()
     }
 
-    /// Reads a stored chunk.
+    /// Reads a stored chunk and verifies it: a chunk whose bytes do not hash to
+    /// its name (or that is larger than any chunk can be) is deleted, and is
+    /// reported as absent. Never returns bytes that fail verification.
     pub fn read_chunk(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.chunk_path(hash);
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("cannot read", &path)(e)),
+        let mut file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("cannot read", &path)(e)),
+        };
+        let meta = file.metadata().map_err(io_err("cannot read", &path))?;
+        let max = u64::from(MAX_CHUNK_SIZE);
+        if meta.len() > max {
+            self.discard_chunk(hash, &path, &meta, "is larger than any chunk");
+            return Ok(None);
         }
+        let mut data = Vec::with_capacity(meta.len() as usize);
+        (&mut file)
+            .take(max + 1)
+            .read_to_end(&mut data)
+            .map_err(io_err("cannot read", &path))?;
+        let actual = Hash::of(&data);
+        if actual != *hash {
+            self.discard_chunk(
+                hash,
+                &path,
+                &meta,
+                &format!("fails verification (its bytes hash to {actual})"),
+            );
+            return Ok(None);
+        }
+        Ok(Some(data))
+    }
+
+    /// Deletes a chunk found bad on reading (the file that was read, not a
+    /// good copy stored since by someone else) and marks its files incomplete.
+    fn discard_chunk(&self, hash: &Hash, path: &Path, read: &fs::Metadata, why: &str) {
+        let same = fs::symlink_metadata(path)
+            .is_ok_and(|m| m.ino() == read.ino() && m.dev() == read.dev());
+        if same {
+            match fs::remove_file(path) {
+                Ok(()) => {
+                    self.release(read.len());
+                    warn!(
+                        "stored chunk {hash} {why}: deleted (disk corruption?); files using it \
+                         are incomplete until it is stored again"
+                    );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!("stored chunk {hash} {why}, and cannot be deleted: {e}"),
+            }
+        }
+        self.inner.suspect.store(true, Ordering::SeqCst);
     }
 
     /// Checks the quota for `wanted` more bytes and reserves them.
@@ -283,7 +418,7 @@ impl Store {
 
     fn write_new(&self, path: &Path, data: &[u8]) -> Result<Stored, StoreError> {
         let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.inner.tmp.join(format!("{}-{n}", std::process::id()));
+        let tmp = self.inner.tmp.join(format!("{}{n}", self.inner.tmp_prefix));
         let result = (|| {
             let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
             f.write_all(data).map_err(io_err("cannot write", &tmp))?;
@@ -346,25 +481,40 @@ impl Store {
         }
     }
 
-    /// Records that this node holds the file or tree `id` (its manifests must be
-    /// stored already).
+    /// Records that this node holds the file or tree `id` (every manifest and
+    /// chunk of it must be stored already).
     pub fn add_file(&self, id: &Hash, record: &FileRecord) -> Result<(), StoreError> {
         let bytes = postcard::to_allocvec(record).map_err(|e| StoreError::Db(e.to_string()))?;
         let tx = self.inner.db.begin_write()?;
         tx.open_table(FILES)?
             .insert(id.as_bytes(), bytes.as_slice())?;
         tx.commit()?;
+        lock(&self.inner.incomplete).remove(id);
         Ok(())
     }
 
-    /// Whether the file or tree `id` is recorded as held.
+    /// Whether the file or tree `id` is held and complete: recorded as held,
+    /// and not found missing a piece (at open, by [`Store::files`], or since a
+    /// chunk of it failed verification).
     pub fn holds(&self, id: &Hash) -> Result<bool, StoreError> {
-        let tx = self.inner.db.begin_read()?;
-        Ok(tx.open_table(FILES)?.get(id.as_bytes())?.is_some())
+        let recorded = {
+            let tx = self.inner.db.begin_read()?;
+            tx.open_table(FILES)?.get(id.as_bytes())?.is_some()
+        };
+        if !recorded {
+            return Ok(false);
+        }
+        if self.inner.suspect.load(Ordering::SeqCst) {
+            // A chunk was deleted: find the files it belonged to (rare).
+            self.files()?;
+        }
+        Ok(!lock(&self.inner.incomplete).contains(id))
     }
 
-    /// Every held file, with whether all its chunks are present.
+    /// Every held file, with whether all its chunks are present (which also
+    /// refreshes what [`Store::holds`] knows to be incomplete).
     pub fn files(&self) -> Result<Vec<HeldFile>, StoreError> {
+        self.inner.suspect.store(false, Ordering::SeqCst);
         let records: Vec<(Hash, FileRecord)> = {
             let tx = self.inner.db.begin_read()?;
             let table = tx.open_table(FILES)?;
@@ -377,7 +527,7 @@ impl Store {
             }
             out
         };
-        records
+        let held = records
             .into_iter()
             .map(|(id, record)| {
                 let complete = self.missing_chunks(&id)?.is_some_and(|m| m.is_empty());
@@ -387,7 +537,9 @@ impl Store {
                     complete,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        *lock(&self.inner.incomplete) = held.iter().filter(|f| !f.complete).map(|f| f.id).collect();
+        Ok(held)
     }
 
     /// The chunks of file or tree `id` not yet stored, or `None` if a manifest
@@ -564,15 +716,43 @@ pub enum ImportError {
     Store(#[from] StoreError),
 }
 
-fn disk_usage(chunks: &Path) -> Result<u64, StoreError> {
+/// Bytes of chunk data under `chunks`; files that cannot be chunks (a name
+/// that is not a hash, or in the wrong directory) are removed on the way.
+fn scan_chunks(chunks: &Path) -> Result<u64, StoreError> {
     let mut total = 0;
+    let mut strays = 0;
+    let remove = |path: &Path, strays: &mut usize| match fs::remove_file(path) {
+        Ok(()) => *strays += 1,
+        Err(e) => warn!("cannot remove stray {}: {e}", path.display()),
+    };
     for dir in fs::read_dir(chunks).map_err(io_err("cannot list", chunks))? {
         let dir = dir.map_err(io_err("cannot list", chunks))?;
-        if let Ok(files) = fs::read_dir(dir.path()) {
-            for f in files.flatten() {
-                total += f.metadata().map(|m| m.len()).unwrap_or(0);
+        let Ok(kind) = dir.file_type() else { continue };
+        if !kind.is_dir() {
+            if kind.is_file() {
+                remove(&dir.path(), &mut strays);
+            }
+            continue;
+        }
+        let prefix = dir.file_name();
+        let Ok(files) = fs::read_dir(dir.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name();
+            let is_chunk = name
+                .to_str()
+                .is_some_and(|n| n.parse::<Hash>().is_ok() && prefix.to_str() == n.get(..2));
+            let Ok(meta) = f.metadata() else { continue };
+            if is_chunk && meta.is_file() {
+                total += meta.len();
+            } else if meta.is_file() {
+                remove(&f.path(), &mut strays);
             }
         }
+    }
+    if strays > 0 {
+        warn!("removed {strays} stray file(s) from {}", chunks.display());
     }
     Ok(total)
 }
@@ -599,6 +779,104 @@ mod tests {
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(store.read_chunk(&h).unwrap(), Some(data.clone()));
         assert_eq!(store.used(), data.len() as u64);
+    }
+
+    /// One file of three chunks, imported: its id and the chunk paths.
+    fn held_file(store: &Store, dir: &Path) -> (Hash, Vec<PathBuf>) {
+        let src = dir.join("src.bin");
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&src, &data).unwrap();
+        let tree = store.import(&src, 1024).unwrap();
+        let Some(Manifest::File(f)) = tree.root_manifest() else {
+            panic!("a file manifest");
+        };
+        let paths = f.chunks.iter().map(|h| store.chunk_path(h)).collect();
+        (tree.root, paths)
+    }
+
+    #[test]
+    fn a_corrupt_chunk_is_deleted_on_read_and_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (id, paths) = held_file(&store, dir.path());
+        assert!(store.holds(&id).unwrap());
+        let used = store.used();
+        let bad = &paths[1];
+        let hash: Hash = bad.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        let mut bytes = fs::read(bad).unwrap();
+        bytes[10] ^= 1;
+        fs::write(bad, &bytes).unwrap();
+
+        assert_eq!(store.read_chunk(&hash).unwrap(), None, "never served");
+        assert!(!bad.exists(), "deleted");
+        assert_eq!(store.used(), used - bytes.len() as u64);
+        assert!(!store.holds(&id).unwrap(), "not held while incomplete");
+        let files = store.files().unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(!files[0].complete);
+
+        // Stored again (a repair) and held again (its HOLD): complete.
+        bytes[10] ^= 1;
+        assert_eq!(store.put_chunk(&hash, &bytes).unwrap(), Stored::Written);
+        assert_eq!(store.read_chunk(&hash).unwrap(), Some(bytes));
+        assert!(store.files().unwrap()[0].complete);
+        assert!(store.holds(&id).unwrap());
+        assert_eq!(store.used(), used);
+    }
+
+    #[test]
+    fn open_after_a_crash_cleans_up_and_marks_incomplete_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (id, paths) = held_file(&store, dir.path());
+        let (other, _) = store
+            .put_manifest(
+                &Manifest::File(crate::chunk::FileManifest {
+                    name: "o".into(),
+                    size: 1,
+                    chunk_size: 1024,
+                    chunks: vec![Hash::of(b"o")],
+                })
+                .encode(),
+            )
+            .unwrap();
+        let used = store.used();
+        drop(store);
+        // What a crash can leave: a temp file mid-write; what it cannot, but a
+        // disk or a person can: a stray file, a chunk gone.
+        let tmp = dir.path().join("store/tmp");
+        fs::write(tmp.join("999-1"), b"half a chunk").unwrap();
+        let stray = paths[0].parent().unwrap().join("not-a-chunk");
+        fs::write(&stray, b"junk").unwrap();
+        let gone = fs::metadata(&paths[2]).unwrap().len();
+        fs::remove_file(&paths[2]).unwrap();
+
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "temp files removed");
+        assert!(!stray.exists(), "stray file removed");
+        assert_eq!(store.used(), used - gone, "quota counts chunks only");
+        assert!(!store.holds(&id).unwrap(), "incomplete: not held");
+        assert!(!store.holds(&other).unwrap(), "never held");
+        let files = store.files().unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(!files[0].complete);
+        assert!(paths[..2].iter().all(|p| p.exists()), "good chunks kept");
+        drop(store);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_dropped_store_removes_only_its_own_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let tmp = dir.path().join("store/tmp");
+        let own = tmp.join(format!("{}7", store.inner.tmp_prefix));
+        let other = tmp.join("another-store-1");
+        fs::write(&own, b"left by an interrupted write").unwrap();
+        fs::write(&other, b"a live write of another store").unwrap();
+        drop(store);
+        assert!(!own.exists());
+        assert!(other.exists());
     }
 
     #[test]

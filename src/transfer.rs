@@ -102,6 +102,8 @@ pub async fn serve(
 ) {
     let result = match request {
         Request::GetChunk { hash } => {
+            // `read_chunk` hashes what it read: a chunk that fails is deleted
+            // and answered NOT_FOUND, so the asker goes to another holder.
             let data = match &store {
                 Some(s) => blocking(s.clone(), move |s| s.read_chunk(&hash)).await,
                 None => Ok(None),

@@ -120,11 +120,14 @@ pub enum ErrorCode {
     NotAllowed = 10,
     /// Something went wrong inside this node; details are in its log.
     Internal = 11,
+    /// The peer opened request streams faster than this node allows
+    /// (`max_requests_per_sec`); the stream is refused, the connection kept.
+    RateLimited = 12,
 }
 
 impl ErrorCode {
     /// Every code, for lookups.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::Ok,
         ErrorCode::Shutdown,
         ErrorCode::ProtocolViolation,
@@ -137,6 +140,7 @@ impl ErrorCode {
         ErrorCode::SelfDial,
         ErrorCode::NotAllowed,
         ErrorCode::Internal,
+        ErrorCode::RateLimited,
     ];
 
     /// The QUIC application error code.
@@ -169,6 +173,7 @@ impl ErrorCode {
             ErrorCode::SelfDial => b"self dial",
             ErrorCode::NotAllowed => b"not allowed",
             ErrorCode::Internal => b"internal error",
+            ErrorCode::RateLimited => b"rate limited",
         }
     }
 }
@@ -843,6 +848,10 @@ mod tests {
             assert_eq!(ErrorCode::from_code(i as u64), Some(*c));
         }
         assert_eq!(ErrorCode::from_code(999), None);
+        // Codes are part of the wire: pinned by number.
+        assert_eq!(ErrorCode::ConnectionLimit.code(), 6);
+        assert_eq!(ErrorCode::RateLimited.code(), 12);
+        assert_eq!(ErrorCode::RateLimited.reason(), b"rate limited");
     }
 
     /// Pins the encoding: if this fails, the wire changed.

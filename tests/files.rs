@@ -151,49 +151,29 @@ async fn directory_tree_comes_back_the_same() {
     shutdown(net).await;
 }
 
-/// Overwrites every chunk file in a node's store with other bytes of the same
-/// length: the node now serves tampered data for everything it holds.
-fn tamper_store(dir: &Path) -> usize {
-    let mut n = 0;
-    for sub in std::fs::read_dir(dir.join("store/chunks")).unwrap() {
-        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            let path = f.unwrap().path();
-            let mut bytes = std::fs::read(&path).unwrap();
-            for b in bytes.iter_mut() {
-                *b ^= 0x5a;
-            }
-            std::fs::write(&path, bytes).unwrap();
-            n += 1;
-        }
-    }
-    n
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_bytes_are_caught_and_fetched_from_an_honest_peer() {
-    let net = store_network(3).await;
+    let net = store_network(2).await;
     let src = tempfile::tempdir().unwrap();
     let data = random_bytes(8 * MIB, 3);
     let path = src.path().join("f.bin");
     std::fs::write(&path, &data).unwrap();
-    // net[0] holds it locally; net[1] gets a copy.
-    let report = put(&net[0].node, &path, 1).await;
-    let honest_remote = report
-        .holders
-        .iter()
-        .find(|h| h.id != net[0].node.id())
-        .unwrap()
-        .id;
-    assert!(tamper_store(net[0].dir.path()) >= 8);
-    let liar = net[0].node.id();
-    let fetcher = non_holder(&net, &report);
-    let providers: Vec<Provider> = [liar, honest_remote]
-        .into_iter()
-        .map(|id| Provider {
-            id,
-            conn: fetcher.connection(&id).unwrap(),
-        })
-        .collect();
+    let report = put(&net[0].node, &path, 0).await;
+    // A peer that holds the file and serves every chunk with its bytes flipped.
+    let liar = common::liar::Liar::start(net[0].node.store().unwrap(), report.id)
+        .await
+        .unwrap();
+    let fetcher = &net[1].node;
+    let providers = vec![
+        Provider {
+            id: liar.id,
+            conn: liar.connect().await.unwrap(),
+        },
+        Provider {
+            id: net[0].node.id(),
+            conn: fetcher.connection(&net[0].node.id()).unwrap(),
+        },
+    ];
     let out = src.path().join("out.bin");
     let stats = download(
         providers,
@@ -204,9 +184,10 @@ async fn tampered_bytes_are_caught_and_fetched_from_an_honest_peer() {
     )
     .await
     .expect("download succeeds despite the liar");
+    assert!(liar.lies.load(Ordering::SeqCst) >= 1, "the liar was asked");
     assert!(stats.bad_chunks >= 1, "the lie was seen: {stats:?}");
     assert!(
-        stats.per_peer.iter().all(|(id, _)| *id != liar),
+        stats.per_peer.iter().all(|(id, _)| *id != liar.id),
         "no chunk from the liar was accepted: {stats:?}"
     );
     assert_eq!(std::fs::read(&out).unwrap(), data);

@@ -2,6 +2,8 @@
 //! for conditions and events, and driving the real binary.
 #![allow(dead_code)]
 
+pub mod liar;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -263,4 +265,123 @@ pub fn at(fraction: f64, action: impl Fn() + Send + Sync + 'static) -> Arc<At> {
         fired: Default::default(),
         action: Box::new(action),
     })
+}
+
+impl Proc {
+    /// Like [`Proc::spawn`], with standard error written to `log`: never a
+    /// terminal, so transfers print plain `[PROGRESS]` lines.
+    pub fn spawn_logged(args: &[&str], log: &std::path::Path) -> Proc {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let mut child = binary()
+            .args(args)
+            .env("RUST_LOG", "warn,quic_peer=info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("binary starts");
+        let stdout: ChildStdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next stdout line; panics after `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                line
+            }
+            Err(_) => panic!("no line within {timeout:?}; saw:\n{}", self.seen.join("\n")),
+        }
+    }
+
+    /// Sends `files` and returns the listed files: (id, line).
+    pub fn files(&mut self, timeout: Duration) -> Vec<(String, String)> {
+        self.send("files");
+        let head = self.expect_line(" files, ", timeout);
+        let n: usize = head
+            .split_whitespace()
+            .next()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("bad files line {head:?}"));
+        (0..n)
+            .map(|_| {
+                let line = self.next_line(timeout);
+                let id = line
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                (id, line)
+            })
+            .collect()
+    }
+}
+
+/// Every chunk file in the store of the node whose data directory is `data_dir`.
+pub fn chunk_files(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(data_dir.join("store/chunks")) else {
+        return out;
+    };
+    for d in dirs.flatten() {
+        if let Ok(files) = std::fs::read_dir(d.path()) {
+            out.extend(files.flatten().map(|f| f.path()));
+        }
+    }
+    out
+}
+
+/// Chunk files whose bytes do not hash to their name.
+pub fn bad_chunks(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    chunk_files(data_dir)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let Ok(hash) = name.parse::<quic_peer::chunk::Hash>() else {
+                return true;
+            };
+            std::fs::read(p).map_or(true, |b| quic_peer::chunk::Hash::of(&b) != hash)
+        })
+        .collect()
+}
+
+/// Files in a store that are not chunks or its database: temp files of writes
+/// that did not finish, anything stray.
+pub fn temp_files(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let store = data_dir.join("store");
+    let mut out: Vec<_> = std::fs::read_dir(store.join("tmp"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    out.extend(chunk_files(data_dir).into_iter().filter(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.parse::<quic_peer::chunk::Hash>().is_err())
+    }));
+    if let Ok(entries) = std::fs::read_dir(&store) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if !["chunks", "tmp", "meta.redb"].contains(&name.to_str().unwrap_or_default()) {
+                out.push(e.path());
+            }
+        }
+    }
+    out
 }

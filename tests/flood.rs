@@ -1,0 +1,627 @@
+//! Floods and limits, on loopback: a node under a flood of bad handshakes,
+//! garbage streams and GETs for unknown hashes still serves a well-behaved
+//! peer, in bounded memory; the per-address connection limit and the
+//! per-peer request rate each answer with their own refusal.
+//!
+//! Linux routes all of 127.0.0.0/8 to the loopback interface, so attackers
+//! bind 127.0.x.y addresses of their own: the per-address limit applies to
+//! each as it would to hosts on a network.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{node, random_bytes, wait_until};
+use quic_peer::chunk::{Hash, DEFAULT_CHUNK_SIZE};
+use quic_peer::download::{DownloadOptions, NoProgress};
+use quic_peer::replication;
+use quic_peer::ticket::Target;
+use quic_peer::wire::{
+    self, Control, ErrorCode, Join, Request, Response, Role, ALPN, MAX_CONTROL_FRAME,
+    PROTOCOL_VERSION,
+};
+use quic_peer::{ConnectError, Identity, Node, NodeConfig, NodeId};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+const MIB: usize = 1 << 20;
+
+/// (VmRSS, VmHWM) of this process, in KiB.
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn ip(a: u8, b: u8, c: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, a, b, c))
+}
+
+/// A client endpoint bound to `ip` (any 127.x.y.z works on Linux loopback).
+fn endpoint(ip: IpAddr) -> quinn::Endpoint {
+    quinn::Endpoint::client(SocketAddr::new(ip, 0)).expect("client endpoint")
+}
+
+/// A client config with a fresh, valid identity.
+fn valid_client() -> quinn::ClientConfig {
+    let identity = Identity::generate().unwrap();
+    let (client, _) = quic_peer::tls::quic_configs(&identity).unwrap();
+    quinn::ClientConfig::new(client)
+}
+
+/// Accepts any server certificate: the attackers do not care who answers.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client presenting a self-signed ECDSA certificate (not Ed25519, so not
+/// a node id), speaking the right ALPN so the handshake gets as far as the
+/// certificate check.
+fn ecdsa_client(alg: &'static rcgen::SignatureAlgorithm) -> quinn::ClientConfig {
+    let key = rcgen::KeyPair::generate_for(alg).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["attacker".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_client_auth_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
+    quinn::ClientConfig::new(Arc::new(quic))
+}
+
+/// A raw connection that has done JOIN/WELCOME; the control stream is kept
+/// with it so that it stays open.
+struct Joined {
+    conn: quinn::Connection,
+    _control: (quinn::SendStream, quinn::RecvStream),
+}
+
+async fn join(ep: &quinn::Endpoint, target: SocketAddr, role: Role) -> Result<Joined, String> {
+    let conn = ep
+        .connect_with(valid_client(), target, quic_peer::tls::UNPINNED_SERVER_NAME)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let join = Request::Join(Join {
+        version: PROTOCOL_VERSION,
+        role,
+        listen_addrs: vec![],
+        capabilities: 0,
+        session: rand::random(),
+    });
+    send.write_all(&wire::encode(&join, MAX_CONTROL_FRAME).unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    match quic_peer::stream::read_frame::<Control, _>(&mut recv, MAX_CONTROL_FRAME).await {
+        Ok(Some(Control::Welcome(_))) => Ok(Joined {
+            conn,
+            _control: (send, recv),
+        }),
+        other => Err(format!("no WELCOME: {other:?}")),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    NotFound,
+    RateLimited,
+    Other(String),
+}
+
+/// One GET for a hash nobody has, on its own stream.
+async fn get_unknown(conn: &quinn::Connection) -> Answer {
+    let limited = ErrorCode::RateLimited.var_int();
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return Answer::Other(e.to_string()),
+    };
+    let req = Request::GetChunk {
+        hash: Hash::from_bytes(rand::random()),
+    };
+    match send
+        .write_all(&wire::encode(&req, MAX_CONTROL_FRAME).unwrap())
+        .await
+    {
+        Ok(()) => {}
+        Err(quinn::WriteError::Stopped(code)) if code == limited => return Answer::RateLimited,
+        Err(e) => return Answer::Other(e.to_string()),
+    }
+    let _ = send.finish();
+    match recv.read_to_end(1024).await {
+        Ok(bytes) => match wire::decode::<Response>(&bytes, MAX_CONTROL_FRAME) {
+            Ok(Some((Response::NotFound, _))) => Answer::NotFound,
+            other => Answer::Other(format!("{other:?}")),
+        },
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code == limited => {
+            Answer::RateLimited
+        }
+        Err(e) => Answer::Other(e.to_string()),
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    refused: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+    connected: AtomicU64,
+    closed_by_node: AtomicU64,
+    still_open: AtomicU64,
+    not_found: AtomicU64,
+    rate_limited: AtomicU64,
+    other: AtomicU64,
+}
+
+fn add(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// 500 handshakes with bad certificates: ECDSA P-256 and P-384 self-signed
+/// client certificates, and valid identities that pin the wrong node id, from
+/// 25 addresses, 25 at a time.
+async fn bad_certificates(target: SocketAddr, counts: Arc<Counts>) {
+    const ADDRS: u8 = 25;
+    const PER_ADDR: usize = 20;
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in 1..=ADDRS {
+        let counts = counts.clone();
+        tasks.spawn(async move {
+            let ep = endpoint(ip(2, 0, a));
+            for i in 0..PER_ADDR {
+                let (cfg, name) = match i % 3 {
+                    0 => (
+                        ecdsa_client(&rcgen::PKCS_ECDSA_P256_SHA256),
+                        quic_peer::tls::UNPINNED_SERVER_NAME.to_string(),
+                    ),
+                    1 => (
+                        ecdsa_client(&rcgen::PKCS_ECDSA_P384_SHA384),
+                        quic_peer::tls::UNPINNED_SERVER_NAME.to_string(),
+                    ),
+                    _ => {
+                        let wrong = NodeId::from_bytes(rand::random());
+                        (valid_client(), quic_peer::tls::server_name_for(Some(wrong)))
+                    }
+                };
+                let connecting = ep.connect_with(cfg, target, &name).unwrap();
+                match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+                    Err(_) => add(&counts.timed_out),
+                    Ok(Ok(conn)) => {
+                        // Only a refusal later would be right; the client side
+                        // of a handshake can finish before the server's check.
+                        match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await {
+                            Ok(_) => add(&counts.failed),
+                            Err(_) => add(&counts.connected),
+                        }
+                    }
+                    Ok(Err(quinn::ConnectionError::ConnectionClosed(c)))
+                        if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+                    {
+                        add(&counts.refused)
+                    }
+                    Ok(Err(_)) => add(&counts.failed),
+                }
+            }
+            ep.close(0u32.into(), b"");
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// 200 connections with valid identities that send garbage: random bytes as
+/// the first stream, a valid length with a body that does not decode, or a
+/// proper JOIN followed by request streams of garbage. 40 addresses, 5
+/// connections each, all at once.
+async fn garbage(target: SocketAddr, counts: Arc<Counts>) {
+    const ADDRS: u8 = 40;
+    const PER_ADDR: usize = 5;
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in 1..=ADDRS {
+        let ep = endpoint(ip(3, 0, a));
+        for i in 0..PER_ADDR {
+            let (ep, counts) = (ep.clone(), counts.clone());
+            let seed = u64::from(a) * 100 + i as u64;
+            tasks.spawn(async move {
+                let conn = match i % 3 {
+                    0 | 1 => {
+                        let conn = match ep
+                            .connect_with(
+                                valid_client(),
+                                target,
+                                quic_peer::tls::UNPINNED_SERVER_NAME,
+                            )
+                            .unwrap()
+                            .await
+                        {
+                            Ok(c) => c,
+                            Err(_) => return add(&counts.refused),
+                        };
+                        let mut bytes = random_bytes(16 << 10, seed);
+                        if i % 3 == 1 {
+                            // A length under the cap, a body that is noise.
+                            bytes[..4].copy_from_slice(&1000u32.to_be_bytes());
+                        }
+                        if let Ok((mut send, _recv)) = conn.open_bi().await {
+                            let _ = send.write_all(&bytes).await;
+                            let _ = send.finish();
+                        }
+                        conn
+                    }
+                    _ => {
+                        let role = if a % 2 == 0 { Role::Peer } else { Role::Client };
+                        let joined = match join(&ep, target, role).await {
+                            Ok(j) => j,
+                            Err(_) => return add(&counts.refused),
+                        };
+                        for s in 0..8 {
+                            if let Ok((mut send, _recv)) = joined.conn.open_bi().await {
+                                let _ = send.write_all(&random_bytes(4096, seed * 8 + s)).await;
+                                let _ = send.finish();
+                            }
+                        }
+                        joined.conn.clone()
+                    }
+                };
+                match tokio::time::timeout(Duration::from_secs(15), conn.closed()).await {
+                    Ok(quinn::ConnectionError::ApplicationClosed(_)) => add(&counts.closed_by_node),
+                    Ok(_) => add(&counts.other),
+                    Err(_) => add(&counts.still_open),
+                }
+            });
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// A joined peer asking for unknown hashes, 16 streams at a time, until told
+/// to stop or cut off; returns when and why it was cut off.
+async fn hammer(
+    target: SocketAddr,
+    counts: Arc<Counts>,
+    stop: Arc<AtomicBool>,
+) -> Option<(Duration, quinn::ConnectionError)> {
+    let start = Instant::now();
+    let ep = endpoint(ip(4, 0, 1));
+    let joined = join(&ep, target, Role::Client)
+        .await
+        .expect("hammerer joins");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (conn, counts, stop) = (joined.conn.clone(), counts.clone(), stop.clone());
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match get_unknown(&conn).await {
+                    Answer::NotFound => add(&counts.not_found),
+                    Answer::RateLimited => add(&counts.rate_limited),
+                    Answer::Other(_) => {
+                        add(&counts.other);
+                        if conn.close_reason().is_some() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let cut = joined.conn.close_reason()?;
+    Some((start.elapsed(), cut))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_node_still_serves_a_well_behaved_peer_in_bounded_memory() {
+    // Loopback timers, default limits (local_test lifts the per-address
+    // one, since every test node is on 127.0.0.1: put it back).
+    let dir = tempfile::tempdir().unwrap();
+    let target = Node::start(NodeConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        max_connections_per_ip: NodeConfig::default().max_connections_per_ip,
+        ..NodeConfig::local_test()
+    })
+    .await
+    .unwrap();
+    let addr = target.local_addr();
+
+    let src = tempfile::tempdir().unwrap();
+    let data = random_bytes(16 * MIB, 7);
+    let path = src.path().join("sixteen.bin");
+    std::fs::write(&path, &data).unwrap();
+    let report = replication::put(&target, &path, 0, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
+        .await
+        .expect("put on the target");
+    let good = node(&[&target]).await;
+    wait_until("good peer joined", Duration::from_secs(10), || {
+        common::connected(&target, good.id())
+    })
+    .await;
+
+    // The same get without a flood, for comparison.
+    let fetch = |out: std::path::PathBuf| {
+        let (good, ticket) = (good.clone(), report.ticket.clone());
+        async move {
+            let t = Instant::now();
+            let stats = replication::get(
+                &good,
+                &Target::Ticket(ticket),
+                &out,
+                &DownloadOptions::default(),
+                Arc::new(NoProgress),
+            )
+            .await
+            .expect("the well-behaved get completes");
+            (stats, t.elapsed())
+        }
+    };
+    let quiet = src.path().join("quiet.bin");
+    let (_, quiet_time) = fetch(quiet.clone()).await;
+    assert!(std::fs::read(&quiet).unwrap() == data);
+    std::fs::remove_file(&quiet).unwrap();
+
+    let (rss0, hwm0) = memory();
+    let started = Instant::now();
+    let counts = Arc::new(Counts::default());
+    let bad = Arc::new(Counts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammerer = tokio::spawn(hammer(addr, counts.clone(), stop.clone()));
+    let bad_certs = tokio::spawn(async move {
+        bad_certificates(addr, bad.clone()).await;
+        (bad, started.elapsed())
+    });
+    let junk = tokio::spawn({
+        let counts = counts.clone();
+        async move {
+            garbage(addr, counts).await;
+            started.elapsed()
+        }
+    });
+    // Let the flood build up, then fetch.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let out = src.path().join("fetched.bin");
+    let get_start = started.elapsed();
+    assert!(
+        !bad_certs.is_finished() && !junk.is_finished(),
+        "the flood is on when the get starts"
+    );
+    let (stats, get_time) = fetch(out.clone()).await;
+    let get_end = started.elapsed();
+    assert!(std::fs::read(&out).unwrap() == data, "bytes identical");
+
+    let (bad, bad_end) = bad_certs.await.unwrap();
+    let junk_end = junk.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let cut = hammerer.await.unwrap();
+    let flood_time = started.elapsed();
+    let (rss1, hwm1) = memory();
+
+    println!(
+        "get of 16 MiB: {quiet_time:?} without a flood, {get_time:?} under it ({} chunks; get ran {get_start:?}..{get_end:?} into the flood)",
+        stats.chunks_fetched,
+    );
+    println!(
+        "flood: bad certificates done at {bad_end:?}, garbage at {junk_end:?}, hammering stopped at {flood_time:?}"
+    );
+    println!(
+        "bad certificates: 500 attempts: {} failed the handshake, {} refused before it, {} timed out, {} connected",
+        get(&bad.failed),
+        get(&bad.refused),
+        get(&bad.timed_out),
+        get(&bad.connected)
+    );
+    println!(
+        "garbage: 200 connections: {} closed by the node, {} refused, {} still open, {} other",
+        get(&counts.closed_by_node),
+        get(&counts.refused),
+        get(&counts.still_open),
+        get(&counts.other)
+    );
+    println!(
+        "hammering GETs for unknown hashes: {} answered NotFound, {} refused as RateLimited",
+        get(&counts.not_found),
+        get(&counts.rate_limited)
+    );
+    println!("hammering peer: {cut:?} (cut off after that long, and why)");
+    if let Some((_, quinn::ConnectionError::ApplicationClosed(c))) = &cut {
+        assert_eq!(c.error_code, ErrorCode::RateLimited.var_int());
+    }
+    println!(
+        "memory (whole test process): VmRSS {} -> {} MiB (growth {} MiB), VmHWM {} -> {} MiB",
+        rss0 / 1024,
+        rss1 / 1024,
+        rss1.saturating_sub(rss0) / 1024,
+        hwm0 / 1024,
+        hwm1 / 1024
+    );
+
+    assert_eq!(get(&bad.connected), 0, "no bad certificate got in");
+    assert_eq!(
+        get(&bad.failed) + get(&bad.refused) + get(&bad.timed_out),
+        500
+    );
+    assert_eq!(
+        get(&counts.still_open),
+        0,
+        "every garbage connection was cut off"
+    );
+    assert!(get(&counts.closed_by_node) > 0);
+    assert!(get(&counts.not_found) > 0);
+    assert!(
+        rss1.saturating_sub(rss0) < 300 * 1024,
+        "memory grew by {} MiB",
+        rss1.saturating_sub(rss0) / 1024
+    );
+    assert!(
+        common::connected(&target, good.id()),
+        "the good peer kept its connection"
+    );
+    good.shutdown().await;
+    target.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ninth_connection_from_one_address_is_refused() {
+    common::init_logs();
+    let a = Node::start(NodeConfig {
+        max_connections_per_ip: 8,
+        ..NodeConfig::local_test()
+    })
+    .await
+    .unwrap();
+    let here = endpoint(ip(0, 0, 1));
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let j = join(&here, a.local_addr(), Role::Client)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} is within the limit: {e}"));
+        held.push(j);
+    }
+    // The ninth from 127.0.0.1, a real node dialing: refused before the
+    // handshake, and the dialer says so.
+    let d = node(&[]).await;
+    let err = d.connect(&a.addr()).await.unwrap_err();
+    assert!(matches!(err, ConnectError::Handshake { .. }), "{err:?}");
+    assert!(err.to_string().contains("refused"), "{err}");
+    println!("ninth connection from 127.0.0.1: {err}");
+    // A raw one likewise, with QUIC's CONNECTION_REFUSED.
+    match join(&here, a.local_addr(), Role::Client).await {
+        Err(e) => assert!(e.to_lowercase().contains("refused"), "{e}"),
+        Ok(_) => panic!("a ninth connection from 127.0.0.1 got in"),
+    }
+    // Another address is not affected.
+    let other = endpoint(ip(0, 0, 2));
+    let _j = join(&other, a.local_addr(), Role::Client)
+        .await
+        .expect("127.0.0.2 has its own limit");
+    // A slot comes back when its connection closes.
+    let gone = held.pop().unwrap();
+    gone.conn.close(0u32.into(), b"bye");
+    drop(gone);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match d.connect(&a.addr()).await {
+            Ok(id) => {
+                assert_eq!(id, a.id());
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "slot never came back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(held.iter().all(|j| j.conn.close_reason().is_none()));
+    d.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_rate_are_refused_with_rate_limited() {
+    common::init_logs();
+    let a = Node::start(NodeConfig {
+        max_requests_per_sec: 20,
+        request_burst: 10,
+        ..NodeConfig::local_test()
+    })
+    .await
+    .unwrap();
+    let ep = endpoint(ip(0, 0, 1));
+    let j = join(&ep, a.local_addr(), Role::Client).await.unwrap();
+    let t = Instant::now();
+    let answers = all_at_once(&j.conn, 40).await;
+    let elapsed = t.elapsed();
+    let found = answers.iter().filter(|a| **a == Answer::NotFound).count();
+    let limited = answers
+        .iter()
+        .filter(|a| **a == Answer::RateLimited)
+        .count();
+    println!("40 GETs at once in {elapsed:?}: {found} answered, {limited} rate limited");
+    assert_eq!(found + limited, 40, "{answers:?}");
+    // The burst, plus what the rate refilled meanwhile.
+    let allowed = 10 + (elapsed.as_secs_f64() * 20.0).ceil() as usize;
+    assert!(
+        found >= 10 && found <= allowed,
+        "{found} answered, allowed {allowed}"
+    );
+    assert!(limited > 0);
+    // The connection stays up, and the bucket refills.
+    assert!(j.conn.close_reason().is_none());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get_unknown(&j.conn).await, Answer::NotFound);
+    // A peer that keeps going regardless (over twice the rate or burst
+    // refused within a second) is closed with the same code.
+    let _ = all_at_once(&j.conn, 200).await;
+    match tokio::time::timeout(Duration::from_secs(5), j.conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+            assert_eq!(c.error_code, ErrorCode::RateLimited.var_int())
+        }
+        other => panic!("expected a RateLimited close, got {other:?}"),
+    }
+    a.shutdown().await;
+}
+
+/// `n` GETs for unknown hashes at once.
+async fn all_at_once(conn: &quinn::Connection, n: usize) -> Vec<Answer> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let conn = conn.clone();
+        tasks.spawn(async move { get_unknown(&conn).await });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        out.push(r.unwrap());
+    }
+    out
+}
