@@ -446,7 +446,9 @@ impl Queue {
                     && !failed[**i].contains(&p)
                     && now.saturating_duration_since(*since) >= ENDGAME_AFTER
             })
-            .min_by_key(|(_, (since, _))| *since)?;
+            // Oldest first; among equals the earliest in the file, which the
+            // in-order writer is most likely waiting for.
+            .min_by_key(|(i, (since, _))| (*since, **i))?;
         askers.push(p);
         self.in_flight += 1;
         Some((i, true))
