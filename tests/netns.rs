@@ -20,11 +20,10 @@
 mod common;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use quic_peer::NodeId;
@@ -169,9 +168,7 @@ impl Drop for Net {
 struct Host {
     index: usize,
     id: NodeId,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    proc: common::Proc,
     log: PathBuf,
 }
 
@@ -203,30 +200,14 @@ impl Host {
         if let Some(b) = bootstrap {
             args.extend(["--bootstrap", b]);
         }
-        let mut child = Command::new(&net.ip)
-            .args(&args)
+        let mut cmd = Command::new(&net.ip);
+        cmd.args(&args)
             .env("RUST_LOG", "warn,quic_peer=info")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log).expect("log file"))
-            .spawn()
-            .expect("ip netns exec starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+            .stderr(File::create(&log).expect("log file"));
         let mut host = Host {
             index: i,
             id: NodeId::from_bytes([0; 32]),
-            child,
-            lines,
-            seen: Vec::new(),
+            proc: common::Proc::from_command(cmd),
             log,
         };
         let started = host.expect_line("[STARTED] Peer active on ", T);
@@ -241,9 +222,9 @@ impl Host {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
+            match self.proc.lines.recv_timeout(left) {
                 Ok(line) => {
-                    self.seen.push(line.clone());
+                    self.proc.seen.push(line.clone());
                     if pred(&line) {
                         return line;
                     }
@@ -253,7 +234,7 @@ impl Host {
                     panic!(
                         "h{}: no {what} within {timeout:?}\n--- stdout (last 40 lines) ---\n{}\n--- log (last 40 lines) ---\n{}",
                         self.index,
-                        tail(&self.seen.join("\n"), 40),
+                        tail(&self.proc.seen.join("\n"), 40),
                         tail(&log, 40)
                     )
                 }
@@ -270,14 +251,14 @@ impl Host {
 
     /// Forgets the lines printed so far, so that later waits see only new ones.
     fn drain(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
+        while let Ok(line) = self.proc.lines.try_recv() {
+            self.proc.seen.push(line);
         }
     }
 
     /// Types a command on the node's standard input.
     fn send(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
+        let stdin = self.proc.child.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{line}").expect("write to stdin");
         stdin.flush().expect("flush stdin");
     }
@@ -337,8 +318,8 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
     }
 }
 
@@ -597,7 +578,7 @@ fn six_hosts_share_files_and_survive_a_pulled_cable() {
     for h in &mut c.hosts {
         let deadline = Instant::now() + T;
         let status = loop {
-            if let Some(status) = h.child.try_wait().expect("try_wait") {
+            if let Some(status) = h.proc.child.try_wait().expect("try_wait") {
                 break status;
             }
             assert!(Instant::now() < deadline, "h{} did not exit", h.index);

@@ -79,21 +79,28 @@ pub fn binary() -> Command {
 /// A running `quic-peer` process whose stdout lines arrive on a channel.
 pub struct Proc {
     pub child: Child,
-    lines: mpsc::Receiver<String>,
+    pub lines: mpsc::Receiver<String>,
     pub seen: Vec<String>,
 }
 
 impl Proc {
     /// Spawns the binary with `args`, stdin piped, stdout read line by line.
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = binary()
-            .args(args)
+        let mut cmd = binary();
+        cmd.args(args)
             .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit());
+        Proc::from_command(cmd)
+    }
+
+    /// Spawns `cmd` (its stderr already set) with stdin piped and stdout read
+    /// line by line.
+    pub fn from_command(mut cmd: Command) -> Proc {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
-            .expect("binary starts");
+            .expect("the process starts");
         let stdout: ChildStdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -276,29 +283,11 @@ impl Proc {
             .append(true)
             .open(log)
             .expect("log file");
-        let mut child = binary()
-            .args(args)
+        let mut cmd = binary();
+        cmd.args(args)
             .env("RUST_LOG", "warn,quic_peer=info")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("binary starts");
-        let stdout: ChildStdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+            .stderr(stderr);
+        Proc::from_command(cmd)
     }
 
     /// The next stdout line; panics after `timeout`.
