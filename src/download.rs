@@ -9,15 +9,18 @@
 //! 3. Each provider gets `per_peer` workers that take chunks from one shared
 //!    queue, with at most `max_in_flight` requests in flight in all; a fast peer
 //!    comes back for more sooner, so it serves more. A chunk that fails (timeout,
-//!    not found, peer gone) goes back in the queue for the other providers; a
-//!    peer that sends bad bytes is dropped for the rest of the download.
+//!    not found, peer gone) goes back in the queue for the other providers.
+//!    Misbehaviour is scored ([`crate::score`]): a peer that sends bad bytes is
+//!    banned at once, one that times out or denies holding what it was named
+//!    for is banned once that adds up, and a banned peer is asked nothing. With
+//!    [`download_scored`] the scores (a node's) outlast the download.
 //! 4. Chunks are verified in memory and written at their offset; memory holds at
 //!    most `max_in_flight` chunks whatever the file size.
 //! 5. The finished file is checked against the manifest (every chunk verified,
 //!    the length right), synced, then renamed to its final name. A failed
 //!    download leaves only the `.part`, never a file under the final name.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -30,6 +33,7 @@ use tracing::{debug, warn};
 
 use crate::chunk::{FileManifest, Hash, Manifest};
 use crate::identity::NodeId;
+use crate::score::{Offense, PeerScores};
 use crate::transfer::{fetch_chunk, fetch_manifest, FetchError};
 
 /// A peer to download from.
@@ -96,6 +100,8 @@ pub struct DownloadStats {
     pub chunks_resumed: usize,
     /// Chunks that arrived with bad bytes (and were fetched again elsewhere).
     pub bad_chunks: usize,
+    /// Providers skipped or dropped because they are banned for misbehaving.
+    pub banned_peers: Vec<NodeId>,
     /// Chunk requests that failed and were retried.
     pub retries: usize,
     /// Chunks also asked of a second provider at the end of a download,
@@ -166,12 +172,13 @@ pub fn part_path(path: &Path) -> PathBuf {
 
 /// Shared between the workers of one download (across files).
 struct Shared {
-    banned: Mutex<HashSet<NodeId>>,
+    scores: PeerScores,
     stats: Mutex<DownloadStats>,
     last_error: Mutex<String>,
 }
 
-/// Downloads the file or tree `id` to `out` from `providers`.
+/// Downloads the file or tree `id` to `out` from `providers`, scoring them
+/// for this download only.
 pub async fn download(
     providers: Vec<Provider>,
     id: Hash,
@@ -179,13 +186,50 @@ pub async fn download(
     opts: &DownloadOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<DownloadStats, DownloadError> {
+    download_scored(providers, id, out, opts, progress, &PeerScores::new()).await
+}
+
+/// [`download`] with `scores` that outlast it: banned providers are skipped,
+/// the others are asked for the manifest best first, and what each does here
+/// is recorded.
+pub async fn download_scored(
+    mut providers: Vec<Provider>,
+    id: Hash,
+    out: &Path,
+    opts: &DownloadOptions,
+    progress: Arc<dyn Progress>,
+    scores: &PeerScores,
+) -> Result<DownloadStats, DownloadError> {
     if providers.is_empty() {
         return Err(DownloadError::NoProviders(id));
     }
     let start = Instant::now();
+    let mut stats = DownloadStats::default();
+    providers.retain(|p| {
+        let banned = scores.is_banned(&p.id);
+        if banned {
+            stats.banned_peers.push(p.id);
+        }
+        !banned
+    });
+    if providers.is_empty() {
+        return Err(DownloadError::Manifest {
+            id,
+            last: format!(
+                "every peer that holds it is banned for misbehaving ({})",
+                stats
+                    .banned_peers
+                    .iter()
+                    .map(|p| p.fmt_short())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    providers.sort_by_cached_key(|p| scores.rank(&p.id));
     let shared = Arc::new(Shared {
-        banned: Mutex::new(HashSet::new()),
-        stats: Mutex::new(DownloadStats::default()),
+        scores: scores.clone(),
+        stats: Mutex::new(stats),
         last_error: Mutex::new(String::new()),
     });
     let root = get_manifest(&providers, &shared, id, opts).await?;
@@ -227,6 +271,28 @@ pub async fn download(
     Ok(stats)
 }
 
+/// Records what a failed request says about the peer; true if it is banned
+/// now (and so is asked nothing more).
+fn score_failure(shared: &Shared, p: &NodeId, e: &FetchError) -> bool {
+    let offense = match e {
+        e if e.is_lie() => Some(Offense::BadData),
+        FetchError::NotFound => Some(Offense::FalseClaim),
+        FetchError::Timeout => Some(Offense::Timeout),
+        _ => None,
+    };
+    if let Some(o) = offense {
+        shared.scores.offend(*p, o);
+    }
+    let banned = shared.scores.is_banned(p);
+    if banned {
+        let mut s = lock(&shared.stats);
+        if !s.banned_peers.contains(p) {
+            s.banned_peers.push(*p);
+        }
+    }
+    banned
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -239,16 +305,19 @@ async fn get_manifest(
 ) -> Result<Manifest, DownloadError> {
     let mut last = String::from("no provider");
     for p in providers {
-        if lock(&shared.banned).contains(&p.id) {
+        if shared.scores.is_banned(&p.id) {
             continue;
         }
         match fetch_manifest(&p.conn, id, opts.chunk_timeout).await {
-            Ok((_, m)) => return Ok(m),
+            Ok((_, m)) => {
+                shared.scores.served(p.id);
+                return Ok(m);
+            }
             Err(e) => {
                 if e.is_lie() {
                     warn!(peer = %p.id.fmt_short(), "peer sent a bad manifest: {e}");
-                    lock(&shared.banned).insert(p.id);
                 }
+                score_failure(shared, &p.id, &e);
                 last = format!("{}: {e}", p.id.fmt_short());
             }
         }
@@ -692,7 +761,7 @@ async fn worker(
     all_in: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        if lock(&shared.banned).contains(&p.id) || p.conn.close_reason().is_some() {
+        if shared.scores.is_banned(&p.id) || p.conn.close_reason().is_some() {
             return;
         }
         let Ok(_permit) = permits.acquire().await else {
@@ -738,6 +807,7 @@ async fn worker(
                     // Another provider's copy of this chunk won the end game.
                     continue;
                 }
+                shared.scores.served(p.id);
                 match writer.write(off, data).await {
                     Ok(()) => {
                         progress.advance(len as u64);
@@ -770,7 +840,8 @@ async fn worker(
                 }
                 if lie {
                     warn!(peer = %p.id, "peer served bad data for chunk {i}: {e}; not asking it again");
-                    lock(&shared.banned).insert(p.id);
+                }
+                if score_failure(&shared, &p.id, &e) {
                     return;
                 }
                 if p.conn.close_reason().is_some() {

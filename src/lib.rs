@@ -40,6 +40,7 @@ pub mod netkey;
 pub mod node;
 pub mod relay;
 pub mod replication;
+pub mod score;
 pub mod store;
 pub mod stream;
 pub mod ticket;

@@ -521,6 +521,17 @@ fn print_get(out: &std::path::Path, stats: &DownloadStats) {
         stats.chunks_resumed,
         stats.bad_chunks
     );
+    if !stats.banned_peers.is_empty() {
+        say!(
+            "banned for misbehaving: {}",
+            stats
+                .banned_peers
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 }
 
 /// A progress bar on a terminal, plain lines every 10% otherwise.

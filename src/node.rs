@@ -456,6 +456,8 @@ struct Inner {
     handshaking: AtomicUsize,
     /// Keeps repeated limit and failure logs down to one line per source.
     log_gate: Mutex<LogGate>,
+    /// What this node remembers of peers that lied to it or stalled.
+    scores: crate::score::PeerScores,
     /// Cancelled first on shutdown: no new connections, no maintenance.
     stopping: CancellationToken,
     /// Cancelled last: every task ends.
@@ -797,6 +799,7 @@ impl Node {
                 per_ip: Default::default(),
                 handshaking: AtomicUsize::new(0),
                 log_gate: Mutex::new(LogGate::default()),
+                scores: crate::score::PeerScores::new(),
                 peers: Mutex::new(PeerTable::new(identity.node_id())),
                 dht: Mutex::new(crate::kad::DhtState::new(identity.node_id())),
                 dht_busy: Default::default(),
@@ -879,6 +882,12 @@ impl Node {
     /// The node's store (`None` for clients and nodes without a data directory).
     pub fn store(&self) -> Option<&Store> {
         self.inner.store.as_ref()
+    }
+
+    /// Peer scores, shared by every download this node makes: a peer banned
+    /// in one is not asked in the next.
+    pub fn scores(&self) -> &crate::score::PeerScores {
+        &self.inner.scores
     }
 
     /// The node's configuration.

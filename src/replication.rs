@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use crate::chunk::{build_tree, ChunkLocation, Hash, Tree};
 use crate::dht::kbucket::Contact;
 use crate::download::{
-    download, DownloadError, DownloadOptions, DownloadStats, Progress, Provider,
+    download_scored, DownloadError, DownloadOptions, DownloadStats, Progress, Provider,
 };
 use crate::identity::NodeId;
 use crate::node::{Node, PeerAddr};
@@ -418,7 +418,15 @@ pub async fn get(
         attempts += 1;
         let providers = find_providers(node, target).await;
         debug!(file = %target.id().fmt_short(), providers = providers.len(), attempts, "providers found");
-        let err = match download(providers, target.id(), out, opts, progress.clone()).await {
+        let scored = download_scored(
+            providers,
+            target.id(),
+            out,
+            opts,
+            progress.clone(),
+            node.scores(),
+        );
+        let err = match scored.await {
             Ok(mut stats) => {
                 stats.attempts = attempts;
                 return Ok(stats);

@@ -1,9 +1,9 @@
 //! A lying peer: a bare QUIC endpoint with its own key that speaks just enough
 //! of the chunk protocol to be a download provider. It answers GET_MANIFEST
-//! honestly and GET_CHUNK with the right length but every byte flipped, the
-//! way a malicious or broken holder would. (A real node can no longer be made
-//! to lie by corrupting its disk: its store hashes every chunk it reads and
-//! drops the ones that fail.)
+//! honestly and GET_CHUNK with one of the lies of [`Lie`], the way a malicious
+//! or broken holder would. (A real node can no longer be made to lie by
+//! corrupting its disk: its store hashes every chunk it reads and drops the
+//! ones that fail.)
 //!
 //! Shared by the integration tests (`mod common`) and the secure transfer demo
 //! (`#[path]`-included), so it depends on the library and anyhow only.
@@ -21,20 +21,44 @@ use quic_peer::stream::{read_frame, write_frame};
 use quic_peer::wire::{Request, Response, MAX_CONTROL_FRAME};
 use quic_peer::{Identity, NodeId};
 
+/// How the liar answers GET_CHUNK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lie {
+    /// The right length, every byte flipped.
+    Flip,
+    /// One byte short: announced and sent.
+    Short,
+    /// Announces a terabyte and streams zeros until the asker stops it.
+    Endless,
+    /// Announces the right length, then trickles a byte every 50 ms for ever
+    /// (a slow-loris holder).
+    Trickle,
+    /// Answers NOT_FOUND, though it was named as a holder.
+    Deny,
+}
+
 /// A running lying peer.
 pub struct Liar {
     /// Its id (proven in the handshake like any node's).
     pub id: NodeId,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Tampered chunks it has sent.
+    /// Chunk requests it answered with a lie.
     pub lies: Arc<AtomicU64>,
+    /// Lying answers whose stream has ended (stopped by the asker, or done).
+    pub ended: Arc<AtomicU64>,
     endpoint: quinn::Endpoint,
 }
 
 impl Liar {
-    /// A liar holding what `store` holds of file `id` (its manifest and chunks).
+    /// A liar holding what `store` holds of file `id` (its manifest and chunks)
+    /// that flips the bytes of every chunk.
     pub async fn start(store: &Store, id: Hash) -> Result<Liar> {
+        Liar::start_with(store, id, Lie::Flip).await
+    }
+
+    /// A liar holding what `store` holds of file `id` that tells `lie`.
+    pub async fn start_with(store: &Store, id: Hash, lie: Lie) -> Result<Liar> {
         let manifest = store
             .manifest_bytes(&id)?
             .context("the store has no such manifest")?;
@@ -46,12 +70,13 @@ impl Liar {
             }
         }
         let manifests = HashMap::from([(id, manifest)]);
-        Liar::serve(Arc::new(manifests), Arc::new(chunks))
+        Liar::serve(Arc::new(manifests), Arc::new(chunks), lie)
     }
 
     fn serve(
         manifests: Arc<HashMap<Hash, Vec<u8>>>,
         chunks: Arc<HashMap<Hash, Vec<u8>>>,
+        lie: Lie,
     ) -> Result<Liar> {
         let identity = Identity::generate()?;
         let id = identity.node_id();
@@ -64,47 +89,34 @@ impl Liar {
         )?;
         let addr = endpoint.local_addr()?;
         let lies = Arc::new(AtomicU64::new(0));
-        let (ep, counter) = (endpoint.clone(), lies.clone());
+        let ended = Arc::new(AtomicU64::new(0));
+        let (ep, counters) = (endpoint.clone(), (lies.clone(), ended.clone()));
         tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
-                let (manifests, chunks, counter) =
-                    (manifests.clone(), chunks.clone(), counter.clone());
+                let (manifests, chunks, counters) =
+                    (manifests.clone(), chunks.clone(), counters.clone());
                 tokio::spawn(async move {
                     let Ok(conn) = incoming.await else { return };
-                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                        let (manifests, chunks, counter) =
-                            (manifests.clone(), chunks.clone(), counter.clone());
+                    while let Ok((send, mut recv)) = conn.accept_bi().await {
+                        let (manifests, chunks, counters) =
+                            (manifests.clone(), chunks.clone(), counters.clone());
                         tokio::spawn(async move {
                             let req = read_frame::<Request, _>(&mut recv, MAX_CONTROL_FRAME).await;
-                            let data = match req {
+                            match req {
                                 Ok(Some(Request::GetManifest { id })) => {
-                                    manifests.get(&id).cloned()
+                                    answer(send, manifests.get(&id).cloned()).await;
                                 }
                                 Ok(Some(Request::GetChunk { hash })) => {
-                                    chunks.get(&hash).map(|d| {
-                                        counter.fetch_add(1, Ordering::Relaxed);
-                                        d.iter().map(|b| b ^ 0x5a).collect()
-                                    })
+                                    let Some(data) = chunks.get(&hash) else {
+                                        answer(send, None).await;
+                                        return;
+                                    };
+                                    counters.0.fetch_add(1, Ordering::Relaxed);
+                                    tell(send, data, lie).await;
+                                    counters.1.fetch_add(1, Ordering::Relaxed);
                                 }
-                                _ => None,
-                            };
-                            let head = match &data {
-                                Some(d) => Response::Found {
-                                    len: d.len() as u64,
-                                },
-                                None => Response::NotFound,
-                            };
-                            if write_frame(&mut send, &head, MAX_CONTROL_FRAME)
-                                .await
-                                .is_err()
-                            {
-                                return;
+                                _ => answer(send, None).await,
                             }
-                            if let Some(d) = data {
-                                let _ = send.write_all(&d).await;
-                            }
-                            let _ = send.finish();
-                            let _ = send.stopped().await;
                         });
                     }
                 });
@@ -114,6 +126,7 @@ impl Liar {
             id,
             addr,
             lies,
+            ended,
             endpoint,
         })
     }
@@ -136,8 +149,74 @@ impl Liar {
         Ok(conn)
     }
 
+    /// Lying answers still being sent.
+    pub fn streaming(&self) -> u64 {
+        self.lies.load(Ordering::SeqCst) - self.ended.load(Ordering::SeqCst)
+    }
+
     /// Stops serving.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"done");
+    }
+}
+
+/// An honest answer: the bytes, or NOT_FOUND.
+async fn answer(mut send: quinn::SendStream, data: Option<Vec<u8>>) {
+    let head = match &data {
+        Some(d) => Response::Found {
+            len: d.len() as u64,
+        },
+        None => Response::NotFound,
+    };
+    if write_frame(&mut send, &head, MAX_CONTROL_FRAME)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if let Some(d) = data {
+        let _ = send.write_all(&d).await;
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+/// A lying answer for a chunk whose true bytes are `data`; returns when the
+/// stream is done or the asker stopped it.
+async fn tell(mut send: quinn::SendStream, data: &[u8], lie: Lie) {
+    let (len, body): (u64, Vec<u8>) = match lie {
+        Lie::Flip => (data.len() as u64, data.iter().map(|b| b ^ 0x5a).collect()),
+        Lie::Short => {
+            let short = &data[..data.len().saturating_sub(1)];
+            (short.len() as u64, short.to_vec())
+        }
+        Lie::Endless => (1 << 40, Vec::new()),
+        Lie::Trickle => (data.len() as u64, Vec::new()),
+        Lie::Deny => return answer(send, None).await,
+    };
+    if write_frame(&mut send, &Response::Found { len }, MAX_CONTROL_FRAME)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    match lie {
+        Lie::Endless => {
+            let zeros = vec![0u8; 64 << 10];
+            while send.write_all(&zeros).await.is_ok() {}
+        }
+        Lie::Trickle => {
+            for b in data {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if send.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+            }
+        }
+        _ => {
+            let _ = send.write_all(&body).await;
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        }
     }
 }

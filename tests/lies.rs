@@ -1,0 +1,267 @@
+//! Peers that lie: every kind of lie is caught, bounded and scored down, the
+//! file still arrives intact from an honest holder, and a peer banned in one
+//! download is not asked in the next.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::liar::{Liar, Lie};
+use common::{random_bytes, store_network, wait_until, StoreNode};
+use quic_peer::chunk::Hash;
+use quic_peer::download::{download_scored, DownloadOptions, DownloadStats, NoProgress, Provider};
+use quic_peer::replication;
+use quic_peer::score::PeerScores;
+use quic_peer::ticket::Target;
+
+const MIB: usize = 1 << 20;
+/// Small chunks, so a file has enough of them for a liar to be caught often.
+const CHUNK: u32 = 256 << 10;
+
+/// Two nodes, a file of `size` random bytes put on the first: (network, id,
+/// the bytes, a temp dir for outputs).
+async fn setup(size: usize, seed: u64) -> (Vec<StoreNode>, Hash, Vec<u8>, tempfile::TempDir) {
+    let net = store_network(2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = random_bytes(size, seed);
+    let path = dir.path().join("f.bin");
+    std::fs::write(&path, &data).expect("write");
+    let report = replication::put(&net[0].node, &path, 0, CHUNK, Arc::new(NoProgress))
+        .await
+        .expect("put");
+    (net, report.id, data, dir)
+}
+
+/// Downloads `id` from the liar and the honest holder, with `scores`.
+async fn fetch(
+    net: &[StoreNode],
+    liar: &Liar,
+    id: Hash,
+    out: &Path,
+    opts: &DownloadOptions,
+    scores: &PeerScores,
+) -> DownloadStats {
+    let honest = net[0].node.id();
+    let providers = vec![
+        Provider {
+            id: liar.id,
+            conn: liar.connect().await.expect("connect to the liar"),
+        },
+        Provider {
+            id: honest,
+            conn: net[1].node.connection(&honest).expect("connected"),
+        },
+    ];
+    download_scored(providers, id, out, opts, Arc::new(NoProgress), scores)
+        .await
+        .expect("the download succeeds despite the liar")
+}
+
+async fn shutdown(net: Vec<StoreNode>) {
+    for s in net {
+        s.node.shutdown().await;
+    }
+}
+
+/// Wrong bytes, a wrong length, an endless stream: each is caught at the first
+/// chunk, nothing from the liar is written, and it is banned for the next
+/// download too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bytes_wrong_lengths_and_endless_streams_ban_the_liar() {
+    let (net, id, data, dir) = setup(4 * MIB, 11).await;
+    for lie in [Lie::Flip, Lie::Short, Lie::Endless] {
+        let liar = Liar::start_with(net[0].node.store().expect("store"), id, lie)
+            .await
+            .expect("liar");
+        let scores = PeerScores::new();
+        let opts = DownloadOptions::default();
+        let out = dir.path().join(format!("{lie:?}.bin"));
+        let stats = fetch(&net, &liar, id, &out, &opts, &scores).await;
+        assert_eq!(std::fs::read(&out).expect("read"), data, "{lie:?}");
+        let told = liar.lies.load(Ordering::SeqCst);
+        assert!(told >= 1, "{lie:?}: the liar was asked");
+        assert!(
+            stats.bad_chunks >= 1,
+            "{lie:?}: the lie was seen: {stats:?}"
+        );
+        assert!(
+            stats.per_peer.iter().all(|(p, _)| *p != liar.id),
+            "{lie:?}: nothing from the liar was accepted: {stats:?}"
+        );
+        assert!(scores.is_banned(&liar.id), "{lie:?}: banned");
+        assert_eq!(stats.banned_peers, vec![liar.id], "{lie:?}");
+        let score = scores.get(&liar.id).expect("scored");
+        assert!(score.bad_data >= 1, "{lie:?}: {score:?}");
+        // Bounded: every lying stream ends (an endless one is stopped by the
+        // asker as soon as it announces more than a chunk).
+        wait_until("the liar's streams end", Duration::from_secs(5), || {
+            liar.streaming() == 0
+        })
+        .await;
+
+        // The next download with the same scores does not ask the liar.
+        let again = dir.path().join(format!("{lie:?}-again.bin"));
+        let stats = fetch(&net, &liar, id, &again, &opts, &scores).await;
+        assert_eq!(std::fs::read(&again).expect("read"), data);
+        assert_eq!(
+            liar.lies.load(Ordering::SeqCst),
+            told,
+            "{lie:?}: not asked again"
+        );
+        assert_eq!(stats.banned_peers, vec![liar.id]);
+        assert_eq!(stats.bad_chunks, 0);
+        println!(
+            "{lie:?}: {told} lie(s) told before the ban, then none; {} chunks from the honest peer",
+            stats.chunks_fetched
+        );
+        liar.close();
+    }
+    shutdown(net).await;
+}
+
+/// A holder that announces a chunk and then trickles it: each request is cut
+/// at the chunk timeout, the liar's streams are stopped, the peer is scored
+/// down for its timeouts, and with an honest holder beside it the file
+/// arrives without waiting on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_loris_holder_is_cut_off_at_the_timeout_and_scored_down() {
+    // Four chunks.
+    let (net, id, data, dir) = setup(MIB, 12).await;
+    let liar = Liar::start_with(net[0].node.store().expect("store"), id, Lie::Trickle)
+        .await
+        .expect("liar");
+    let scores = PeerScores::new();
+    let opts = DownloadOptions {
+        chunk_timeout: Duration::from_secs(1),
+        ..DownloadOptions::default()
+    };
+
+    // The liar alone: every request times out, each chunk is offered again
+    // twice, then the download gives up, with the .part kept.
+    let out = dir.path().join("alone.bin");
+    let provider = Provider {
+        id: liar.id,
+        conn: liar.connect().await.expect("connect to the liar"),
+    };
+    let start = Instant::now();
+    let err = download_scored(
+        vec![provider],
+        id,
+        &out,
+        &opts,
+        Arc::new(NoProgress),
+        &scores,
+    )
+    .await
+    .expect_err("nothing can be fetched from a slow loris");
+    let alone = start.elapsed();
+    assert!(
+        matches!(
+            err,
+            quic_peer::download::DownloadError::Incomplete { missing: 4, .. }
+        ),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert!(
+        alone < Duration::from_secs(8),
+        "bounded: gave up after {alone:?}"
+    );
+    wait_until(
+        "the trickling streams are stopped",
+        Duration::from_secs(5),
+        || liar.streaming() == 0,
+    )
+    .await;
+    let score = scores.get(&liar.id).expect("scored");
+    assert!(score.timeouts >= 4 && score.penalty > 0.0, "{score:?}");
+    let asked = liar.lies.load(Ordering::SeqCst);
+
+    // Beside an honest holder the file arrives; the liar's stalls cost no more
+    // than the end game's wait.
+    let out = dir.path().join("out.bin");
+    let start = Instant::now();
+    let stats = fetch(&net, &liar, id, &out, &opts, &scores).await;
+    let took = start.elapsed();
+    assert_eq!(std::fs::read(&out).expect("read"), data);
+    assert!(
+        stats.per_peer.iter().all(|(p, _)| *p != liar.id),
+        "{stats:?}"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    wait_until(
+        "the trickling streams are stopped",
+        Duration::from_secs(5),
+        || liar.streaming() == 0,
+    )
+    .await;
+    println!(
+        "slow loris: alone, {asked} requests cut at 1 s and given up after {alone:?}; \
+         beside an honest peer the file took {took:?}; {score:?}"
+    );
+    liar.close();
+    shutdown(net).await;
+}
+
+/// A real node that announces itself in the DHT as a holder of a file it does
+/// not have: `get` by id finds it, is told NOT_FOUND, fetches everything from
+/// the real holder, and bans the false provider, which the next `get` skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_provider_record_is_survived_and_scored_down() {
+    let net = store_network(3).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = random_bytes(8 * MIB, 13);
+    let path = dir.path().join("f.bin");
+    std::fs::write(&path, &data).expect("write");
+    let report = replication::put(&net[0].node, &path, 0, CHUNK, Arc::new(NoProgress))
+        .await
+        .expect("put");
+    let (fetcher, impostor) = (&net[1].node, &net[2].node);
+    assert!(
+        impostor.announce(report.id).await >= 1,
+        "the false record is stored"
+    );
+    let providers = replication::find_providers(fetcher, &Target::Id(report.id)).await;
+    assert!(
+        providers.iter().any(|p| p.id == impostor.id()),
+        "the lookup returns the false provider"
+    );
+
+    let out = dir.path().join("out.bin");
+    let get = |out: std::path::PathBuf| async move {
+        replication::get(
+            fetcher,
+            &Target::Id(report.id),
+            &out,
+            &DownloadOptions::default(),
+            Arc::new(NoProgress),
+        )
+        .await
+        .expect("get")
+    };
+    let stats = get(out.clone()).await;
+    assert_eq!(std::fs::read(&out).expect("read"), data);
+    assert_eq!(stats.attempts, 1, "{stats:?}");
+    let score = fetcher.scores().get(&impostor.id()).expect("scored");
+    assert!(score.false_claims >= 1, "{score:?}");
+    assert_eq!(score.bad_data, 0, "a denial is not bad data");
+    // Its denials add up within one 32-chunk download: it answers at once, so
+    // it is asked often.
+    assert!(fetcher.scores().is_banned(&impostor.id()), "{score:?}");
+    let claims = score.false_claims;
+
+    let again = dir.path().join("again.bin");
+    let stats = get(again.clone()).await;
+    assert_eq!(std::fs::read(&again).expect("read"), data);
+    assert!(stats.banned_peers.contains(&impostor.id()), "{stats:?}");
+    let after = fetcher.scores().get(&impostor.id()).expect("scored");
+    assert_eq!(
+        after.false_claims, claims,
+        "the banned peer was not asked again"
+    );
+    println!("false provider: {claims} denials, banned; the second get skipped it");
+    shutdown(net).await;
+}
