@@ -228,6 +228,12 @@ pub struct NodeConfig {
     pub repair_interval: Duration,
     /// Bytes per second repair may send, on average.
     pub repair_rate: u64,
+    /// How often unused chunks and manifests (incoming copies that never
+    /// finished) are collected from the store.
+    pub gc_interval: Duration,
+    /// How old an unused piece must be to be collected: a copy still arriving
+    /// is younger.
+    pub gc_grace: Duration,
     /// Time allowed for one DHT request.
     pub rpc_timeout: Duration,
     /// Congestion control for every connection.
@@ -283,6 +289,8 @@ impl Default for NodeConfig {
             refresh_interval: Duration::from_secs(600),
             repair_interval: Duration::from_secs(60),
             repair_rate: 32 << 20,
+            gc_interval: Duration::from_secs(3600),
+            gc_grace: Duration::from_secs(3600),
             rpc_timeout: Duration::from_secs(5),
             congestion: Congestion::default(),
             network_key: None,
@@ -1641,6 +1649,7 @@ impl Node {
         let mut next_refresh = start;
         let mut next_republish = start + jitter(cfg.republish_interval.min(Duration::from_secs(5)));
         let mut next_repair = start + jitter(cfg.repair_interval);
+        let mut next_gc = start + cfg.gc_interval;
         let mut self_lookup_done = false;
         loop {
             tokio::select! {
@@ -1690,6 +1699,25 @@ impl Node {
                 });
             }
             self.maybe_bootstrap(now);
+
+            if now >= next_gc {
+                next_gc = now + self.inner.config.gc_interval;
+                if let Some(store) = self.inner.store.clone() {
+                    let grace = self.inner.config.gc_grace;
+                    self.inner
+                        .writers
+                        .spawn_blocking(move || match store.collect_garbage(grace) {
+                            Ok(r) if r.chunks + r.manifests > 0 => info!(
+                                chunks = r.chunks,
+                                manifests = r.manifests,
+                                bytes = r.bytes,
+                                "collected pieces no held file uses"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => warn!("garbage collection: {e}"),
+                        });
+                }
+            }
 
             // The DHT: one round at a time, off this loop.
             if !self.dht().table.is_empty()
@@ -1835,6 +1863,15 @@ impl Node {
         self.inner.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.tasks.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+        // Chunk writes already handed to blocking threads finish (and remove
+        // their temp files) before the process may exit.
+        if let Some(store) = self.inner.store.clone() {
+            let done =
+                tokio::task::spawn_blocking(move || store.wait_writes(Duration::from_secs(5)));
+            if !matches!(done.await, Ok(true)) {
+                warn!("a chunk write was still under way at shutdown; its temp file goes at the next start");
+            }
+        }
         debug!(id = %self.id(), "node stopped");
     }
 }

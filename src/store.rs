@@ -30,6 +30,16 @@
 //!   provider, nor republishes it) until its pieces are stored again and it is
 //!   held anew (a HOLD, or an import).
 //!
+//! # Garbage
+//!
+//! Chunks and manifests that no held file uses (an incoming copy cut off
+//! before its HOLD, by a crash, a dead link or a peer that never finished)
+//! are collected by [`Store::collect_garbage`], which the node runs every
+//! `gc_interval`. A chunk is collected once its file is older than the grace
+//! period (storing it again, even as a duplicate, makes it new), a manifest
+//! once two passes at least the grace period apart found it unused: a copy
+//! still arriving is never collected under it.
+//!
 //! Chunks are not hashed at open. The publish protocol means a crash cannot
 //! leave a chunk torn under its final name, so hashing the whole store at every
 //! start (minutes for a large store) would only look for media corruption,
@@ -182,6 +192,26 @@ struct Inner {
     incomplete: Mutex<HashSet<Hash>>,
     /// A chunk was deleted since `incomplete` was computed.
     suspect: AtomicBool,
+    /// Chunk writes under way (each may have a temp file).
+    writing: AtomicU64,
+    /// Held by a garbage pass, and by [`Store::add_file`]: a file cannot
+    /// become held while a pass is deciding what is unused.
+    gc: Mutex<()>,
+    /// Unused manifests seen by a garbage pass, and when first seen.
+    unused_manifests: Mutex<std::collections::HashMap<Hash, std::time::Instant>>,
+}
+
+/// What a garbage pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Unused chunks deleted.
+    pub chunks: usize,
+    /// Unused manifests deleted.
+    pub manifests: usize,
+    /// Bytes given back to the quota.
+    pub bytes: u64,
+    /// Unused pieces kept for now, being younger than the grace period.
+    pub young: usize,
 }
 
 impl Drop for Inner {
@@ -277,6 +307,9 @@ impl Store {
                 ),
                 incomplete: Mutex::new(HashSet::new()),
                 suspect: AtomicBool::new(false),
+                writing: AtomicU64::new(0),
+                gc: Mutex::new(()),
+                unused_manifests: Mutex::new(std::collections::HashMap::new()),
             }),
         };
         let incomplete = store.files()?.iter().filter(|f| !f.complete).count();
@@ -307,6 +340,20 @@ impl Store {
     /// Whether the chunk is stored.
     pub fn has_chunk(&self, hash: &Hash) -> bool {
         self.chunk_path(hash).is_file()
+    }
+
+    /// Whether the chunk is stored; if it is, it counts as new for the
+    /// garbage grace period (it is wanted again: a copy is arriving that uses
+    /// it).
+    pub fn touch_chunk(&self, hash: &Hash) -> bool {
+        let path = self.chunk_path(hash);
+        match fs::File::options().write(true).open(&path) {
+            Ok(f) => {
+                let _ = f.set_modified(std::time::SystemTime::now());
+                true
+            }
+            Err(_) => path.is_file(),
+        }
     }
 
     /// Reads a stored chunk and verifies it: a chunk whose bytes do not hash to
@@ -398,7 +445,7 @@ impl Store {
             });
         }
         let path = self.chunk_path(hash);
-        if path.is_file() {
+        if self.touch_chunk(hash) {
             return Ok(Stored::AlreadyHad);
         }
         let len = data.len() as u64;
@@ -416,7 +463,29 @@ impl Store {
         }
     }
 
+    /// Waits up to `timeout` for the chunk writes under way to finish (each
+    /// removes its temp file); true if none is left. A node shutting down
+    /// calls it last, so a process that exits leaves no temp file behind.
+    pub fn wait_writes(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.inner.writing.load(Ordering::SeqCst) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        true
+    }
+
     fn write_new(&self, path: &Path, data: &[u8]) -> Result<Stored, StoreError> {
+        struct Writing<'a>(&'a AtomicU64);
+        impl Drop for Writing<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.inner.writing.fetch_add(1, Ordering::SeqCst);
+        let _writing = Writing(&self.inner.writing);
         let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.inner.tmp.join(format!("{}{n}", self.inner.tmp_prefix));
         let result = (|| {
@@ -448,7 +517,7 @@ impl Store {
     pub fn put_manifest(&self, bytes: &[u8]) -> Result<(Hash, Manifest), StoreError> {
         let manifest = Manifest::decode(bytes)?;
         let id = Hash::of(bytes);
-        if self.manifest_bytes(&id)?.is_some() {
+        if self.touch_manifest(&id)? {
             return Ok((id, manifest));
         }
         let len = bytes.len() as u64;
@@ -464,6 +533,16 @@ impl Store {
             return Err(e);
         }
         Ok((id, manifest))
+    }
+
+    /// Whether the manifest is stored; if it is, a garbage pass starts its
+    /// grace period again (a copy is arriving that uses it).
+    pub fn touch_manifest(&self, id: &Hash) -> Result<bool, StoreError> {
+        let present = self.manifest_bytes(id)?.is_some();
+        if present {
+            lock(&self.inner.unused_manifests).remove(id);
+        }
+        Ok(present)
     }
 
     /// The encoded manifest with this id.
@@ -485,12 +564,133 @@ impl Store {
     /// chunk of it must be stored already).
     pub fn add_file(&self, id: &Hash, record: &FileRecord) -> Result<(), StoreError> {
         let bytes = postcard::to_allocvec(record).map_err(|e| StoreError::Db(e.to_string()))?;
+        let _gc = lock(&self.inner.gc);
         let tx = self.inner.db.begin_write()?;
         tx.open_table(FILES)?
             .insert(id.as_bytes(), bytes.as_slice())?;
         tx.commit()?;
-        lock(&self.inner.incomplete).remove(id);
+        // A garbage pass that ended just before may have taken a piece the
+        // caller saw: held, but marked incomplete until it is stored again.
+        let complete = self.missing_chunks(id)?.is_some_and(|m| m.is_empty());
+        let mut incomplete = lock(&self.inner.incomplete);
+        if complete {
+            incomplete.remove(id);
+        } else {
+            incomplete.insert(*id);
+        }
         Ok(())
+    }
+
+    /// Deletes the chunks and manifests no held file uses (complete or not),
+    /// once they are older than `grace` (see the module documentation).
+    pub fn collect_garbage(&self, grace: std::time::Duration) -> Result<GcReport, StoreError> {
+        let _gc = lock(&self.inner.gc);
+        let mut report = GcReport::default();
+        // Everything a held file reaches, through the manifests present.
+        let held: Vec<Hash> = {
+            let tx = self.inner.db.begin_read()?;
+            let table = tx.open_table(FILES)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                out.push(Hash::from_bytes(*row?.0.value()));
+            }
+            out
+        };
+        let mut manifests = HashSet::new();
+        let mut chunks = HashSet::new();
+        let mut stack = held;
+        while let Some(id) = stack.pop() {
+            if !manifests.insert(id) {
+                continue;
+            }
+            match self.manifest(&id) {
+                Ok(Some(Manifest::File(f))) => chunks.extend(f.chunks),
+                Ok(Some(Manifest::Dir(d))) => stack.extend(d.entries.iter().map(|e| e.id)),
+                Ok(None) | Err(StoreError::BadManifest(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+
+        // Chunks: by the age of their files.
+        let now = std::time::SystemTime::now();
+        let dirs =
+            fs::read_dir(&self.inner.chunks).map_err(io_err("cannot list", &self.inner.chunks))?;
+        for dir in dirs.flatten() {
+            let Ok(files) = fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let Some(hash) = f.file_name().to_str().and_then(|n| n.parse::<Hash>().ok()) else {
+                    continue;
+                };
+                if chunks.contains(&hash) {
+                    continue;
+                }
+                let Ok(meta) = f.metadata() else { continue };
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or_default();
+                if age < grace {
+                    report.young += 1;
+                    continue;
+                }
+                match fs::remove_file(f.path()) {
+                    Ok(()) => {
+                        self.release(meta.len());
+                        report.chunks += 1;
+                        report.bytes += meta.len();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => warn!("cannot remove unused chunk {hash}: {e}"),
+                }
+            }
+        }
+
+        // Manifests: unused in two passes at least `grace` apart.
+        let unused: Vec<(Hash, u64)> = {
+            let tx = self.inner.db.begin_read()?;
+            let table = tx.open_table(MANIFESTS)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                let id = Hash::from_bytes(*k.value());
+                if !manifests.contains(&id) {
+                    out.push((id, v.value().len() as u64));
+                }
+            }
+            out
+        };
+        let instant = std::time::Instant::now();
+        let mut seen = lock(&self.inner.unused_manifests);
+        seen.retain(|id, _| unused.iter().any(|(u, _)| u == id));
+        let mut doomed = Vec::new();
+        for (id, len) in unused {
+            let first = *seen.entry(id).or_insert(instant);
+            if instant.saturating_duration_since(first) >= grace && first < instant {
+                doomed.push((id, len));
+            } else {
+                report.young += 1;
+            }
+        }
+        if !doomed.is_empty() {
+            let tx = self.inner.db.begin_write()?;
+            {
+                let mut table = tx.open_table(MANIFESTS)?;
+                for (id, _) in &doomed {
+                    table.remove(id.as_bytes())?;
+                }
+            }
+            tx.commit()?;
+            for (id, len) in doomed {
+                seen.remove(&id);
+                self.release(len);
+                report.manifests += 1;
+                report.bytes += len;
+            }
+        }
+        Ok(report)
     }
 
     /// Whether the file or tree `id` is held and complete: recorded as held,
@@ -966,5 +1166,87 @@ mod tests {
         assert_eq!(tree.len(), 6, "root, a.txt, sub, b.bin, empty, zero");
         // Same content, same id.
         assert_eq!(store.import(&root, 1024).unwrap().root, id);
+    }
+
+    /// Sets a chunk's file time `ago` in the past.
+    fn age(store: &Store, h: &Hash, ago: std::time::Duration) {
+        let f = fs::File::options()
+            .write(true)
+            .open(store.chunk_path(h))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() - ago).unwrap();
+    }
+
+    #[test]
+    fn unused_pieces_are_collected_after_the_grace_period_and_held_files_never() {
+        use std::time::Duration;
+        let hour = Duration::from_secs(3600);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (id, held_paths) = held_file(&store, dir.path());
+        let held_used = store.used();
+        // An incoming copy cut off before its HOLD: two chunks and a manifest.
+        let (a, b) = (vec![0xaa; 1024], vec![0xbb; 100]);
+        let (ha, hb) = (Hash::of(&a), Hash::of(&b));
+        store.put_chunk(&ha, &a).unwrap();
+        store.put_chunk(&hb, &b).unwrap();
+        let orphan = crate::chunk::Manifest::File(crate::chunk::FileManifest {
+            name: "orphan".into(),
+            size: (a.len() + b.len()) as u64,
+            chunk_size: 1024,
+            chunks: vec![ha, hb],
+        });
+        let (mid, _) = store.put_manifest(&orphan.encode()).unwrap();
+        let orphan_used = store.used() - held_used;
+
+        // Young: nothing goes.
+        let r = store.collect_garbage(hour).unwrap();
+        assert_eq!((r.chunks, r.manifests, r.bytes), (0, 0, 0), "{r:?}");
+        assert_eq!(r.young, 3);
+
+        // Old, but chunk b was stored again since (a copy arriving uses it).
+        for h in [&ha, &hb] {
+            age(&store, h, 2 * hour);
+        }
+        for h in &held_paths {
+            let f = fs::File::options().write(true).open(h).unwrap();
+            f.set_modified(std::time::SystemTime::now() - 2 * hour)
+                .unwrap();
+        }
+        assert_eq!(store.put_chunk(&hb, &b).unwrap(), Stored::AlreadyHad);
+        let r = store.collect_garbage(hour).unwrap();
+        assert_eq!((r.chunks, r.bytes), (1, a.len() as u64), "{r:?}");
+        assert!(!store.has_chunk(&ha) && store.has_chunk(&hb));
+
+        // With no grace: the chunk goes, and the manifest, which the first
+        // pass already found unused.
+        let r = store.collect_garbage(Duration::ZERO).unwrap();
+        assert_eq!((r.chunks, r.manifests), (1, 1), "{r:?}");
+        assert!(store.manifest_bytes(&mid).unwrap().is_none());
+        assert_eq!(store.used(), held_used, "{orphan_used} bytes given back");
+
+        // The held file is whole, and stays so across a reopen.
+        assert!(store.holds(&id).unwrap());
+        assert!(held_paths.iter().all(|p| p.is_file()));
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.used(), held_used);
+        assert!(store.holds(&id).unwrap());
+        let r = store.collect_garbage(Duration::ZERO).unwrap();
+        assert_eq!((r.chunks, r.manifests), (0, 0));
+
+        // A manifest goes only at the second pass that finds it unused, even
+        // with no grace; one stored again in between starts over.
+        let (mid, _) = store.put_manifest(&orphan.encode()).unwrap();
+        let r = store.collect_garbage(Duration::ZERO).unwrap();
+        assert_eq!((r.manifests, r.young), (0, 1), "{r:?}");
+        store.put_manifest(&orphan.encode()).unwrap();
+        let r = store.collect_garbage(Duration::ZERO).unwrap();
+        assert_eq!((r.manifests, r.young), (0, 1), "{r:?}");
+        std::thread::sleep(Duration::from_millis(2));
+        let r = store.collect_garbage(Duration::ZERO).unwrap();
+        assert_eq!(r.manifests, 1, "{r:?}");
+        assert!(store.manifest_bytes(&mid).unwrap().is_none());
+        assert_eq!(store.used(), held_used);
     }
 }

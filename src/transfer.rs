@@ -247,7 +247,7 @@ async fn receive_chunk<R: AsyncRead + Unpin>(
     if len > MAX_CHUNK_SIZE {
         return Response::Nack(NackReason::TooLarge);
     }
-    if store.has_chunk(&hash) {
+    if store.touch_chunk(&hash) {
         return Response::Ack;
     }
     if !store.fits(u64::from(len)) {
@@ -284,7 +284,7 @@ async fn receive_manifest<R: AsyncRead + Unpin>(
     if len as usize > MAX_MANIFEST_SIZE {
         return Response::Nack(NackReason::TooLarge);
     }
-    if matches!(store.manifest_bytes(&id), Ok(Some(_))) {
+    if matches!(store.touch_manifest(&id), Ok(true)) {
         return Response::Ack;
     }
     let mut data = vec![0u8; len as usize];

@@ -358,3 +358,76 @@ async fn unknown_file_has_no_providers() {
     assert!(Manifest::decode(&[1, 2, 3]).is_err());
     shutdown(net).await;
 }
+
+/// An incoming copy cut off before its HOLD (the sender died, the link went
+/// dark) leaves chunks and a manifest no held file uses: the node collects
+/// them once they are older than the grace period, gives the bytes back to
+/// its quota, and keeps every piece of the files it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_incoming_copy_is_collected_and_held_files_are_kept() {
+    let b = store_node_with(&[], |c| {
+        c.gc_interval = Duration::from_millis(200);
+        c.gc_grace = Duration::from_secs(1);
+    })
+    .await;
+    let a = common::store_node(&[&b.node]).await;
+    wait_until("joined", Duration::from_secs(20), || {
+        a.node.connected_peers().contains(&b.node.id())
+    })
+    .await;
+    let src = tempfile::tempdir().unwrap();
+    let kept = random_bytes(2 * MIB, 21);
+    std::fs::write(src.path().join("kept"), &kept).unwrap();
+    let held = put(&a.node, &src.path().join("kept"), 1).await;
+    assert_eq!(held.remote_copies, 1);
+    let store = b.node.store().unwrap();
+    let held_bytes = store.used();
+
+    // Half a copy: chunks and the manifest, no HOLD.
+    let conn = a.node.connection(&b.node.id()).unwrap();
+    let data = random_bytes(4 * MIB, 22);
+    let chunk = DEFAULT_CHUNK_SIZE as usize;
+    let mut hashes = Vec::new();
+    for piece in data.chunks(chunk) {
+        let h = Hash::of(piece);
+        quic_peer::transfer::push_chunk(&conn, h, piece.to_vec().into(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        hashes.push(h);
+    }
+    let manifest = Manifest::File(quic_peer::chunk::FileManifest {
+        name: "cut-off".into(),
+        size: data.len() as u64,
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        chunks: hashes.clone(),
+    })
+    .encode();
+    let mid = Hash::of(&manifest);
+    quic_peer::transfer::push_manifest(&conn, mid, manifest.into(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let orphaned = store.used() - held_bytes;
+    assert!(orphaned >= data.len() as u64);
+    assert!(!store.holds(&mid).unwrap());
+
+    let t = std::time::Instant::now();
+    wait_until(
+        "the unused pieces are collected",
+        Duration::from_secs(15),
+        || store.used() == held_bytes,
+    )
+    .await;
+    assert!(hashes.iter().all(|h| !store.has_chunk(h)));
+    assert!(store.manifest_bytes(&mid).unwrap().is_none());
+    assert!(store.holds(&held.id).unwrap(), "the held file is untouched");
+    println!(
+        "{orphaned} unused bytes collected {:?} after the copy was cut off (grace 1 s)",
+        t.elapsed()
+    );
+    // And it still comes back whole.
+    let out = src.path().join("back");
+    get(&a.node, held.id, &out).await;
+    assert_eq!(std::fs::read(&out).unwrap(), kept);
+    b.node.shutdown().await;
+    a.node.shutdown().await;
+}
