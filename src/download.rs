@@ -7,7 +7,8 @@
 //!    already there (an interrupted download), every chunk in it is hashed and
 //!    the good ones are kept: only what is missing is fetched.
 //! 3. Each provider gets `per_peer` workers that take chunks from one shared
-//!    queue, with at most `max_in_flight` requests in flight in all; a fast peer
+//!    queue, with at most `max_in_flight` requests (and `max_in_flight_bytes`
+//!    of chunk data) in flight in all; a fast peer
 //!    comes back for more sooner, so it serves more. A chunk that fails (timeout,
 //!    not found, peer gone) goes back in the queue for the other providers.
 //!    Misbehaviour is scored ([`crate::score`]): a peer that sends bad bytes is
@@ -15,7 +16,8 @@
 //!    for is banned once that adds up, and a banned peer is asked nothing. With
 //!    [`download_scored`] the scores (a node's) outlast the download.
 //! 4. Chunks are verified in memory and written at their offset; memory holds at
-//!    most `max_in_flight` chunks whatever the file size.
+//!    most `max_in_flight_bytes` in flight and as much again waiting to be
+//!    written in order, whatever the file or chunk size.
 //! 5. The finished file is checked against the manifest (every chunk verified,
 //!    the length right), synced, then renamed to its final name. A failed
 //!    download leaves only the `.part`, never a file under the final name.
@@ -48,8 +50,13 @@ pub struct Provider {
 /// Tuning for a download.
 #[derive(Clone, Debug)]
 pub struct DownloadOptions {
-    /// Chunk requests in flight in all (bounds memory: this many chunks).
+    /// Chunk requests in flight in all.
     pub max_in_flight: usize,
+    /// Bytes of chunk data in flight in all (at least one chunk): with large
+    /// chunks, fewer requests than `max_in_flight` are made at once. The
+    /// writer's reorder buffer holds as much again. Bounds a download's
+    /// memory whatever chunk size a manifest names.
+    pub max_in_flight_bytes: u64,
     /// Chunk requests in flight to one peer.
     pub per_peer: usize,
     /// Time allowed for one chunk.
@@ -64,6 +71,7 @@ impl Default for DownloadOptions {
     fn default() -> Self {
         DownloadOptions {
             max_in_flight: 12,
+            max_in_flight_bytes: 24 << 20,
             per_peer: 4,
             chunk_timeout: Duration::from_secs(30),
             retry_for: Duration::from_secs(60),
@@ -110,6 +118,8 @@ pub struct DownloadStats {
     /// Attempts made ([`crate::replication::get`] tries again after an
     /// incomplete one).
     pub attempts: usize,
+    /// Most bytes of chunk data requested at once.
+    pub peak_in_flight_bytes: u64,
     /// Chunks served by each provider.
     pub per_peer: Vec<(NodeId, usize)>,
     /// Wall time.
@@ -173,6 +183,8 @@ pub fn part_path(path: &Path) -> PathBuf {
 /// Shared between the workers of one download (across files).
 struct Shared {
     scores: PeerScores,
+    /// Chunk bytes requested and not yet answered (or given up on).
+    in_flight_bytes: std::sync::atomic::AtomicU64,
     stats: Mutex<DownloadStats>,
     last_error: Mutex<String>,
 }
@@ -229,6 +241,7 @@ pub async fn download_scored(
     providers.sort_by_cached_key(|p| scores.rank(&p.id));
     let shared = Arc::new(Shared {
         scores: scores.clone(),
+        in_flight_bytes: std::sync::atomic::AtomicU64::new(0),
         stats: Mutex::new(stats),
         last_error: Mutex::new(String::new()),
     });
@@ -343,16 +356,17 @@ enum WriteJob {
     Finish(tokio::sync::oneshot::Sender<std::io::Result<()>>),
 }
 
-/// Chunks held back waiting for an earlier one (bounds memory: this many chunks).
-const REORDER_CHUNKS: usize = 24;
-
 impl Writer {
-    fn new(file: Arc<File>, len: u64) -> Writer {
+    /// A writer for `file`, whose first `len` bytes are written, holding back
+    /// at most `reorder_bytes` of chunks that arrive ahead of the end (at
+    /// least one).
+    fn new(file: Arc<File>, len: u64, reorder_bytes: u64) -> Writer {
         let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(4);
         std::thread::spawn(move || {
             let mut end = len;
             let mut unsynced = 0u64;
             let mut pending = std::collections::BTreeMap::<u64, Vec<u8>>::new();
+            let mut held = 0u64;
             let mut error: Option<std::io::Error> = None;
             let mut write = |off: u64, data: &[u8], end: &mut u64| {
                 if let Err(e) = file.write_all_at(data, off) {
@@ -372,15 +386,18 @@ impl Writer {
                         if off <= end {
                             write(off, &data, &mut end);
                         } else {
+                            held += data.len() as u64;
                             pending.insert(off, data);
-                            if pending.len() > REORDER_CHUNKS {
+                            while held > reorder_bytes && pending.len() > 1 {
                                 if let Some((o, d)) = pending.pop_first() {
+                                    held -= d.len() as u64;
                                     write(o, &d, &mut end);
                                 }
                             }
                         }
                         while pending.first_key_value().is_some_and(|(o, _)| *o <= end) {
                             if let Some((o, d)) = pending.pop_first() {
+                                held -= d.len() as u64;
                                 write(o, &d, &mut end);
                             }
                         }
@@ -684,10 +701,17 @@ async fn download_file(
         );
     }
     let queue = Arc::new(Mutex::new(Queue::new(f.chunks.len(), &have)));
-    let writer = Arc::new(Writer::new(file.clone(), existing));
+    let writer = Arc::new(Writer::new(
+        file.clone(),
+        existing,
+        opts.max_in_flight_bytes,
+    ));
     lock(&shared.stats).chunks_resumed += resumed;
 
-    let permits = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
+    // Requests at once: `max_in_flight`, fewer if the chunks are large.
+    let by_bytes = (opts.max_in_flight_bytes / u64::from(f.chunk_size.max(1))).max(1);
+    let in_flight = opts.max_in_flight.max(1).min(by_bytes as usize);
+    let permits = Arc::new(Semaphore::new(in_flight));
     let manifest = Arc::new(f.clone());
     let mut workers = tokio::task::JoinSet::new();
     let all_in = tokio_util::sync::CancellationToken::new();
@@ -748,6 +772,30 @@ async fn download_file(
     Ok(())
 }
 
+/// Counts a request's bytes as in flight while it lives, and keeps the peak.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    len: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a Shared, len: u64) -> Self {
+        use std::sync::atomic::Ordering;
+        let now = shared.in_flight_bytes.fetch_add(len, Ordering::SeqCst) + len;
+        let mut s = lock(&shared.stats);
+        s.peak_in_flight_bytes = s.peak_in_flight_bytes.max(now);
+        InFlight { shared, len }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .in_flight_bytes
+            .fetch_sub(self.len, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn worker(
     p: Provider,
@@ -790,9 +838,12 @@ async fn worker(
         }
         let (off, len) = f.chunk_range(i);
         let hash = f.chunks[i];
-        let result = tokio::select! {
-            r = fetch_chunk(&p.conn, hash, len as u64, timeout) => r,
-            _ = all_in.cancelled() => return,
+        let result = {
+            let _asked = InFlight::new(&shared, len as u64);
+            tokio::select! {
+                r = fetch_chunk(&p.conn, hash, len as u64, timeout) => r,
+                _ = all_in.cancelled() => return,
+            }
         };
         let result = match result {
             Ok(data) if data.len() != len => Err(FetchError::BadLength {

@@ -85,6 +85,11 @@ struct NodeArgs {
     #[arg(long, value_name = "N", default_value_t = 1000, global = true)]
     max_requests_per_sec: u32,
 
+    /// Streams one peer may have open on a connection at once (QUIC's own
+    /// limit: a peer that wants more waits for one to close).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
+    max_streams: u32,
+
     /// Most bytes of chunk data this node stores, e.g. 500M, 20G.
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size, global = true)]
     max_storage: u64,
@@ -165,6 +170,11 @@ enum Command {
         /// providers and resuming this long (30s, 5m; 0 to give up at once).
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = quic_peer::relay::parse_duration)]
         retry_for: Duration,
+        /// Chunk data requested at once, across all peers (at least one
+        /// chunk); as much again may wait to be written in order. Bounds the
+        /// download's memory.
+        #[arg(long, value_name = "SIZE", default_value = "24M", value_parser = parse_size)]
+        max_in_flight: u64,
     },
     /// Measure put and get throughput against a bare quinn stream.
     Bench {
@@ -205,6 +215,7 @@ impl NodeArgs {
             target_peers: self.target_peers,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            max_streams: self.max_streams,
             max_requests_per_sec: self.max_requests_per_sec,
             request_burst: self.max_requests_per_sec.saturating_mul(2),
             max_storage: self.max_storage,
@@ -293,7 +304,8 @@ async fn run(cli: Cli) -> Result<()> {
             target,
             out,
             retry_for,
-        }) => cli_get(&cli.node, &target, &out, retry_for).await,
+            max_in_flight,
+        }) => cli_get(&cli.node, &target, &out, retry_for, max_in_flight).await,
         None => run_node(&cli.node).await,
     }
 }
@@ -674,6 +686,7 @@ async fn cli_get(
     target: &Target,
     out: &std::path::Path,
     retry_for: Duration,
+    max_in_flight: u64,
 ) -> Result<()> {
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -695,6 +708,7 @@ async fn cli_get(
     let progress = TransferProgress::new("get");
     let opts = DownloadOptions {
         retry_for,
+        max_in_flight_bytes: max_in_flight,
         ..DownloadOptions::default()
     };
     let result = replication::get(&node, target, out, &opts, progress.clone()).await;

@@ -1624,6 +1624,13 @@ impl Node {
                         Ok(Ok(None)) => {
                             let _ = recv.stop(ErrorCode::ProtocolViolation.var_int());
                         }
+                        // The peer reset the stream, or the connection went:
+                        // a request given up on, not a bad one.
+                        Ok(Err(FrameError::Io(e)))
+                            if e.kind() != std::io::ErrorKind::UnexpectedEof =>
+                        {
+                            debug!("request stream ended before its request: {e}");
+                        }
                         Ok(Err(e)) => {
                             node.close_hostile(&conn, e.code(), &format!("bad request: {e}"))
                         }

@@ -431,3 +431,51 @@ async fn an_interrupted_incoming_copy_is_collected_and_held_files_are_kept() {
     b.node.shutdown().await;
     a.node.shutdown().await;
 }
+
+/// `max_in_flight_bytes` bounds the chunk data a download asks for at once,
+/// whatever the number of providers and workers: measured, not assumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_never_has_more_bytes_in_flight_than_its_limit() {
+    let net = store_network(3).await;
+    let src = tempfile::tempdir().unwrap();
+    let data = random_bytes(6 * MIB, 31);
+    let path = src.path().join("f.bin");
+    std::fs::write(&path, &data).unwrap();
+    let chunk = 256 << 10;
+    let report = replication::put(&net[0].node, &path, 1, chunk, Arc::new(NoProgress))
+        .await
+        .expect("put");
+    let fetcher = non_holder(&net, &report);
+    let providers = || {
+        holders(&report)
+            .into_iter()
+            .map(|id| Provider {
+                id,
+                conn: fetcher.connection(&id).expect("connected"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut peaks = Vec::new();
+    for limit in [u64::from(chunk), 2 * u64::from(chunk), 24 << 20] {
+        let opts = DownloadOptions {
+            max_in_flight_bytes: limit,
+            ..DownloadOptions::default()
+        };
+        let out = src.path().join(format!("out-{limit}"));
+        let stats = download(providers(), report.id, &out, &opts, Arc::new(NoProgress))
+            .await
+            .expect("download");
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        assert!(
+            stats.peak_in_flight_bytes <= limit && stats.peak_in_flight_bytes > 0,
+            "limit {limit}: peak {}",
+            stats.peak_in_flight_bytes
+        );
+        peaks.push((limit, stats.peak_in_flight_bytes, stats.elapsed));
+    }
+    // Unlimited by bytes, the request count (12) is the bound: more than two
+    // chunks were in flight, so the smaller limits did bind.
+    assert!(peaks[2].1 > 2 * u64::from(chunk), "{peaks:?}");
+    println!("(limit, peak in flight, time): {peaks:?}");
+    shutdown(net).await;
+}

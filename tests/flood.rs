@@ -705,3 +705,58 @@ async fn all_at_once(conn: &quinn::Connection, n: usize) -> Vec<Answer> {
     }
     out
 }
+
+/// `max_streams` is QUIC's own stream limit, given to the peer in the
+/// handshake: a peer with that many streams open waits for the node to close
+/// one before it can open another (a peer that ignores the limit breaks QUIC
+/// itself and is closed with STREAM_LIMIT_ERROR by quinn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_open_more_streams_than_max_streams() {
+    common::init_logs();
+    let a = Node::start(NodeConfig {
+        max_streams: 4,
+        ..NodeConfig::local_test()
+    })
+    .await
+    .unwrap();
+    let here = endpoint(ip(0, 1, 1));
+    let joined = join(&here, a.local_addr(), Role::Client).await.unwrap();
+    // The control stream is one: three more stay open, silent.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (mut send, recv) = joined.conn.open_bi().await.unwrap();
+        send.write_all(&[0]).await.unwrap();
+        open.push((send, recv));
+    }
+    let blocked = tokio::time::timeout(Duration::from_millis(500), joined.conn.open_bi()).await;
+    assert!(
+        blocked.is_err(),
+        "a fifth stream opened past max_streams = 4"
+    );
+    // One closes (the node gives up on a stream with no request in time, or
+    // the peer resets it): the next may open.
+    let (mut send, _recv) = open.pop().unwrap();
+    send.reset(0u32.into()).unwrap();
+    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), joined.conn.open_bi())
+        .await
+        .expect("a stream opens once one has closed")
+        .unwrap();
+    send.write_all(
+        &wire::encode(
+            &Request::Has {
+                id: Hash::of(b"none"),
+            },
+            MAX_CONTROL_FRAME,
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(1024).await.unwrap();
+    assert!(matches!(
+        wire::decode::<Response>(&answer, MAX_CONTROL_FRAME),
+        Ok(Some((Response::NotFound, _)))
+    ));
+    a.shutdown().await;
+}
