@@ -12,12 +12,15 @@
 //!    comes back for more sooner, so it serves more. A chunk that fails (timeout,
 //!    not found, peer gone) goes back in the queue for the other providers.
 //!    Misbehaviour is scored ([`crate::score`]): a peer that sends bad bytes is
-//!    banned at once, one that times out or denies holding what it was named
-//!    for is banned once that adds up, and a banned peer is asked nothing. With
+//!    banned, and a banned peer is asked nothing; one that times out or denies
+//!    holding what it was named for is ranked down. Within the download a peer
+//!    that denies the manifest, or gives [`UNHELPFUL_LIMIT`] useless answers
+//!    (NOT_FOUND, another size than the manifest's), is not asked again. With
 //!    [`download_scored`] the scores (a node's) outlast the download.
 //! 4. Chunks are verified in memory and written at their offset; memory holds at
-//!    most `max_in_flight_bytes` in flight and as much again waiting to be
-//!    written in order, whatever the file or chunk size.
+//!    most `max_in_flight_bytes` in flight, as much again waiting to be written
+//!    in order, and four chunks on their way to the writer thread, whatever
+//!    the file size.
 //! 5. The finished file is checked against the manifest (every chunk verified,
 //!    the length right), synced, then renamed to its final name. A failed
 //!    download leaves only the `.part`, never a file under the final name.
@@ -54,8 +57,8 @@ pub struct DownloadOptions {
     pub max_in_flight: usize,
     /// Bytes of chunk data in flight in all (at least one chunk): with large
     /// chunks, fewer requests than `max_in_flight` are made at once. The
-    /// writer's reorder buffer holds as much again. Bounds a download's
-    /// memory whatever chunk size a manifest names.
+    /// writer's reorder buffer holds as much again, and its queue four chunks.
+    /// Bounds a download's memory whatever chunk size a manifest names.
     pub max_in_flight_bytes: u64,
     /// Chunk requests in flight to one peer.
     pub per_peer: usize,
@@ -183,6 +186,8 @@ pub fn part_path(path: &Path) -> PathBuf {
 /// Shared between the workers of one download (across files).
 struct Shared {
     scores: PeerScores,
+    /// Useless answers (NOT_FOUND, a wrong size) per peer in this download.
+    unhelpful: Mutex<HashMap<NodeId, usize>>,
     /// Chunk bytes requested and not yet answered (or given up on).
     in_flight_bytes: std::sync::atomic::AtomicU64,
     stats: Mutex<DownloadStats>,
@@ -241,6 +246,7 @@ pub async fn download_scored(
     providers.sort_by_cached_key(|p| scores.rank(&p.id));
     let shared = Arc::new(Shared {
         scores: scores.clone(),
+        unhelpful: Mutex::new(HashMap::new()),
         in_flight_bytes: std::sync::atomic::AtomicU64::new(0),
         stats: Mutex::new(stats),
         last_error: Mutex::new(String::new()),
@@ -284,17 +290,36 @@ pub async fn download_scored(
     Ok(stats)
 }
 
-/// Records what a failed request says about the peer; true if it is banned
-/// now (and so is asked nothing more).
-fn score_failure(shared: &Shared, p: &NodeId, e: &FetchError) -> bool {
+/// Useless answers (NOT_FOUND, a size other than the manifest's) after which
+/// a peer is not asked again in this download.
+pub const UNHELPFUL_LIMIT: usize = 4;
+
+/// Records what a failed request says about the peer; true if it is not to
+/// be asked again in this download (banned, or out of useful answers).
+fn score_failure(
+    shared: &Shared,
+    p: &NodeId,
+    e: &FetchError,
+    what: &dyn std::fmt::Display,
+) -> bool {
     let offense = match e {
         e if e.is_lie() => Some(Offense::BadData),
         FetchError::NotFound => Some(Offense::FalseClaim),
         FetchError::Timeout => Some(Offense::Timeout),
         _ => None,
     };
+    // One line per ban, not one per lie: several may be in flight at once.
     if let Some(o) = offense {
-        shared.scores.offend(*p, o);
+        if shared.scores.offend(*p, o) {
+            warn!(
+                peer = %p,
+                "peer sent bad data for {what}: {e}; banned for {} min",
+                crate::score::BAN_FOR.as_secs() / 60
+            );
+        }
+    }
+    if matches!(e, FetchError::NotFound | FetchError::WrongSize { .. }) {
+        *lock(&shared.unhelpful).entry(*p).or_default() += 1;
     }
     let banned = shared.scores.is_banned(p);
     if banned {
@@ -303,7 +328,15 @@ fn score_failure(shared: &Shared, p: &NodeId, e: &FetchError) -> bool {
             s.banned_peers.push(*p);
         }
     }
-    banned
+    banned || gave_up_on(shared, p)
+}
+
+/// Whether `p` is not to be asked anything more in this download.
+fn gave_up_on(shared: &Shared, p: &NodeId) -> bool {
+    shared.scores.is_banned(p)
+        || lock(&shared.unhelpful)
+            .get(p)
+            .is_some_and(|n| *n >= UNHELPFUL_LIMIT)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -318,7 +351,7 @@ async fn get_manifest(
 ) -> Result<Manifest, DownloadError> {
     let mut last = String::from("no provider");
     for p in providers {
-        if shared.scores.is_banned(&p.id) {
+        if gave_up_on(shared, &p.id) {
             continue;
         }
         match fetch_manifest(&p.conn, id, opts.chunk_timeout).await {
@@ -327,10 +360,11 @@ async fn get_manifest(
                 return Ok(m);
             }
             Err(e) => {
-                if e.is_lie() {
-                    warn!(peer = %p.id.fmt_short(), "peer sent a bad manifest: {e}");
+                score_failure(shared, &p.id, &e, &"the manifest");
+                if matches!(e, FetchError::NotFound) {
+                    // It does not have the file after all: no chunk either.
+                    lock(&shared.unhelpful).insert(p.id, UNHELPFUL_LIMIT);
                 }
-                score_failure(shared, &p.id, &e);
                 last = format!("{}: {e}", p.id.fmt_short());
             }
         }
@@ -809,7 +843,7 @@ async fn worker(
     all_in: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        if shared.scores.is_banned(&p.id) || p.conn.close_reason().is_some() {
+        if gave_up_on(&shared, &p.id) || p.conn.close_reason().is_some() {
             return;
         }
         let Ok(_permit) = permits.acquire().await else {
@@ -844,13 +878,6 @@ async fn worker(
                 r = fetch_chunk(&p.conn, hash, len as u64, timeout) => r,
                 _ = all_in.cancelled() => return,
             }
-        };
-        let result = match result {
-            Ok(data) if data.len() != len => Err(FetchError::BadLength {
-                len: data.len() as u64,
-                max: len as u64,
-            }),
-            other => other,
         };
         match result {
             Ok(data) => {
@@ -889,10 +916,7 @@ async fn worker(
                         s.bad_chunks += 1;
                     }
                 }
-                if lie {
-                    warn!(peer = %p.id, "peer served bad data for chunk {i}: {e}; not asking it again");
-                }
-                if score_failure(&shared, &p.id, &e) {
+                if score_failure(&shared, &p.id, &e, &format_args!("chunk {i}")) {
                     return;
                 }
                 if p.conn.close_reason().is_some() {

@@ -87,7 +87,8 @@ struct NodeArgs {
 
     /// Streams one peer may have open on a connection at once (QUIC's own
     /// limit: a peer that wants more waits for one to close).
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000), global = true)]
+    /// At least 2: the control stream takes one.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
     max_streams: u32,
 
     /// Most bytes of chunk data this node stores, e.g. 500M, 20G.

@@ -32,13 +32,22 @@ pub enum FetchError {
         /// What the bytes hash to.
         actual: Hash,
     },
-    /// The peer announced a length over the limit or not the one expected.
+    /// The peer announced more bytes than any chunk or manifest can have.
     #[error("peer announced {len} bytes, limit {max}")]
     BadLength {
         /// Announced.
         len: u64,
         /// Allowed.
         max: u64,
+    },
+    /// The peer announced (or sent, hashing right) another size than the
+    /// manifest gives: the manifest may be the one that is wrong.
+    #[error("{actual} bytes where the manifest says {expected}")]
+    WrongSize {
+        /// The size the manifest gives.
+        expected: u64,
+        /// The size of the bytes that hash right.
+        actual: u64,
     },
     /// The peer answered something that makes no sense here.
     #[error("unexpected answer {0:?}")]
@@ -187,7 +196,7 @@ fn hold(store: &Store, id: &Hash) -> Result<Response, StoreError> {
             .sum(),
         None => 0,
     };
-    store.add_file(
+    let complete = store.add_file(
         id,
         &crate::store::FileRecord {
             name: m.name().to_string(),
@@ -195,7 +204,11 @@ fn hold(store: &Store, id: &Hash) -> Result<Response, StoreError> {
             is_dir: matches!(m, Manifest::Dir(_)),
         },
     )?;
-    Ok(Response::Ack)
+    Ok(if complete {
+        Response::Ack
+    } else {
+        Response::Nack(NackReason::Incomplete)
+    })
 }
 
 async fn blocking<T: Send + 'static>(
@@ -284,7 +297,10 @@ async fn receive_manifest<R: AsyncRead + Unpin>(
     if len as usize > MAX_MANIFEST_SIZE {
         return Response::Nack(NackReason::TooLarge);
     }
-    if matches!(store.touch_manifest(&id), Ok(true)) {
+    if matches!(
+        blocking(store.clone(), move |s| s.touch_manifest(&id)).await,
+        Ok(true)
+    ) {
         return Response::Ack;
     }
     let mut data = vec![0u8; len as usize];
@@ -332,10 +348,16 @@ async fn request(
     Ok((resp, recv))
 }
 
+/// Fetches the bytes named `name` and verifies them. `max` is the hard cap
+/// for the kind (a chunk, a manifest): more than that is a lie. `expected`,
+/// if known, is the size a manifest gives: more than that is not read (memory
+/// stays bounded by what was asked for) and fewer is read and hashed, so that
+/// bytes hashing right but of the wrong size blame the manifest, not the peer.
 async fn fetch_raw(
     conn: &Connection,
     req: Request,
     name: Hash,
+    expected: Option<u64>,
     max: u64,
 ) -> Result<Vec<u8>, FetchError> {
     let (resp, mut recv) = request(conn, &req, None).await?;
@@ -345,8 +367,16 @@ async fn fetch_raw(
         other => return Err(FetchError::Unexpected(other)),
     };
     if len > max {
+        // Nothing this big exists: a lie, and possibly an endless stream.
         let _ = recv.stop(ErrorCode::FrameTooLarge.var_int());
         return Err(FetchError::BadLength { len, max });
+    }
+    if let Some(e) = expected.filter(|e| len > *e) {
+        let _ = recv.stop(ErrorCode::FrameTooLarge.var_int());
+        return Err(FetchError::WrongSize {
+            expected: e,
+            actual: len,
+        });
     }
     let mut data = vec![0u8; len as usize];
     recv.read_exact(&mut data)
@@ -364,19 +394,37 @@ async fn fetch_raw(
             actual,
         });
     }
+    if let Some(e) = expected.filter(|e| *e != data.len() as u64) {
+        return Err(FetchError::WrongSize {
+            expected: e,
+            actual: data.len() as u64,
+        });
+    }
     Ok(data)
 }
 
-/// Fetches and verifies one chunk of at most `max_len` bytes.
+/// Fetches and verifies one chunk that should be `len` bytes.
+///
+/// Bytes that do not hash to `hash` are [`FetchError::BadHash`] (the peer
+/// lied); more than any chunk can be is [`FetchError::BadLength`] (a lie);
+/// another size than `len` is [`FetchError::WrongSize`]: either the manifest
+/// that gave `len` is wrong or the peer is, and only the hash could tell, so
+/// it blames no one.
 pub async fn fetch_chunk(
     conn: &Connection,
     hash: Hash,
-    max_len: u64,
+    len: u64,
     timeout: Duration,
 ) -> Result<Vec<u8>, FetchError> {
     tokio::time::timeout(
         timeout,
-        fetch_raw(conn, Request::GetChunk { hash }, hash, max_len),
+        fetch_raw(
+            conn,
+            Request::GetChunk { hash },
+            hash,
+            Some(len),
+            u64::from(MAX_CHUNK_SIZE),
+        ),
     )
     .await
     .map_err(|_| FetchError::Timeout)?
@@ -394,6 +442,7 @@ pub async fn fetch_manifest(
             conn,
             Request::GetManifest { id },
             id,
+            None,
             MAX_MANIFEST_SIZE as u64,
         ),
     )

@@ -178,6 +178,9 @@ async fn a_slow_loris_holder_is_cut_off_at_the_timeout_and_scored_down() {
     .await;
     let score = scores.get(&liar.id).expect("scored");
     assert!(score.timeouts >= 4 && score.penalty > 0.0, "{score:?}");
+    // A timeout is not proof (it may be this side's link): ranked down, not
+    // banned.
+    assert!(!scores.is_banned(&liar.id));
     let asked = liar.lies.load(Ordering::SeqCst);
 
     // Beside an honest holder the file arrives; the liar's stalls cost no more
@@ -191,7 +194,7 @@ async fn a_slow_loris_holder_is_cut_off_at_the_timeout_and_scored_down() {
         stats.per_peer.iter().all(|(p, _)| *p != liar.id),
         "{stats:?}"
     );
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
     wait_until(
         "the trickling streams are stopped",
         Duration::from_secs(5),
@@ -208,9 +211,12 @@ async fn a_slow_loris_holder_is_cut_off_at_the_timeout_and_scored_down() {
 
 /// A real node that announces itself in the DHT as a holder of a file it does
 /// not have: `get` by id finds it, is told NOT_FOUND, fetches everything from
-/// the real holder, and bans the false provider, which the next `get` skips.
+/// the real holder, and asks the false provider at most a few times per get.
+/// Denials rank it down but do not ban it: the claim that a peer holds a file
+/// may come from someone else (a ticket, a DHT node), and must not be a way
+/// to get honest nodes banned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_false_provider_record_is_survived_and_scored_down() {
+async fn a_false_provider_record_costs_a_few_requests_and_ranks_the_peer_down() {
     let net = store_network(3).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = random_bytes(8 * MIB, 13);
@@ -219,7 +225,7 @@ async fn a_false_provider_record_is_survived_and_scored_down() {
     let report = replication::put(&net[0].node, &path, 0, CHUNK, Arc::new(NoProgress))
         .await
         .expect("put");
-    let (fetcher, impostor) = (&net[1].node, &net[2].node);
+    let (holder, fetcher, impostor) = (&net[0].node, &net[1].node, &net[2].node);
     assert!(
         impostor.announce(report.id).await >= 1,
         "the false record is stored"
@@ -230,9 +236,13 @@ async fn a_false_provider_record_is_survived_and_scored_down() {
         "the lookup returns the false provider"
     );
 
-    let out = dir.path().join("out.bin");
-    let get = |out: std::path::PathBuf| async move {
-        replication::get(
+    // Denials per get: the manifest, or chunks up to the limit (plus those
+    // already asked by its other workers at that moment).
+    let most = 1 + quic_peer::download::UNHELPFUL_LIMIT + DownloadOptions::default().per_peer;
+    let mut claims = Vec::new();
+    for round in 0..2 {
+        let out = dir.path().join(format!("out-{round}.bin"));
+        let stats = replication::get(
             fetcher,
             &Target::Id(report.id),
             &out,
@@ -240,28 +250,97 @@ async fn a_false_provider_record_is_survived_and_scored_down() {
             Arc::new(NoProgress),
         )
         .await
-        .expect("get")
-    };
-    let stats = get(out.clone()).await;
-    assert_eq!(std::fs::read(&out).expect("read"), data);
-    assert_eq!(stats.attempts, 1, "{stats:?}");
-    let score = fetcher.scores().get(&impostor.id()).expect("scored");
-    assert!(score.false_claims >= 1, "{score:?}");
-    assert_eq!(score.bad_data, 0, "a denial is not bad data");
-    // Its denials add up within one 32-chunk download: it answers at once, so
-    // it is asked often.
-    assert!(fetcher.scores().is_banned(&impostor.id()), "{score:?}");
-    let claims = score.false_claims;
-
-    let again = dir.path().join("again.bin");
-    let stats = get(again.clone()).await;
-    assert_eq!(std::fs::read(&again).expect("read"), data);
-    assert!(stats.banned_peers.contains(&impostor.id()), "{stats:?}");
-    let after = fetcher.scores().get(&impostor.id()).expect("scored");
-    assert_eq!(
-        after.false_claims, claims,
-        "the banned peer was not asked again"
+        .expect("get");
+        assert_eq!(std::fs::read(&out).expect("read"), data);
+        assert_eq!(stats.attempts, 1, "{stats:?}");
+        assert!(
+            stats.per_peer.iter().all(|(p, _)| *p != impostor.id()),
+            "{stats:?}"
+        );
+        let score = fetcher.scores().get(&impostor.id()).expect("scored");
+        assert_eq!(score.bad_data, 0, "a denial is not bad data");
+        claims.push(score.false_claims);
+    }
+    assert!(claims[0] >= 1 && (claims[0] as usize) <= most, "{claims:?}");
+    assert!(((claims[1] - claims[0]) as usize) <= most, "{claims:?}");
+    let scores = fetcher.scores();
+    assert!(!scores.is_banned(&impostor.id()));
+    assert!(
+        scores.rank(&impostor.id()) > scores.rank(&holder.id()),
+        "the false provider ranks below the holder"
     );
-    println!("false provider: {claims} denials, banned; the second get skipped it");
+    println!("false provider: {claims:?} denials after one and two gets (at most {most} each); ranked down, not banned");
+    shutdown(net).await;
+}
+
+/// A manifest that gives a chunk another size than its bytes have (anyone can
+/// make one and have it held: HOLD only checks that the chunks are there)
+/// fails the download with the sizes named, and the honest holder, which sent
+/// exactly the bytes the hash names, is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconsistent_manifest_fails_without_blaming_the_holder() {
+    let (net, id, data, dir) = setup(MIB - 10, 14).await;
+    let store = net[0].node.store().expect("store");
+    let Some(quic_peer::chunk::Manifest::File(real)) = store.manifest(&id).expect("manifest")
+    else {
+        panic!("a file manifest");
+    };
+    // Same chunks, but a size that makes the last one ten bytes longer.
+    let fake = quic_peer::chunk::Manifest::File(quic_peer::chunk::FileManifest {
+        size: real.size + 10,
+        ..real.clone()
+    })
+    .encode();
+    let fake_id = Hash::of(&fake);
+    let conn = net[1]
+        .node
+        .connection(&net[0].node.id())
+        .expect("connected");
+    quic_peer::transfer::push_manifest(&conn, fake_id, fake.into(), Duration::from_secs(5))
+        .await
+        .expect("the fake manifest is stored");
+    quic_peer::transfer::hold_file(&conn, fake_id, Duration::from_secs(5))
+        .await
+        .expect("and held: every chunk it names is there");
+
+    let scores = PeerScores::new();
+    let provider = Provider {
+        id: net[0].node.id(),
+        conn: conn.clone(),
+    };
+    let out = dir.path().join("fake.bin");
+    let err = download_scored(
+        vec![provider],
+        fake_id,
+        &out,
+        &DownloadOptions::default(),
+        Arc::new(NoProgress),
+        &scores,
+    )
+    .await
+    .expect_err("the manifest cannot be satisfied");
+    assert!(err.to_string().contains("where the manifest says"), "{err}");
+    assert!(!out.exists());
+    assert!(!scores.is_banned(&net[0].node.id()));
+    let score = scores.get(&net[0].node.id()).expect("scored");
+    assert_eq!(score.bad_data, 0, "{score:?}");
+    // The real file still comes from the same holder.
+    let real_out = dir.path().join("real.bin");
+    let provider = Provider {
+        id: net[0].node.id(),
+        conn,
+    };
+    download_scored(
+        vec![provider],
+        id,
+        &real_out,
+        &DownloadOptions::default(),
+        Arc::new(NoProgress),
+        &scores,
+    )
+    .await
+    .expect("the real file");
+    assert_eq!(std::fs::read(&real_out).expect("read"), data);
+    println!("inconsistent manifest: {err}");
     shutdown(net).await;
 }
