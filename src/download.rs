@@ -321,14 +321,13 @@ fn score_failure(
     if matches!(e, FetchError::NotFound | FetchError::WrongSize { .. }) {
         *lock(&shared.unhelpful).entry(*p).or_default() += 1;
     }
-    let banned = shared.scores.is_banned(p);
-    if banned {
+    if shared.scores.is_banned(p) {
         let mut s = lock(&shared.stats);
         if !s.banned_peers.contains(p) {
             s.banned_peers.push(*p);
         }
     }
-    banned || gave_up_on(shared, p)
+    gave_up_on(shared, p)
 }
 
 /// Whether `p` is not to be asked anything more in this download.

@@ -94,12 +94,19 @@ impl Entry {
         }
     }
 
-    fn decay(&mut self, now: Instant) {
+    /// The penalty decayed to `now`.
+    fn penalty_at(&self, now: Instant) -> f64 {
         let dt = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.score.penalty *= 0.5f64.powf(dt / HALF_LIFE.as_secs_f64());
-        if self.score.penalty < 0.01 {
-            self.score.penalty = 0.0;
+        let p = self.score.penalty * 0.5f64.powf(dt / HALF_LIFE.as_secs_f64());
+        if p < 0.01 {
+            0.0
+        } else {
+            p
         }
+    }
+
+    fn decay(&mut self, now: Instant) {
+        self.score.penalty = self.penalty_at(now);
         self.updated = now;
         if self.banned_until.is_some_and(|t| t <= now) {
             self.banned_until = None;
@@ -127,6 +134,14 @@ impl PeerScores {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// `peer`'s entry, made if new (forgetting another if the table is full).
+    fn entry(map: &mut HashMap<NodeId, Entry>, peer: NodeId, now: Instant) -> &mut Entry {
+        if !map.contains_key(&peer) && map.len() >= MAX_TRACKED {
+            forget_one(map, now);
+        }
+        map.entry(peer).or_insert_with(|| Entry::new(now))
+    }
+
     /// Records an offence; true if it got the peer banned just now.
     pub fn offend(&self, peer: NodeId, offense: Offense) -> bool {
         self.offend_at(peer, offense, Instant::now())
@@ -135,10 +150,7 @@ impl PeerScores {
     /// [`PeerScores::offend`] at a given time.
     pub fn offend_at(&self, peer: NodeId, offense: Offense, now: Instant) -> bool {
         let mut map = self.lock();
-        if !map.contains_key(&peer) && map.len() >= MAX_TRACKED {
-            forget_one(&mut map, now);
-        }
-        let e = map.entry(peer).or_insert_with(|| Entry::new(now));
+        let e = Self::entry(&mut map, peer, now);
         e.decay(now);
         match offense {
             Offense::BadData => e.score.bad_data += 1,
@@ -167,14 +179,7 @@ impl PeerScores {
     /// Records a verified chunk or manifest from `peer`.
     pub fn served(&self, peer: NodeId) {
         let now = Instant::now();
-        let mut map = self.lock();
-        if !map.contains_key(&peer) && map.len() >= MAX_TRACKED {
-            forget_one(&mut map, now);
-        }
-        map.entry(peer)
-            .or_insert_with(|| Entry::new(now))
-            .score
-            .served += 1;
+        Self::entry(&mut self.lock(), peer, now).score.served += 1;
     }
 
     /// Whether `peer` is banned now.
@@ -205,26 +210,12 @@ impl PeerScores {
         let map = self.lock();
         match map.get(peer) {
             None => (false, 0, std::cmp::Reverse(0)),
-            Some(e) => {
-                let dt = now.saturating_duration_since(e.updated).as_secs_f64();
-                let penalty = e.score.penalty * 0.5f64.powf(dt / HALF_LIFE.as_secs_f64());
-                (
-                    e.banned(now),
-                    penalty.round() as u64,
-                    std::cmp::Reverse(e.score.served),
-                )
-            }
+            Some(e) => (
+                e.banned(now),
+                e.penalty_at(now).round() as u64,
+                std::cmp::Reverse(e.score.served),
+            ),
         }
-    }
-
-    /// Peers banned now.
-    pub fn banned(&self) -> Vec<NodeId> {
-        let now = Instant::now();
-        self.lock()
-            .iter()
-            .filter(|(_, e)| e.banned(now))
-            .map(|(id, _)| *id)
-            .collect()
     }
 }
 
@@ -261,7 +252,6 @@ mod tests {
         assert!(s.is_banned_at(&id(1), t0 + BAN_FOR - Duration::from_secs(1)));
         assert!(!s.is_banned_at(&id(1), t0 + BAN_FOR));
         assert!(!s.is_banned_at(&id(2), t0));
-        assert_eq!(s.banned(), vec![id(1)]);
     }
 
     #[test]

@@ -68,20 +68,11 @@ fn sigterm_shuts_down_cleanly_with_leave() {
     ]);
     let (_, b_id) = parse_started(&b.expect_line("[STARTED]", T));
     a.expect_line(&format!("[JOIN] {b_id}"), T);
-    signal(&b, "TERM");
+    b.signal("TERM");
     let status = b.wait(T);
     assert!(status.success(), "exit status {status:?}");
     b.expect_line("[STOPPED]", T);
     a.expect_line(&format!("[LEAVE] {b_id} left"), Duration::from_secs(2));
-}
-
-fn signal(p: &Proc, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &p.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +92,7 @@ async fn killed_process_is_reported_within_the_idle_timeout() {
     wait_until("b joined", T, || connected(&a, b_id)).await;
 
     // SIGKILL: no LEAVE, no CONNECTION_CLOSE; only silence.
-    signal(&b, "KILL");
+    b.signal("KILL");
     let killed = Instant::now();
     let (event, _) = wait_event(
         &mut events,
@@ -147,7 +138,7 @@ async fn restarted_process_keeps_its_id_and_replaces_its_old_connection() {
     let (_, b_id) = parse_started(&b.expect_line("[STARTED]", T));
     wait_until("b joined", T, || connected(&a, b_id)).await;
     let old = a.connection(&b_id).unwrap();
-    signal(&b, "KILL");
+    b.signal("KILL");
     b.wait(T);
 
     let mut b2 = Proc::spawn(&args);

@@ -193,15 +193,6 @@ fn part(out: &Path) -> PathBuf {
     quic_peer::download::part_path(out)
 }
 
-fn signal(p: &Proc, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &p.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig}");
-}
-
 fn chunks_of(mib: usize) -> usize {
     // random_bytes(mib MiB + a few bytes), 1 MiB chunks.
     mib + 1
@@ -263,7 +254,7 @@ fn graceful_stop_mid_transfer_leaves_no_temp_files_and_resumes() {
 
     // SIGTERM while receiving.
     net.receive_until(0.2, 4);
-    signal(&net.b, "TERM");
+    net.b.signal("TERM");
     assert!(net.b.wait(T).success(), "exit 0 on SIGTERM");
     net.b.expect_line("[STOPPED]", T);
     assert_eq!(temp_files(net.b_dir.path()), Vec::<PathBuf>::new());

@@ -146,6 +146,16 @@ impl Proc {
         stdin.flush().expect("flush stdin");
     }
 
+    /// Sends the process a signal by name (`TERM`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
     /// Waits for the process to exit; panics after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + timeout;
