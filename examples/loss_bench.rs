@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use quic_peer::chunk::DEFAULT_CHUNK_SIZE;
 use quic_peer::download::{download, DownloadOptions, NoProgress, Progress, Provider};
-use quic_peer::relay::{parse_duration, Impairment, Relay, RelayConfig};
-use quic_peer::wire::Role;
+use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
+use quic_peer::proto::wire::Role;
 use quic_peer::{Identity, Node, NodeConfig, PeerAddr};
+use quic_peer_relay::{parse_duration, Impairment, Relay, RelayConfig};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -208,7 +208,7 @@ impl Progress for Count {
 /// A client node downloads the file from `holder` through a relay with `cfg`.
 async fn get_through(
     holder: &Node,
-    id: quic_peer::chunk::Hash,
+    id: quic_peer::proto::Hash,
     out: &Path,
     cfg: &RelayConfig,
     size: u64,
@@ -336,7 +336,7 @@ impl BareServer {
             }
         };
         let identity = Identity::generate()?;
-        let (client_crypto, server_crypto) = quic_peer::tls::quic_configs(&identity)?;
+        let (client_crypto, server_crypto) = quic_peer::crypto::tls::quic_configs(&identity)?;
         let mut server_config = quinn::ServerConfig::with_crypto(server_crypto);
         server_config.transport_config(transport.clone());
         let runtime = quinn::default_runtime().context("no runtime")?;
@@ -394,7 +394,10 @@ impl BareServer {
         let relay = Relay::start("127.0.0.1:0".parse()?, self.addr()?, cfg.clone()).await?;
         let conn = self
             .client
-            .connect(relay.local_addr(), quic_peer::tls::UNPINNED_SERVER_NAME)?
+            .connect(
+                relay.local_addr(),
+                quic_peer::crypto::tls::UNPINNED_SERVER_NAME,
+            )?
             .await?;
         let got = Arc::new(AtomicU64::new(0));
         let start = Instant::now();

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use quic_peer::relay::{
+use quic_peer_relay::{
     parse_duration, parse_probability, parse_size, Impairment, Relay, RelayConfig,
 };
 

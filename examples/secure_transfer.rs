@@ -30,12 +30,14 @@ use std::time::{Duration, Instant};
 mod liar;
 
 use anyhow::{bail, ensure, Context, Result};
-use quic_peer::chunk::{Hash, Manifest};
+use quic_peer::crypto::tls;
 use quic_peer::download::{download, DownloadOptions, DownloadStats, NoProgress, Provider};
-use quic_peer::relay::{Relay, RelayConfig};
+use quic_peer::proto::manifest::Manifest;
+use quic_peer::proto::wire::Role;
+use quic_peer::proto::Hash;
 use quic_peer::transfer::fetch_manifest;
-use quic_peer::wire::Role;
-use quic_peer::{replication, tls, ConnectError, Node, NodeConfig, NodeId, PeerAddr};
+use quic_peer::{replication, ConnectError, Node, NodeConfig, NodeId, PeerAddr};
+use quic_peer_relay::{Relay, RelayConfig};
 
 /// The file of steps 1 and 3: a few MiB, not a whole number of chunks.
 const FILE_SIZE: usize = (4 << 20) + 12_345;

@@ -29,25 +29,17 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
-pub mod chunk;
-pub mod datadir;
+pub mod crypto;
 pub mod dht;
 pub mod download;
-pub mod identity;
-pub mod kad;
-pub mod membership;
-pub mod netkey;
+pub mod net;
 pub mod node;
-pub mod relay;
+pub mod proto;
 pub mod replication;
-pub mod score;
 pub mod store;
-pub mod stream;
-pub mod ticket;
-pub mod tls;
 pub mod transfer;
-pub mod wire;
 
-pub use identity::{Identity, NodeId};
-pub use membership::{LeftReason, PeerEvent, PeerInfo, PeerState};
+pub use crypto::identity::Identity;
+pub use net::membership::{LeftReason, PeerEvent, PeerInfo, PeerState};
 pub use node::{ConnectError, Node, NodeConfig, PeerAddr, StartError};
+pub use proto::NodeId;

@@ -21,16 +21,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::identity::{Identity, IdentityError, NodeId};
-use crate::membership::{dialable, LeftReason, PeerEvent, PeerInfo, PeerTable, Registered};
-use crate::netkey::NetworkKey;
-use crate::store::Store;
-use crate::stream::{read_frame, write_frame, FrameError};
-use crate::tls;
-use crate::wire::{
+use crate::crypto::identity::{Identity, IdentityError};
+use crate::crypto::netkey::NetworkKey;
+use crate::crypto::tls;
+use crate::net::membership::{dialable, LeftReason, PeerEvent, PeerInfo, PeerTable, Registered};
+use crate::proto::frame::{read_frame, write_frame, FrameError};
+use crate::proto::wire::{
     Control, ErrorCode, Join, LeaveReason, Request, Role, Welcome, MAX_ADDRS_PER_PEER,
     MAX_CONTROL_FRAME, PROTOCOL_VERSION,
 };
+use crate::proto::NodeId;
+use crate::store::Store;
 
 /// Largest UDP payload MTU discovery may reach.
 pub const MAX_UDP_PAYLOAD: u16 = 6000;
@@ -450,7 +451,7 @@ struct Inner {
     local_addr: SocketAddr,
     session: u64,
     peers: Mutex<PeerTable>,
-    dht: Mutex<crate::kad::DhtState>,
+    dht: Mutex<crate::dht::behaviour::DhtState>,
     dht_busy: std::sync::atomic::AtomicBool,
     observed: Mutex<Option<SocketAddr>>,
     /// Ids with a dial under way.
@@ -465,7 +466,7 @@ struct Inner {
     /// Keeps repeated limit and failure logs down to one line per source.
     log_gate: Mutex<LogGate>,
     /// What this node remembers of peers that lied to it or stalled.
-    scores: crate::score::PeerScores,
+    scores: crate::download::score::PeerScores,
     /// Cancelled first on shutdown: no new connections, no maintenance.
     stopping: CancellationToken,
     /// Cancelled last: every task ends.
@@ -807,9 +808,9 @@ impl Node {
                 per_ip: Default::default(),
                 handshaking: AtomicUsize::new(0),
                 log_gate: Mutex::new(LogGate::default()),
-                scores: crate::score::PeerScores::new(),
+                scores: crate::download::score::PeerScores::new(),
                 peers: Mutex::new(PeerTable::new(identity.node_id())),
-                dht: Mutex::new(crate::kad::DhtState::new(identity.node_id())),
+                dht: Mutex::new(crate::dht::behaviour::DhtState::new(identity.node_id())),
                 dht_busy: Default::default(),
                 observed: Mutex::new(None),
                 dialing: Mutex::new(Default::default()),
@@ -864,7 +865,7 @@ impl Node {
     }
 
     /// The DHT state, locked.
-    pub(crate) fn dht(&self) -> MutexGuard<'_, crate::kad::DhtState> {
+    pub(crate) fn dht(&self) -> MutexGuard<'_, crate::dht::behaviour::DhtState> {
         lock(&self.inner.dht)
     }
 
@@ -894,7 +895,7 @@ impl Node {
 
     /// Peer scores, shared by every download this node makes: a peer banned
     /// in one is not asked in the next.
-    pub fn scores(&self) -> &crate::score::PeerScores {
+    pub fn scores(&self) -> &crate::download::score::PeerScores {
         &self.inner.scores
     }
 
@@ -917,7 +918,7 @@ impl Node {
     pub fn connected_peers(&self) -> Vec<NodeId> {
         self.peers()
             .into_iter()
-            .filter(|p| p.role == Role::Peer && p.state != crate::membership::PeerState::Known)
+            .filter(|p| p.role == Role::Peer && p.state != crate::net::membership::PeerState::Known)
             .map(|p| p.id)
             .collect()
     }
@@ -1369,7 +1370,7 @@ impl Node {
         span: tracing::Span,
     ) {
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-        let handle = crate::membership::ConnHandle {
+        let handle = crate::net::membership::ConnHandle {
             conn: conn.clone(),
             outbound: meta.outbound,
             session: meta.session,
@@ -1734,7 +1735,7 @@ impl Node {
                     .swap(true, std::sync::atomic::Ordering::SeqCst)
             {
                 let cfg = &self.inner.config;
-                let mut due = crate::kad::DhtDue::default();
+                let mut due = crate::dht::behaviour::DhtDue::default();
                 let first = !self_lookup_done;
                 self_lookup_done = true;
                 if now >= next_refresh {

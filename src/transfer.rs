@@ -13,10 +13,11 @@ use quinn::Connection;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{debug, warn};
 
-use crate::chunk::{Hash, Manifest, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
+use crate::proto::frame::{read_frame, write_frame, FrameError};
+use crate::proto::manifest::{Manifest, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
+use crate::proto::wire::{ErrorCode, NackReason, Request, Response, MAX_CONTROL_FRAME};
+use crate::proto::Hash;
 use crate::store::{Store, StoreError};
-use crate::stream::{read_frame, write_frame, FrameError};
-use crate::wire::{ErrorCode, NackReason, Request, Response, MAX_CONTROL_FRAME};
 
 /// Why fetching from a peer failed.
 #[derive(Debug, thiserror::Error)]

@@ -333,7 +333,7 @@ fn put_and_get_as_separate_processes() {
 
     // Unknown id, unwritable output, unreachable network: a message and a failure,
     // and nothing under the final name.
-    let unknown = quic_peer::chunk::Hash::of(b"never stored").to_string();
+    let unknown = quic_peer::proto::Hash::of(b"never stored").to_string();
     let dest = work.path().join("unknown.bin");
     let err = run_fails(&[
         "get",

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{random_bytes, store_node, wait_until, StoreNode};
-use quic_peer::chunk::{Hash, DEFAULT_CHUNK_SIZE};
 use quic_peer::dht::kbucket::Contact;
 use quic_peer::dht::sim::rounds_bound;
 use quic_peer::download::{DownloadOptions, NoProgress};
+use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
+use quic_peer::proto::ticket::Target;
+use quic_peer::proto::wire::{DhtRequest, NackReason, PeerRecord, Response};
+use quic_peer::proto::Hash;
 use quic_peer::replication;
-use quic_peer::ticket::Target;
-use quic_peer::wire::{DhtRequest, NackReason, PeerRecord, Response};
 use quic_peer::{Identity, Node};
 
 const R: usize = 3;

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{at, random_bytes, store_network, store_node_with, wait_until, StoreNode};
-use quic_peer::chunk::{Hash, Manifest, DEFAULT_CHUNK_SIZE};
 use quic_peer::download::{download, DownloadOptions, NoProgress, Provider};
+use quic_peer::proto::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
+use quic_peer::proto::ticket::Target;
+use quic_peer::proto::Hash;
 use quic_peer::replication::{self, find_providers};
-use quic_peer::ticket::Target;
 use quic_peer::Node;
 
 const MIB: usize = 1 << 20;
@@ -395,7 +396,7 @@ async fn an_interrupted_incoming_copy_is_collected_and_held_files_are_kept() {
             .unwrap();
         hashes.push(h);
     }
-    let manifest = Manifest::File(quic_peer::chunk::FileManifest {
+    let manifest = Manifest::File(quic_peer::proto::manifest::FileManifest {
         name: "cut-off".into(),
         size: data.len() as u64,
         chunk_size: DEFAULT_CHUNK_SIZE,

@@ -15,14 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{node, parse_started, random_bytes, store_node_with, wait_until, Proc};
-use quic_peer::chunk::{Hash, DEFAULT_CHUNK_SIZE};
 use quic_peer::download::{DownloadOptions, NoProgress};
-use quic_peer::replication;
-use quic_peer::ticket::Target;
-use quic_peer::wire::{
+use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
+use quic_peer::proto::ticket::Target;
+use quic_peer::proto::wire::{
     self, Control, ErrorCode, Join, Request, Response, Role, ALPN, MAX_CONTROL_FRAME,
     PROTOCOL_VERSION,
 };
+use quic_peer::proto::Hash;
+use quic_peer::replication;
 use quic_peer::{ConnectError, Identity, Node, NodeConfig, NodeId, PeerAddr};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -55,7 +56,7 @@ fn endpoint(ip: IpAddr) -> quinn::Endpoint {
 /// A client config with a fresh, valid identity.
 fn valid_client() -> quinn::ClientConfig {
     let identity = Identity::generate().unwrap();
-    let (client, _) = quic_peer::tls::quic_configs(&identity).unwrap();
+    let (client, _) = quic_peer::crypto::tls::quic_configs(&identity).unwrap();
     quinn::ClientConfig::new(client)
 }
 
@@ -129,7 +130,11 @@ struct Joined {
 
 async fn join(ep: &quinn::Endpoint, target: SocketAddr, role: Role) -> Result<Joined, String> {
     let conn = ep
-        .connect_with(valid_client(), target, quic_peer::tls::UNPINNED_SERVER_NAME)
+        .connect_with(
+            valid_client(),
+            target,
+            quic_peer::crypto::tls::UNPINNED_SERVER_NAME,
+        )
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
@@ -144,7 +149,7 @@ async fn join(ep: &quinn::Endpoint, target: SocketAddr, role: Role) -> Result<Jo
     send.write_all(&wire::encode(&join, MAX_CONTROL_FRAME).unwrap())
         .await
         .map_err(|e| e.to_string())?;
-    match quic_peer::stream::read_frame::<Control, _>(&mut recv, MAX_CONTROL_FRAME).await {
+    match quic_peer::proto::frame::read_frame::<Control, _>(&mut recv, MAX_CONTROL_FRAME).await {
         Ok(Some(Control::Welcome(_))) => Ok(Joined {
             conn,
             _control: (send, recv),
@@ -232,15 +237,18 @@ async fn bad_certificates(target: SocketAddr, counts: Arc<Counts>, stop: Arc<Ato
                 let (cfg, name) = match i % 3 {
                     0 => (
                         ecdsa_client(&rcgen::PKCS_ECDSA_P256_SHA256),
-                        quic_peer::tls::UNPINNED_SERVER_NAME.to_string(),
+                        quic_peer::crypto::tls::UNPINNED_SERVER_NAME.to_string(),
                     ),
                     1 => (
                         ecdsa_client(&rcgen::PKCS_ECDSA_P384_SHA384),
-                        quic_peer::tls::UNPINNED_SERVER_NAME.to_string(),
+                        quic_peer::crypto::tls::UNPINNED_SERVER_NAME.to_string(),
                     ),
                     _ => {
                         let wrong = NodeId::from_bytes(rand::random());
-                        (valid_client(), quic_peer::tls::server_name_for(Some(wrong)))
+                        (
+                            valid_client(),
+                            quic_peer::crypto::tls::server_name_for(Some(wrong)),
+                        )
                     }
                 };
                 let connecting = match ep.connect_with(cfg, target, &name) {
@@ -310,7 +318,7 @@ async fn garbage_round(target: SocketAddr, counts: Arc<Counts>, round: u64) {
                             .connect_with(
                                 valid_client(),
                                 target,
-                                quic_peer::tls::UNPINNED_SERVER_NAME,
+                                quic_peer::crypto::tls::UNPINNED_SERVER_NAME,
                             )
                             .unwrap()
                             .await

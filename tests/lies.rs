@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::liar::{Liar, Lie};
 use common::{random_bytes, store_network, wait_until, StoreNode};
-use quic_peer::chunk::Hash;
+use quic_peer::download::score::PeerScores;
 use quic_peer::download::{download_scored, DownloadOptions, DownloadStats, NoProgress, Provider};
+use quic_peer::proto::ticket::Target;
+use quic_peer::proto::Hash;
 use quic_peer::replication;
-use quic_peer::score::PeerScores;
-use quic_peer::ticket::Target;
 
 const MIB: usize = 1 << 20;
 /// Small chunks, so a file has enough of them for a liar to be caught often.
@@ -281,16 +281,18 @@ async fn a_false_provider_record_costs_a_few_requests_and_ranks_the_peer_down() 
 async fn an_inconsistent_manifest_fails_without_blaming_the_holder() {
     let (net, id, data, dir) = setup(MIB - 10, 14).await;
     let store = net[0].node.store().expect("store");
-    let Some(quic_peer::chunk::Manifest::File(real)) = store.manifest(&id).expect("manifest")
+    let Some(quic_peer::proto::manifest::Manifest::File(real)) =
+        store.manifest(&id).expect("manifest")
     else {
         panic!("a file manifest");
     };
     // Same chunks, but a size that makes the last one ten bytes longer.
-    let fake = quic_peer::chunk::Manifest::File(quic_peer::chunk::FileManifest {
-        size: real.size + 10,
-        ..real.clone()
-    })
-    .encode();
+    let fake =
+        quic_peer::proto::manifest::Manifest::File(quic_peer::proto::manifest::FileManifest {
+            size: real.size + 10,
+            ..real.clone()
+        })
+        .encode();
     let fake_id = Hash::of(&fake);
     let conn = net[1]
         .node

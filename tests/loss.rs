@@ -1,5 +1,5 @@
 //! Bad links: every test here sends its traffic through the UDP impairment
-//! relay (`quic_peer::relay`) and asserts the relay's counters, so a pass
+//! relay (`quic_peer_relay`) and asserts the relay's counters, so a pass
 //! proves the bytes crossed the lossy path rather than going around it.
 //!
 //! Nodes that must only be reachable through a relay advertise the relay's
@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{at, init_logs, random_bytes, store_node_with, wait_event, wait_until, StoreNode};
-use quic_peer::chunk::DEFAULT_CHUNK_SIZE;
 use quic_peer::download::{download, DownloadOptions, NoProgress, Provider};
-use quic_peer::relay::{Impairment, Relay, RelayConfig};
+use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
+use quic_peer::proto::ticket::Target;
+use quic_peer::proto::wire::Role;
 use quic_peer::replication;
-use quic_peer::ticket::Target;
-use quic_peer::wire::Role;
 use quic_peer::{LeftReason, Node, NodeConfig, PeerAddr, PeerEvent};
+use quic_peer_relay::{Impairment, Relay, RelayConfig};
 
 const MIB: usize = 1 << 20;
 
@@ -246,7 +246,7 @@ async fn membership_gossip_and_lookups_work_at_20_percent_loss() {
     }
     assert_eq!(fetched, 2);
 
-    let mut total = quic_peer::relay::DirStats::default();
+    let mut total = quic_peer_relay::DirStats::default();
     for r in &net {
         let s = r.relay.stats();
         assert!(s.sessions > 0 && s.bytes_out() > 0, "relay unused: {s:?}");

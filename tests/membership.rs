@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{connected, node, wait_event, wait_until};
-use quic_peer::wire::{self, ErrorCode, Join, Request, Role, MAX_CONTROL_FRAME, PROTOCOL_VERSION};
+use quic_peer::proto::wire::{
+    self, ErrorCode, Join, Request, Role, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
+};
 use quic_peer::{ConnectError, Identity, LeftReason, Node, NodeConfig, PeerAddr, PeerEvent};
 
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -164,11 +166,14 @@ async fn simultaneous_dials_leave_one_connection() {
 /// A raw QUIC client with a valid identity, to speak broken protocol at a node.
 async fn raw_client(target: &Node) -> quinn::Connection {
     let identity = Identity::generate().unwrap();
-    let (client, _) = quic_peer::tls::quic_configs(&identity).unwrap();
+    let (client, _) = quic_peer::crypto::tls::quic_configs(&identity).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(client));
     endpoint
-        .connect(target.local_addr(), quic_peer::tls::UNPINNED_SERVER_NAME)
+        .connect(
+            target.local_addr(),
+            quic_peer::crypto::tls::UNPINNED_SERVER_NAME,
+        )
         .unwrap()
         .await
         .unwrap()
@@ -238,7 +243,7 @@ async fn hostile_control_streams_are_cut_off_while_others_are_served() {
         .await
         .unwrap();
     let welcome: Option<wire::Control> =
-        quic_peer::stream::read_frame(&mut recv, MAX_CONTROL_FRAME)
+        quic_peer::proto::frame::read_frame(&mut recv, MAX_CONTROL_FRAME)
             .await
             .unwrap();
     assert!(matches!(welcome, Some(wire::Control::Welcome(_))));

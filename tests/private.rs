@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{binary, connected, parse_started, random_bytes, store_node_with, wait_until, Proc};
-use quic_peer::chunk::DEFAULT_CHUNK_SIZE;
+use quic_peer::crypto::netkey::NetworkKey;
+use quic_peer::crypto::tls::Refusal;
 use quic_peer::download::{DownloadOptions, NoProgress};
-use quic_peer::netkey::NetworkKey;
+use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
+use quic_peer::proto::ticket::Target;
 use quic_peer::replication;
-use quic_peer::ticket::Target;
-use quic_peer::tls::Refusal;
 use quic_peer::{ConnectError, Node, NodeConfig, NodeId, PeerAddr, PeerEvent};
 
 const T: Duration = Duration::from_secs(20);

@@ -18,17 +18,18 @@ use proptest::sample::Index;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 
-use quic_peer::chunk::{
-    DirEntry, DirManifest, FileManifest, Hash, Manifest, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE,
-    MAX_NAME_LEN, MIN_CHUNK_SIZE,
+use quic_peer::proto::frame::{read_frame, FrameError};
+use quic_peer::proto::manifest::{
+    DirEntry, DirManifest, FileManifest, Manifest, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE, MAX_NAME_LEN,
+    MIN_CHUNK_SIZE,
 };
-use quic_peer::stream::{read_frame, FrameError};
-use quic_peer::ticket::{Target, Ticket, MAX_HOLDERS};
-use quic_peer::wire::{
+use quic_peer::proto::ticket::{Target, Ticket, MAX_HOLDERS};
+use quic_peer::proto::wire::{
     self, Control, DhtRequest, ErrorCode, Join, LeaveReason, Message, NackReason, PeerRecord,
     Request, Response, Role, Welcome, WireError, LEN_PREFIX, MAX_ADDRS_PER_PEER, MAX_CONTROL_FRAME,
     MAX_PEERS_PER_MESSAGE, PROTOCOL_VERSION,
 };
+use quic_peer::proto::Hash;
 use quic_peer::NodeId;
 
 // ---------------------------------------------------------------------------

@@ -17,8 +17,8 @@ use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
 
 use libfuzzer_sys::fuzz_target;
-use quic_peer::stream::{read_frame, FrameError};
-use quic_peer::wire::{
+use quic_peer::proto::frame::{read_frame, FrameError};
+use quic_peer::proto::wire::{
     self, Control, Message, Request, Response, WireError, LEN_PREFIX, MAX_CONTROL_FRAME,
 };
 use tokio::io::{AsyncRead, ReadBuf};

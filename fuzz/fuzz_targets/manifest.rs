@@ -7,10 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use quic_peer::chunk::{
-    Hash, Manifest, MAX_CHUNK_SIZE, MAX_DIR_ENTRIES, MAX_MANIFEST_SIZE, MAX_NAME_LEN,
-    MIN_CHUNK_SIZE,
-};
+use quic_peer::proto::manifest::{Manifest, MAX_CHUNK_SIZE, MAX_DIR_ENTRIES, MAX_MANIFEST_SIZE, MAX_NAME_LEN, MIN_CHUNK_SIZE};
+use quic_peer::proto::Hash;
 
 fn name_ok(name: &str) -> bool {
     !name.is_empty()

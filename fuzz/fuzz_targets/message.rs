@@ -11,7 +11,7 @@
 use std::fmt::Debug;
 
 use libfuzzer_sys::fuzz_target;
-use quic_peer::wire::{
+use quic_peer::proto::wire::{
     self, Control, Message, Request, Response, LEN_PREFIX, MAX_ADDRS_PER_PEER, MAX_CONTROL_FRAME,
     MAX_PEERS_PER_MESSAGE, PROTOCOL_VERSION,
 };

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::distance;
-use crate::identity::NodeId;
+use crate::proto::NodeId;
 
 /// A node the table knows, with where to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,12 +12,13 @@
 //!   stall it.
 //! - [`providers`]: provider records with expiry.
 
+pub mod behaviour;
 pub mod kbucket;
 pub mod providers;
 pub mod query;
 pub mod sim;
 
-use crate::identity::NodeId;
+use crate::proto::NodeId;
 
 /// Bucket size and the number of closest nodes a lookup converges on.
 pub const K: usize = 20;
@@ -54,7 +55,7 @@ pub fn distance(a: &NodeId, b: &NodeId) -> Distance {
 }
 
 /// The DHT key of a file id.
-pub fn key_of(hash: &crate::chunk::Hash) -> NodeId {
+pub fn key_of(hash: &crate::proto::Hash) -> NodeId {
     NodeId::from_bytes(*hash.as_bytes())
 }
 

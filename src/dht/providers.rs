@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::identity::NodeId;
-use crate::wire::PeerRecord;
+use crate::proto::wire::PeerRecord;
+use crate::proto::NodeId;
 
 /// Providers kept per key.
 pub const MAX_PROVIDERS_PER_KEY: usize = 20;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::kbucket::Contact;
 use super::{distance, Distance};
-use crate::identity::NodeId;
+use crate::proto::NodeId;
 
 /// Lookup parameters.
 #[derive(Clone, Copy, Debug)]

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use super::kbucket::{Contact, Insert, RoutingTable};
 use super::query::{Lookup, LookupConfig, Poll};
 use super::{distance, K};
-use crate::identity::NodeId;
+use crate::proto::NodeId;
 
 /// A simulated network.
 pub struct Sim {

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use quic_peer::chunk::{Hash, Manifest};
+use quic_peer::proto::frame::{read_frame, write_frame};
+use quic_peer::proto::manifest::Manifest;
+use quic_peer::proto::wire::{Request, Response, MAX_CONTROL_FRAME};
+use quic_peer::proto::Hash;
 use quic_peer::store::Store;
-use quic_peer::stream::{read_frame, write_frame};
-use quic_peer::wire::{Request, Response, MAX_CONTROL_FRAME};
 use quic_peer::{Identity, NodeId};
 
 /// How the liar answers GET_CHUNK.
@@ -80,7 +81,7 @@ impl Liar {
     ) -> Result<Liar> {
         let identity = Identity::generate()?;
         let id = identity.node_id();
-        let (_, server) = quic_peer::tls::quic_configs(&identity)?;
+        let (_, server) = quic_peer::crypto::tls::quic_configs(&identity)?;
         let endpoint = quinn::Endpoint::new(
             quic_peer::node::endpoint_config(),
             Some(quinn::ServerConfig::with_crypto(server)),
@@ -135,7 +136,7 @@ impl Liar {
     /// to the liar's id, to hand to a download as a provider.
     pub async fn connect(&self) -> Result<quinn::Connection> {
         let identity = Identity::generate()?;
-        let (client, _) = quic_peer::tls::quic_configs(&identity)?;
+        let (client, _) = quic_peer::crypto::tls::quic_configs(&identity)?;
         let mut ep = quinn::Endpoint::new(
             quic_peer::node::endpoint_config(),
             None,
@@ -144,7 +145,10 @@ impl Liar {
         )?;
         ep.set_default_client_config(quinn::ClientConfig::new(client));
         let conn = ep
-            .connect(self.addr, &quic_peer::tls::server_name_for(Some(self.id)))?
+            .connect(
+                self.addr,
+                &quic_peer::crypto::tls::server_name_for(Some(self.id)),
+            )?
             .await?;
         Ok(conn)
     }

@@ -354,10 +354,10 @@ pub fn bad_chunks(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .into_iter()
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let Ok(hash) = name.parse::<quic_peer::chunk::Hash>() else {
+            let Ok(hash) = name.parse::<quic_peer::proto::Hash>() else {
                 return true;
             };
-            std::fs::read(p).map_or(true, |b| quic_peer::chunk::Hash::of(&b) != hash)
+            std::fs::read(p).map_or(true, |b| quic_peer::proto::Hash::of(&b) != hash)
         })
         .collect()
 }
@@ -372,7 +372,7 @@ pub fn temp_files(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out.extend(chunk_files(data_dir).into_iter().filter(|p| {
         p.file_name()
             .and_then(|n| n.to_str())
-            .is_none_or(|n| n.parse::<quic_peer::chunk::Hash>().is_err())
+            .is_none_or(|n| n.parse::<quic_peer::proto::Hash>().is_err())
     }));
     if let Ok(entries) = std::fs::read_dir(&store) {
         for e in entries.flatten() {

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::identity::NodeId;
+use crate::proto::NodeId;
 
 /// How long a ban lasts.
 pub const BAN_FOR: Duration = Duration::from_secs(30 * 60);

@@ -21,17 +21,18 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::chunk::{build_tree, ChunkLocation, Hash, Tree};
 use crate::dht::kbucket::Contact;
 use crate::download::{
     download_scored, DownloadError, DownloadOptions, DownloadStats, Progress, Provider,
 };
-use crate::identity::NodeId;
 use crate::node::{Node, PeerAddr};
+use crate::proto::ticket::{Target, Ticket, MAX_HOLDERS};
+use crate::proto::wire::PeerRecord;
+use crate::proto::Hash;
+use crate::proto::NodeId;
+use crate::store::chunker::{build_tree, ChunkLocation, Tree};
 use crate::store::Store;
-use crate::ticket::{Target, Ticket, MAX_HOLDERS};
 use crate::transfer::{hold_file, push_chunk, push_manifest, PushError};
-use crate::wire::PeerRecord;
 
 /// Chunks pushed to one target at a time.
 pub const PUSH_IN_FLIGHT: usize = 8;
@@ -103,7 +104,7 @@ impl ChunkSource {
 pub enum PutError {
     /// Reading or chunking the local file failed.
     #[error(transparent)]
-    Chunk(#[from] crate::chunk::ChunkError),
+    Chunk(#[from] crate::store::chunker::ChunkError),
     /// Storing it locally failed (quota, disk).
     #[error(transparent)]
     Import(#[from] crate::store::ImportError),
@@ -150,7 +151,7 @@ pub async fn put(
             let s = store.clone();
             let tree = tokio::task::spawn_blocking(move || s.import(&path, chunk_size))
                 .await
-                .map_err(|e| crate::chunk::ChunkError::Io {
+                .map_err(|e| crate::store::chunker::ChunkError::Io {
                     path: PathBuf::new(),
                     source: std::io::Error::other(e),
                 })??;
@@ -163,10 +164,10 @@ pub async fn put(
                     map.entry(hash).or_insert(loc);
                     Ok(())
                 })?;
-                Ok::<_, crate::chunk::ChunkError>((tree, map))
+                Ok::<_, crate::store::chunker::ChunkError>((tree, map))
             })
             .await
-            .map_err(|e| crate::chunk::ChunkError::Io {
+            .map_err(|e| crate::store::chunker::ChunkError::Io {
                 path: PathBuf::new(),
                 source: std::io::Error::other(e),
             })??;

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use quic_peer::chunk::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-use quic_peer::datadir::{self, DataDir};
+use quic_peer::crypto::netkey::NetworkKey;
 use quic_peer::download::{DownloadOptions, DownloadStats, Progress};
-use quic_peer::netkey::NetworkKey;
 use quic_peer::node::Congestion;
+use quic_peer::proto::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use quic_peer::proto::ticket::Target;
+use quic_peer::proto::wire::Role;
 use quic_peer::replication::{self, PutReport};
-use quic_peer::ticket::Target;
-use quic_peer::wire::Role;
+use quic_peer::store::datadir::{self, DataDir};
 use quic_peer::{Identity, Node, NodeConfig, NodeId, PeerAddr, PeerEvent, PeerState};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -111,6 +111,31 @@ struct NodeArgs {
     allow: Vec<NodeId>,
 }
 
+/// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("unknown unit in {s:?}: use ms, s, m or h")),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s or 5m"))?;
+    let secs = v * scale;
+    if !(0.0..=7.0 * 86_400.0).contains(&secs) {
+        return Err(format!("{s:?} is out of range (0 to 7 days)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Parses `1024`, `64K`, `500M`, `20G`, `1T` (binary units).
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -169,7 +194,7 @@ enum Command {
         out: PathBuf,
         /// After an attempt that got part of the file, keep looking for
         /// providers and resuming this long (30s, 5m; 0 to give up at once).
-        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = quic_peer::relay::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         retry_for: Duration,
         /// Chunk data requested at once, across all peers (at least one
         /// chunk); as much again may wait to be written in order. Bounds the
@@ -452,7 +477,7 @@ fn command(node: &Node, line: &str) -> bool {
     true
 }
 
-const DEFAULT_CHUNK: u32 = quic_peer::chunk::DEFAULT_CHUNK_SIZE;
+const DEFAULT_CHUNK: u32 = quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
 
 fn print_files(node: &Node) {
     let Some(store) = node.store() else {

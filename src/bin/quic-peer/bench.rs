@@ -199,16 +199,17 @@ fn write_payload(path: &Path, size: u64) -> Result<()> {
 }
 
 fn file_id(src: &Path) -> Result<String> {
-    let tree =
-        quic_peer::chunk::build_tree(src, quic_peer::chunk::DEFAULT_CHUNK_SIZE, &mut |_, _, _| {
-            Ok(())
-        })?;
+    let tree = quic_peer::store::chunker::build_tree(
+        src,
+        quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE,
+        &mut |_, _, _| Ok(()),
+    )?;
     Ok(tree.root.to_string())
 }
 
 fn check_same(a: &Path, b: &Path) -> Result<()> {
-    let ha = quic_peer::chunk::build_tree(a, 1 << 20, &mut |_, _, _| Ok(()))?;
-    let mut hb = quic_peer::chunk::build_tree(b, 1 << 20, &mut |_, _, _| Ok(()))?;
+    let ha = quic_peer::store::chunker::build_tree(a, 1 << 20, &mut |_, _, _| Ok(()))?;
+    let mut hb = quic_peer::store::chunker::build_tree(b, 1 << 20, &mut |_, _, _| Ok(()))?;
     // Names differ; compare the chunk lists.
     hb.manifests.truncate(1);
     if ha.chunk_hashes() != hb.chunk_hashes() {
@@ -342,7 +343,7 @@ async fn bare_quinn(exe: &Path, size: u64, sink: Option<&Path>) -> Result<f64> {
 
 fn endpoint(server: bool) -> Result<quinn::Endpoint> {
     let identity = Identity::generate()?;
-    let (client, srv) = quic_peer::tls::quic_configs(&identity)?;
+    let (client, srv) = quic_peer::crypto::tls::quic_configs(&identity)?;
     let socket = quic_peer::node::bind_socket("127.0.0.1:0".parse()?, 4 << 20)?;
     let runtime = quinn::default_runtime().context("no runtime")?;
     let server_config = server.then(|| quinn::ServerConfig::with_crypto(srv));
@@ -359,7 +360,7 @@ fn endpoint(server: bool) -> Result<quinn::Endpoint> {
 async fn bare_client(addr: SocketAddr, size: u64, sink: Option<&Path>) -> Result<f64> {
     let ep = endpoint(false)?;
     let conn = ep
-        .connect(addr, quic_peer::tls::UNPINNED_SERVER_NAME)?
+        .connect(addr, quic_peer::crypto::tls::UNPINNED_SERVER_NAME)?
         .await?;
     let start = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await?;

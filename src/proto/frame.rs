@@ -1,4 +1,4 @@
-//! Reading and writing [`wire`](crate::wire) frames on async byte streams.
+//! Reading and writing [`wire`](crate::proto::wire) frames on async byte streams.
 //!
 //! Generic over tokio's `AsyncRead`/`AsyncWrite`, so handlers work the same on
 //! quinn streams and on in-memory pipes in tests. Every read is bounded by the
@@ -6,7 +6,7 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::wire::{self, ErrorCode, Message, WireError, LEN_PREFIX};
+use crate::proto::wire::{self, ErrorCode, Message, WireError, LEN_PREFIX};
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub async fn write_frame<M: Message, W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Control, MAX_CONTROL_FRAME};
+    use crate::proto::wire::{Control, MAX_CONTROL_FRAME};
 
     #[tokio::test]
     async fn frames_cross_a_pipe() {

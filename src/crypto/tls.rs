@@ -10,7 +10,7 @@
 //!    name), the id derived from the key is that id,
 //! 4. in a private network ([`PeerPolicy::network`]), the certificate carries a
 //!    membership proof made with the network key for its own key
-//!    ([`crate::netkey`]), and
+//!    ([`crate::crypto::netkey`]), and
 //! 5. with an allow list ([`PeerPolicy::allow`]), the id is on it.
 //!
 //! Both sides run the same checks, so a refused peer fails inside the handshake
@@ -35,9 +35,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::identity::{node_id_from_cert, Identity, NodeId};
-use crate::netkey::NetworkKey;
-use crate::wire::ALPN;
+use crate::crypto::identity::{node_id_from_cert, Identity};
+use crate::crypto::netkey::NetworkKey;
+use crate::proto::wire::ALPN;
+use crate::proto::NodeId;
 
 /// The server name used when the dialer does not know the peer's id.
 pub const UNPINNED_SERVER_NAME: &str = "unpinned.quic-peer";
@@ -571,7 +572,7 @@ mod tests {
         assert_refused(dial(&lax, &a), "different network key");
         assert_eq!(
             n1.check_member(b.0.certificate()),
-            Err(crate::netkey::MembershipError::OtherNetwork)
+            Err(crate::crypto::netkey::MembershipError::OtherNetwork)
         );
     }
 
@@ -594,7 +595,7 @@ mod tests {
     fn copied_membership_extension_is_refused() {
         let net = NetworkKey::generate().unwrap();
         let victim = member(Some(&net));
-        let copied = crate::netkey::membership_proof(victim.0.certificate())
+        let copied = crate::crypto::netkey::membership_proof(victim.0.certificate())
             .unwrap()
             .to_vec();
         let thief = Identity::generate()
@@ -603,7 +604,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             net.check_member(thief.certificate()),
-            Err(crate::netkey::MembershipError::BadSignature)
+            Err(crate::crypto::netkey::MembershipError::BadSignature)
         );
         let thief = (thief, victim.1.clone());
         let other = member(Some(&net));

@@ -15,15 +15,17 @@ use quinn::Connection;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::chunk::Hash;
 use crate::dht::kbucket::{Contact, Insert, RoutingTable};
 use crate::dht::providers::ProviderStore;
 use crate::dht::query::{Lookup, LookupConfig, Poll};
 use crate::dht::{distance, key_of, K};
-use crate::identity::NodeId;
 use crate::node::{Node, PeerAddr};
-use crate::stream::{read_frame, write_frame};
-use crate::wire::{DhtRequest, NackReason, PeerRecord, Request, Response, MAX_CONTROL_FRAME};
+use crate::proto::frame::{read_frame, write_frame};
+use crate::proto::wire::{
+    DhtRequest, NackReason, PeerRecord, Request, Response, MAX_CONTROL_FRAME,
+};
+use crate::proto::Hash;
+use crate::proto::NodeId;
 
 /// The node's DHT state.
 pub struct DhtState {
@@ -79,7 +81,7 @@ fn record(c: &Contact) -> PeerRecord {
             .addrs
             .iter()
             .copied()
-            .take(crate::wire::MAX_ADDRS_PER_PEER)
+            .take(crate::proto::wire::MAX_ADDRS_PER_PEER)
             .collect(),
     }
 }
@@ -90,7 +92,7 @@ fn contact(r: PeerRecord) -> Contact {
         addrs: r
             .addrs
             .into_iter()
-            .filter(crate::membership::dialable)
+            .filter(crate::net::membership::dialable)
             .collect(),
     }
 }
@@ -175,7 +177,7 @@ impl Node {
                     let mut addrs: Vec<SocketAddr> = provider
                         .addrs
                         .into_iter()
-                        .filter(crate::membership::dialable)
+                        .filter(crate::net::membership::dialable)
                         .collect();
                     if addrs.is_empty() {
                         addrs.push(remote);
@@ -368,7 +370,7 @@ impl Node {
     pub async fn closest_nodes(&self, file: Hash, n: usize) -> Vec<Contact> {
         let key = key_of(&file);
         let mut nodes = self.lookup(key, None).await.closest;
-        if self.config().role == crate::wire::Role::Peer {
+        if self.config().role == crate::proto::wire::Role::Peer {
             nodes.push(Contact {
                 id: self.id(),
                 addrs: self.listen_addrs(),
@@ -512,7 +514,7 @@ impl Node {
             .and_then(Result::ok)
             .flatten();
         let Some(tree) = tree else { return };
-        let tree = crate::chunk::Tree {
+        let tree = crate::store::chunker::Tree {
             root: file,
             manifests: tree.into_iter().map(|(id, m)| (id, m.encode())).collect(),
             size,

@@ -9,8 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::Hash;
-use crate::wire::{PeerRecord, MAX_ADDRS_PER_PEER};
+use crate::proto::wire::{PeerRecord, MAX_ADDRS_PER_PEER};
+use crate::proto::Hash;
 
 const PREFIX: &str = "qpt1";
 /// Most holders listed in a ticket.
@@ -105,7 +105,7 @@ impl FromStr for Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::NodeId;
+    use crate::proto::NodeId;
 
     #[test]
     fn ticket_round_trip() {

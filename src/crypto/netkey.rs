@@ -39,7 +39,8 @@ use std::sync::Arc;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use rustls::pki_types::CertificateDer;
 
-use crate::identity::{decode_b32, ed25519_public_key, encode_b32, CertIdentityError};
+use crate::crypto::identity::{ed25519_public_key, CertIdentityError};
+use crate::proto::hash::{decode_b32, encode_b32};
 
 /// The OID of the membership extension: 2.25.1534245637254920041.
 ///

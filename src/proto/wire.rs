@@ -3,7 +3,7 @@
 //!
 //! # Connection
 //!
-//! QUIC with mutual TLS 1.3 (see [`crate::tls`]), ALPN [`ALPN`] (`quic-peer/1`).
+//! QUIC with mutual TLS 1.3 (see [`crate::crypto::tls`]), ALPN [`ALPN`] (`quic-peer/1`).
 //! An incompatible protocol is a different ALPN and fails the handshake; within
 //! version 1, [`Join::version`] and [`Welcome::version`] carry the minor version
 //! and a peer sending one we do not speak is closed with
@@ -67,8 +67,9 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::{Hash, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
-use crate::identity::NodeId;
+use crate::proto::manifest::{MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
+use crate::proto::Hash;
+use crate::proto::NodeId;
 
 /// ALPN protocol id of version 1.
 pub const ALPN: &[u8] = b"quic-peer/1";

@@ -11,7 +11,7 @@
 //!    of chunk data) in flight in all; a fast peer
 //!    comes back for more sooner, so it serves more. A chunk that fails (timeout,
 //!    not found, peer gone) goes back in the queue for the other providers.
-//!    Misbehaviour is scored ([`crate::score`]): a peer that sends bad bytes is
+//!    Misbehaviour is scored ([`crate::download::score`]): a peer that sends bad bytes is
 //!    banned, and a banned peer is asked nothing; one that times out or denies
 //!    holding what it was named for is ranked down. Within the download a peer
 //!    that denies the manifest, or gives [`UNHELPFUL_LIMIT`] useless answers
@@ -25,6 +25,8 @@
 //!    the length right), synced, then renamed to its final name. A failed
 //!    download leaves only the `.part`, never a file under the final name.
 
+pub mod score;
+
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -36,9 +38,10 @@ use quinn::Connection;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::chunk::{FileManifest, Hash, Manifest};
-use crate::identity::NodeId;
-use crate::score::{Offense, PeerScores};
+use crate::download::score::{Offense, PeerScores};
+use crate::proto::manifest::{FileManifest, Manifest};
+use crate::proto::Hash;
+use crate::proto::NodeId;
 use crate::transfer::{fetch_chunk, fetch_manifest, FetchError};
 
 /// A peer to download from.
@@ -314,7 +317,7 @@ fn score_failure(
             warn!(
                 peer = %p,
                 "peer sent bad data for {what}: {e}; banned for {} min",
-                crate::score::BAN_FOR.as_secs() / 60
+                crate::download::score::BAN_FOR.as_secs() / 60
             );
         }
     }

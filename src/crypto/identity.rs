@@ -7,25 +7,22 @@
 //! `certs/README.md` for the format.
 //!
 //! In a private network the certificate presented also carries the network's
-//! membership proof ([`crate::netkey`]); [`Identity::for_network`] re-makes it
+//! membership proof ([`crate::crypto::netkey`]); [`Identity::for_network`] re-makes it
 //! from the key at every start, so a stale proof is never presented and the id
 //! stays the same.
 //!
-//! `NodeId = BLAKE3(raw Ed25519 public key)`: 256 bits, printed as 52 characters of
-//! lowercase base32 (the DNSSEC alphabet, which is also a valid DNS label, so the id
-//! can travel as the TLS server name).
+//! `NodeId = BLAKE3(raw Ed25519 public key)` ([`NodeId::from_public_key`]).
 
 use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde::{Deserialize, Serialize};
 
-use crate::netkey::{NetworkKey, MEMBERSHIP_OID};
+use crate::crypto::netkey::{NetworkKey, MEMBERSHIP_OID};
+use crate::proto::NodeId;
 
 /// File name of the node's private key inside the data directory.
 pub const KEY_FILE: &str = "node.key";
@@ -36,82 +33,6 @@ pub const CERT_FILE: &str = "node.crt";
 const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
-
-/// A node's identity on the network: BLAKE3 of its Ed25519 public key.
-///
-/// It is also a point in the DHT's 256-bit key space.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NodeId([u8; 32]);
-
-impl NodeId {
-    /// The id belonging to a raw 32-byte Ed25519 public key.
-    pub fn from_public_key(key: &[u8; 32]) -> Self {
-        NodeId(*blake3::hash(key).as_bytes())
-    }
-
-    /// Wraps 32 raw bytes (for tests, the DHT key space, and decoding).
-    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
-        NodeId(bytes)
-    }
-
-    /// The raw 32 bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// The first ten characters of the text form, for logs.
-    pub fn fmt_short(&self) -> String {
-        let mut s = self.to_string();
-        s.truncate(10);
-        s
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&encode_b32(&self.0))
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({})", self.fmt_short())
-    }
-}
-
-/// A string that is not a valid [`NodeId`].
-#[derive(Debug, thiserror::Error)]
-#[error("invalid node id {input:?}: expected 52 base32 characters (0-9, a-v)")]
-pub struct ParseNodeIdError {
-    /// What was given.
-    pub input: String,
-}
-
-/// The 52-character lowercase base32 (DNSSEC alphabet) text form of 32 bytes,
-/// shared by node ids and content hashes.
-pub(crate) fn encode_b32(bytes: &[u8; 32]) -> String {
-    data_encoding::BASE32_DNSSEC.encode(bytes)
-}
-
-/// Parses [`encode_b32`]'s form (either case).
-pub(crate) fn decode_b32(s: &str) -> Option<[u8; 32]> {
-    data_encoding::BASE32_DNSSEC
-        .decode(s.to_ascii_lowercase().as_bytes())
-        .ok()?
-        .try_into()
-        .ok()
-}
-
-impl FromStr for NodeId {
-    type Err = ParseNodeIdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseNodeIdError {
-            input: s.chars().take(80).collect(),
-        };
-        decode_b32(s).map(NodeId).ok_or_else(err)
-    }
-}
 
 /// Why a certificate does not carry a usable identity.
 #[derive(Debug, thiserror::Error)]
@@ -348,18 +269,6 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn node_id_text_round_trip() {
-        let id = NodeId::from_public_key(&[7u8; 32]);
-        let text = id.to_string();
-        assert_eq!(text.len(), 52);
-        assert_eq!(text.parse::<NodeId>().unwrap(), id);
-        assert_eq!(text.to_uppercase().parse::<NodeId>().unwrap(), id);
-        assert!("abc".parse::<NodeId>().is_err());
-        assert!(format!("{text}x").parse::<NodeId>().is_err());
-        assert!(id.fmt_short().len() == 10 && text.starts_with(&id.fmt_short()));
-    }
 
     #[test]
     fn cert_yields_the_key_id() {

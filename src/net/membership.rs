@@ -14,7 +14,7 @@
 //!   if the peer's session differs, the peer restarted and the new connection
 //!   replaces the old; otherwise the connection dialed by the lower NodeId wins,
 //!   the same answer on both sides. The loser is closed only after both control
-//!   streams are up, with [`ErrorCode::DuplicateConnection`](crate::wire::ErrorCode).
+//!   streams are up, with [`ErrorCode::DuplicateConnection`](crate::proto::wire::ErrorCode).
 //! - Peers learned from gossip are *known*, not members, until a connection to
 //!   them is up; known peers that nobody mentions any more expire.
 //! - Clients (short-lived `put`/`get` processes) are never members, never
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use rand::seq::IteratorRandom;
 use tokio::sync::mpsc;
 
-use crate::identity::NodeId;
-use crate::wire::{Control, PeerRecord, Role, MAX_ADDRS_PER_PEER};
+use crate::proto::wire::{Control, PeerRecord, Role, MAX_ADDRS_PER_PEER};
+use crate::proto::NodeId;
 
 /// Most peers kept that are known from gossip but not connected.
 pub const MAX_KNOWN: usize = 1024;

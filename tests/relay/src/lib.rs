@@ -19,6 +19,8 @@
 //! relay; an optional capture keeps the datagrams so a test can look at what an
 //! observer on the path would see.
 
+#![deny(missing_docs)]
+
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -399,6 +401,17 @@ impl Shared {
     }
 }
 
+/// Binds a UDP socket with `buffer`-byte send and receive buffers asked of the
+/// kernel (it may grant less: `net.core.rmem_max`).
+fn bind_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -418,8 +431,7 @@ impl Relay {
         target: SocketAddr,
         config: RelayConfig,
     ) -> std::io::Result<Relay> {
-        let socket = crate::node::bind_socket(listen, config.socket_buffer)
-            .map_err(std::io::Error::other)?;
+        let socket = bind_socket(listen, config.socket_buffer)?;
         Relay::start_on(socket, target, config)
     }
 
@@ -608,12 +620,10 @@ async fn front_loop(
                 } else {
                     SocketAddr::from(([0u16; 8], 0))
                 };
-                let up = match crate::node::bind_socket(bind, config.socket_buffer)
-                    .map_err(std::io::Error::other)
-                    .and_then(|s| {
-                        s.set_nonblocking(true)?;
-                        UdpSocket::from_std(s)
-                    }) {
+                let up = match bind_socket(bind, config.socket_buffer).and_then(|s| {
+                    s.set_nonblocking(true)?;
+                    UdpSocket::from_std(s)
+                }) {
                     Ok(s) => Arc::new(s),
                     Err(e) => {
                         warn!("relay: cannot open an upstream socket: {e}");

@@ -50,6 +50,9 @@
 //! is never served and is fetched again from another holder by repair. BLAKE3
 //! runs at several GB/s, less than the QUIC encryption the bytes go through next.
 
+pub mod chunker;
+pub mod datadir;
+
 use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
@@ -62,7 +65,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::chunk::{Hash, Manifest, MAX_CHUNK_SIZE};
+use crate::proto::manifest::{Manifest, MAX_CHUNK_SIZE};
+use crate::proto::Hash;
 
 const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests");
 const FILES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("files");
@@ -73,8 +77,8 @@ const PROVIDERS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("dht_p
 
 /// A provider record as persisted: key, provider, addresses, expiry.
 pub type SavedProvider = (
-    crate::identity::NodeId,
-    crate::identity::NodeId,
+    crate::proto::NodeId,
+    crate::proto::NodeId,
     Vec<std::net::SocketAddr>,
     std::time::SystemTime,
 );
@@ -108,7 +112,7 @@ pub enum StoreError {
     },
     /// A manifest did not decode.
     #[error("invalid manifest: {0}")]
-    BadManifest(#[from] crate::wire::WireError),
+    BadManifest(#[from] crate::proto::wire::WireError),
     /// Disk I/O failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -881,9 +885,13 @@ impl Store {
 
     /// Imports a local file or directory: chunks and manifests are stored and
     /// the root is recorded as held.
-    pub fn import(&self, path: &Path, chunk_size: u32) -> Result<crate::chunk::Tree, ImportError> {
+    pub fn import(
+        &self,
+        path: &Path,
+        chunk_size: u32,
+    ) -> Result<crate::store::chunker::Tree, ImportError> {
         let mut store_err = None;
-        let tree = crate::chunk::build_tree(path, chunk_size, &mut |hash, data, _| {
+        let tree = crate::store::chunker::build_tree(path, chunk_size, &mut |hash, data, _| {
             self.put_chunk(&hash, data).map(|_| ()).map_err(|e| {
                 let msg = e.to_string();
                 store_err = Some(e);
@@ -915,7 +923,7 @@ impl Store {
     /// Replaces the saved routing-table contacts and provider records.
     pub fn save_dht(
         &self,
-        contacts: &[(crate::identity::NodeId, Vec<std::net::SocketAddr>)],
+        contacts: &[(crate::proto::NodeId, Vec<std::net::SocketAddr>)],
         providers: &[SavedProvider],
     ) -> Result<(), StoreError> {
         let tx = self.inner.db.begin_write()?;
@@ -951,12 +959,12 @@ impl Store {
         &self,
     ) -> Result<
         (
-            Vec<(crate::identity::NodeId, Vec<std::net::SocketAddr>)>,
+            Vec<(crate::proto::NodeId, Vec<std::net::SocketAddr>)>,
             Vec<SavedProvider>,
         ),
         StoreError,
     > {
-        use crate::identity::NodeId;
+        use crate::proto::NodeId;
         let tx = self.inner.db.begin_read()?;
         let mut contacts = Vec::new();
         for row in tx.open_table(CONTACTS)?.iter()? {
@@ -999,7 +1007,7 @@ impl Store {
 pub enum ImportError {
     /// Chunking failed (reading the source).
     #[error(transparent)]
-    Chunk(#[from] crate::chunk::ChunkError),
+    Chunk(#[from] crate::store::chunker::ChunkError),
     /// Storing failed (quota, disk).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -1120,7 +1128,7 @@ mod tests {
         let (id, paths) = held_file(&store, dir.path());
         let (other, _) = store
             .put_manifest(
-                &Manifest::File(crate::chunk::FileManifest {
+                &Manifest::File(crate::proto::manifest::FileManifest {
                     name: "o".into(),
                     size: 1,
                     chunk_size: 1024,
@@ -1187,7 +1195,7 @@ mod tests {
 
     #[test]
     fn a_directory_graph_with_billions_of_paths_is_walked_once() {
-        use crate::chunk::{DirEntry, DirManifest, FileManifest};
+        use crate::proto::manifest::{DirEntry, DirManifest, FileManifest};
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 30).unwrap();
         let file = Manifest::File(FileManifest {
@@ -1220,7 +1228,7 @@ mod tests {
     fn manifests_count_against_the_quota() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 100).unwrap();
-        let m = Manifest::File(crate::chunk::FileManifest {
+        let m = Manifest::File(crate::proto::manifest::FileManifest {
             name: "x".repeat(200),
             size: 0,
             chunk_size: 1024,
@@ -1267,7 +1275,7 @@ mod tests {
     }
 
     fn file_manifest(name: &str, chunks: &[&[u8]]) -> Manifest {
-        Manifest::File(crate::chunk::FileManifest {
+        Manifest::File(crate::proto::manifest::FileManifest {
             name: name.into(),
             size: chunks.iter().map(|c| c.len() as u64).sum(),
             chunk_size: 1024,
@@ -1343,14 +1351,14 @@ mod tests {
         let arriving = file_manifest("arriving", &[&c1, &c2]);
         let (w, _) = store.put_manifest(&waiting.encode()).unwrap();
         let (f, _) = store.put_manifest(&arriving.encode()).unwrap();
-        let tree = Manifest::Dir(crate::chunk::DirManifest {
+        let tree = Manifest::Dir(crate::proto::manifest::DirManifest {
             name: "dir".into(),
             entries: vec![
-                crate::chunk::DirEntry {
+                crate::proto::manifest::DirEntry {
                     name: "arriving".into(),
                     id: f,
                 },
-                crate::chunk::DirEntry {
+                crate::proto::manifest::DirEntry {
                     name: "waiting".into(),
                     id: w,
                 },

@@ -1,0 +1,3 @@
+//! The network core.
+
+pub mod membership;

@@ -1,0 +1,250 @@
+//! Manifests: what a file id names.
+//!
+//! A file is cut into chunks of `chunk_size` bytes (the last one shorter); each
+//! chunk is named by its BLAKE3 hash. A [`Manifest`] lists a file's name, size,
+//! chunk size and chunk hashes, or a directory's entries (each the id of another
+//! manifest). The *file id* is the BLAKE3 hash of the postcard-encoded manifest,
+//! so the id commits to every byte of the file or tree.
+
+use serde::{Deserialize, Serialize};
+
+use super::hash::Hash;
+use super::wire::WireError;
+
+/// Default chunk size: 1 MiB.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Smallest chunk size accepted.
+pub const MIN_CHUNK_SIZE: u32 = 1 << 10;
+/// Largest chunk size accepted (and so the largest chunk on the wire).
+pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+/// Cap on an encoded manifest: 16 MiB holds half a million chunk hashes.
+pub const MAX_MANIFEST_SIZE: usize = 16 << 20;
+/// Cap on a file or directory name in a manifest.
+pub const MAX_NAME_LEN: usize = 255;
+/// Cap on entries in one directory manifest.
+pub const MAX_DIR_ENTRIES: usize = 100_000;
+
+/// A file: its name, size, and the hashes of its chunks in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileManifest {
+    /// The file's name (no directory part).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Size of every chunk but the last.
+    pub chunk_size: u32,
+    /// Chunk hashes, in file order.
+    pub chunks: Vec<Hash>,
+}
+
+/// One entry of a directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// The entry's name (no slashes).
+    pub name: String,
+    /// The id (manifest hash) of the file or directory.
+    pub id: Hash,
+}
+
+/// A directory: the ids of its entries' manifests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirManifest {
+    /// The directory's name.
+    pub name: String,
+    /// Its entries, sorted by name.
+    pub entries: Vec<DirEntry>,
+}
+
+/// What a file id names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Manifest {
+    /// A regular file.
+    File(FileManifest),
+    /// A directory of files and directories.
+    Dir(DirManifest),
+}
+
+/// Refuses a name that cannot be used as a file name.
+pub fn check_name(name: &str) -> Result<(), WireError> {
+    let bad = name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\\', '\0']);
+    if bad {
+        return Err(WireError::Malformed(format!("bad name {name:?}")));
+    }
+    Ok(())
+}
+
+impl FileManifest {
+    /// Number of chunks a file of `size` bytes has.
+    pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
+        size.div_ceil(u64::from(chunk_size))
+    }
+
+    /// Byte offset and length of chunk `index`.
+    pub fn chunk_range(&self, index: usize) -> (u64, usize) {
+        let cs = u64::from(self.chunk_size);
+        let offset = index as u64 * cs;
+        let len = (self.size - offset).min(cs) as usize;
+        (offset, len)
+    }
+}
+
+impl Manifest {
+    /// The file id: BLAKE3 of the encoding.
+    pub fn id(&self) -> Hash {
+        Hash::of(&self.encode())
+    }
+
+    /// The name of the file or directory.
+    pub fn name(&self) -> &str {
+        match self {
+            Manifest::File(f) => &f.name,
+            Manifest::Dir(d) => &d.name,
+        }
+    }
+
+    /// postcard encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        // Encoding plain data into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes and checks a manifest: sizes agree with chunk counts, names are
+    /// plain names, lists are within limits.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, WireError> {
+        if bytes.len() > MAX_MANIFEST_SIZE {
+            return Err(WireError::FrameTooLarge {
+                len: bytes.len(),
+                max: MAX_MANIFEST_SIZE,
+            });
+        }
+        let (m, rest): (Manifest, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(WireError::TrailingBytes(rest.len()));
+        }
+        m.validate()?;
+        // postcard also reads over-long varints (`0x80 0x00` for 0): such bytes
+        // decode to a manifest whose id is not the hash of these bytes, giving
+        // one file many ids. Only the canonical encoding is a manifest.
+        if m.encode() != bytes {
+            return Err(WireError::Malformed(
+                "manifest is not canonically encoded".into(),
+            ));
+        }
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), WireError> {
+        match self {
+            Manifest::File(f) => {
+                check_name(&f.name)?;
+                if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&f.chunk_size) {
+                    return Err(WireError::Malformed(format!(
+                        "chunk size {} out of range",
+                        f.chunk_size
+                    )));
+                }
+                if FileManifest::chunk_count(f.size, f.chunk_size) != f.chunks.len() as u64 {
+                    return Err(WireError::Malformed(
+                        "chunk count does not match size".into(),
+                    ));
+                }
+                Ok(())
+            }
+            Manifest::Dir(d) => {
+                check_name(&d.name)?;
+                if d.entries.len() > MAX_DIR_ENTRIES {
+                    return Err(WireError::TooMany {
+                        what: "directory",
+                        len: d.entries.len(),
+                        max: MAX_DIR_ENTRIES,
+                    });
+                }
+                for e in &d.entries {
+                    check_name(&e.name)?;
+                }
+                if d.entries.windows(2).any(|w| w[0].name >= w[1].name) {
+                    return Err(WireError::Malformed(
+                        "directory entries not sorted or not unique".into(),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(size: u64, chunk_size: u32) -> Manifest {
+        Manifest::File(FileManifest {
+            name: "f".into(),
+            size,
+            chunk_size,
+            chunks: vec![Hash::of(b"x"); FileManifest::chunk_count(size, chunk_size) as usize],
+        })
+    }
+
+    #[test]
+    fn manifest_round_trip_and_id() {
+        for size in [0, 1, 1023, 1024, 1025, 10 * 1024] {
+            let m = file(size, 1024);
+            let bytes = m.encode();
+            assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+            assert_eq!(m.id(), Hash::of(&bytes));
+        }
+        let d = Manifest::Dir(DirManifest {
+            name: "d".into(),
+            entries: vec![
+                DirEntry {
+                    name: "a".into(),
+                    id: Hash::of(b"1"),
+                },
+                DirEntry {
+                    name: "b".into(),
+                    id: Hash::of(b"2"),
+                },
+            ],
+        });
+        assert_eq!(Manifest::decode(&d.encode()).unwrap(), d);
+    }
+
+    #[test]
+    fn inconsistent_manifests_are_rejected() {
+        let Manifest::File(mut f) = file(5000, 1024) else {
+            unreachable!()
+        };
+        f.chunks.pop();
+        assert!(Manifest::decode(&Manifest::File(f.clone()).encode()).is_err());
+        f.chunks.push(Hash::of(b"y"));
+        f.name = "../etc".into();
+        assert!(Manifest::decode(&Manifest::File(f.clone()).encode()).is_err());
+        f.name = "ok".into();
+        f.chunk_size = 1;
+        assert!(Manifest::decode(&Manifest::File(f).encode()).is_err());
+        let dup = Manifest::Dir(DirManifest {
+            name: "d".into(),
+            entries: vec![
+                DirEntry {
+                    name: "a".into(),
+                    id: Hash::of(b"1"),
+                },
+                DirEntry {
+                    name: "a".into(),
+                    id: Hash::of(b"2"),
+                },
+            ],
+        });
+        assert!(Manifest::decode(&dup.encode()).is_err());
+        assert!(Manifest::decode(&[0xff, 0xff]).is_err());
+        let mut trailing = file(1, 1024).encode();
+        trailing.push(0);
+        assert!(Manifest::decode(&trailing).is_err());
+    }
+}

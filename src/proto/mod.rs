@@ -1,0 +1,20 @@
+//! The protocol, sans IO: what travels between nodes and how it is framed.
+//!
+//! Nothing here holds a socket or reads a clock: encoding and decoding work on
+//! byte slices ([`wire`], [`manifest`], [`ticket`]), and [`frame`] reads and
+//! writes frames on any tokio byte stream, so handlers can be tested on
+//! in-memory pipes and every decoder can be fuzzed.
+//!
+//! - [`hash`]: BLAKE3 [`Hash`]es and [`NodeId`]s, and their base32 text form.
+//! - [`wire`]: messages, frame caps, error codes; the module doc is the spec.
+//! - [`manifest`]: what a file id names (a file's chunks, a directory's entries).
+//! - [`ticket`]: a file id plus its holders in one copyable string.
+//! - [`frame`]: bounded reads and writes of frames on async byte streams.
+
+pub mod frame;
+pub mod hash;
+pub mod manifest;
+pub mod ticket;
+pub mod wire;
+
+pub use hash::{Hash, NodeId};
