@@ -26,14 +26,17 @@ async fn real(n: usize, lookups: usize) -> anyhow::Result<()> {
         );
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !nodes.iter().all(|x| x.routing_table_len() >= 8.min(n - 1)) {
+    while !nodes
+        .iter()
+        .all(|x| x.dht().routing_table_len() >= 8.min(n - 1))
+    {
         anyhow::ensure!(Instant::now() < deadline, "routing tables did not fill");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Let the joins' own lookups settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sizes = |nodes: &[Node]| {
-        let t: Vec<usize> = nodes.iter().map(|x| x.routing_table_len()).collect();
+        let t: Vec<usize> = nodes.iter().map(|x| x.dht().routing_table_len()).collect();
         let c: Vec<usize> = nodes.iter().map(|x| x.connected_peers().len()).collect();
         format!(
             "table min {} max {}, connected min {} max {}",
@@ -51,7 +54,7 @@ async fn real(n: usize, lookups: usize) -> anyhow::Result<()> {
     for _ in 0..lookups {
         let from = &nodes[rng.random_range(0..n)];
         let target = nodes[rng.random_range(0..n)].id();
-        let out = from.lookup(target, None).await;
+        let out = from.dht().lookup(target, None).await;
         if target == from.id() || out.closest.first().is_some_and(|c| c.id == target) {
             found += 1;
         }

@@ -73,9 +73,9 @@ async fn main() -> Result<()> {
     .await?;
     let src = work.path().join("payload.bin");
     write_payload(&src, size)?;
-    let report =
-        quic_peer::replication::put(&holder, &src, 0, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
-            .await?;
+    let report = holder
+        .put(&src, 0, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
+        .await?;
     std::fs::remove_file(&src)?;
 
     let stock = BareServer::start(false).await?;
@@ -321,7 +321,7 @@ impl BareServer {
                 idle_timeout: Duration::from_secs(20),
                 ..NodeConfig::default()
             };
-            quic_peer::node::transport_config(&cfg)?
+            quic_peer::net::endpoint::transport_config(&cfg)?
         } else {
             let mut t = quinn::TransportConfig::default();
             t.max_idle_timeout(Some(Duration::from_secs(20).try_into()?));
@@ -330,7 +330,7 @@ impl BareServer {
         let transport = Arc::new(transport);
         let endpoint_config = || {
             if tuned {
-                quic_peer::node::endpoint_config()
+                quic_peer::net::endpoint::endpoint_config()
             } else {
                 quinn::EndpointConfig::default()
             }
@@ -343,7 +343,7 @@ impl BareServer {
         let ep = quinn::Endpoint::new(
             endpoint_config(),
             Some(server_config),
-            quic_peer::node::bind_socket("127.0.0.1:0".parse()?, 4 << 20)?,
+            quic_peer::net::endpoint::bind_socket("127.0.0.1:0".parse()?, 4 << 20)?,
             runtime.clone(),
         )?;
         let server = ep.clone();
@@ -378,7 +378,7 @@ impl BareServer {
         let mut client = quinn::Endpoint::new(
             endpoint_config(),
             None,
-            quic_peer::node::bind_socket("127.0.0.1:0".parse()?, 4 << 20)?,
+            quic_peer::net::endpoint::bind_socket("127.0.0.1:0".parse()?, 4 << 20)?,
             runtime,
         )?;
         client.set_default_client_config(client_config);

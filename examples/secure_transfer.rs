@@ -179,7 +179,8 @@ async fn start(dir: &Path, name: &str, role: Role) -> Result<Node> {
 
 /// A (full node with a store) stores the file at `path` locally only.
 async fn store_locally(node: &Node, path: &Path) -> Result<replication::PutReport> {
-    let report = replication::put(node, path, 0, CHUNK_SIZE, Arc::new(NoProgress))
+    let report = node
+        .put(path, 0, CHUNK_SIZE, Arc::new(NoProgress))
         .await
         .with_context(|| format!("storing {} failed", path.display()))?;
     ensure!(

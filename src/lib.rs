@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
+pub mod config;
 pub mod crypto;
 pub mod dht;
 pub mod download;
@@ -39,7 +40,10 @@ pub mod replication;
 pub mod store;
 pub mod transfer;
 
+pub use config::NodeConfig;
 pub use crypto::identity::Identity;
 pub use net::membership::{LeftReason, PeerEvent, PeerInfo, PeerState};
-pub use node::{ConnectError, Node, NodeConfig, PeerAddr, StartError};
+pub use net::ConnectError;
+pub use node::{Node, StartError};
 pub use proto::NodeId;
+pub use proto::PeerAddr;

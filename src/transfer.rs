@@ -1,11 +1,13 @@
 //! Transfers: one bidirectional stream per chunk or manifest.
 //!
-//! [`serve`] answers the requests a peer opens (GET, PUT, HOLD, HAS) from the
-//! node's [`Store`]; the client half ([`fetch_chunk`], [`push_chunk`], …) opens
+//! [`Transfers`], the service the node registers for GET, PUT, HOLD and HAS,
+//! answers the requests a peer opens ([`serve`]) from the node's [`Store`],
+//! each within [`STREAM_DEADLINE`]; the client half ([`fetch_chunk`], [`push_chunk`], …) opens
 //! the streams. Every byte that arrives is checked against its BLAKE3 name before
 //! it is stored or handed back. Handlers are generic over the stream traits, so
 //! they also run on in-memory pipes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,9 +15,13 @@ use quinn::Connection;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{debug, warn};
 
+use crate::net::router::{RequestStream, ServeFuture};
+use crate::net::Service;
 use crate::proto::frame::{read_frame, write_frame, FrameError};
 use crate::proto::manifest::{Manifest, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
-use crate::proto::wire::{ErrorCode, NackReason, Request, Response, MAX_CONTROL_FRAME};
+use crate::proto::wire::{
+    ErrorCode, NackReason, Request, RequestKind, Response, MAX_CONTROL_FRAME,
+};
 use crate::proto::Hash;
 use crate::store::{Store, StoreError};
 
@@ -95,6 +101,64 @@ pub enum PushError {
     /// The answer did not decode.
     #[error(transparent)]
     Frame(#[from] FrameError),
+}
+
+/// Longest a peer may take over one transfer stream (a 16 MiB chunk at
+/// 100 kB/s), after which the stream is dropped: a peer that stops reading or
+/// writing must not pin a buffer (up to a chunk) and a stream forever.
+pub const STREAM_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Hears that this node now holds a file a peer asked it to hold.
+pub trait HoldListener: Send + Sync + 'static {
+    /// `file` is held, complete, from now on.
+    fn held(&self, file: Hash) -> ServeFuture;
+}
+
+/// The transfer service: serves chunks and manifests from the store, takes
+/// them into it, and holds files. A node without a store (a client) finds
+/// nothing and takes nothing.
+pub struct Transfers {
+    store: Option<Store>,
+    on_hold: Option<Arc<dyn HoldListener>>,
+}
+
+impl Transfers {
+    /// The requests this service answers.
+    pub const KINDS: [RequestKind; 6] = [
+        RequestKind::GetChunk,
+        RequestKind::PutChunk,
+        RequestKind::GetManifest,
+        RequestKind::PutManifest,
+        RequestKind::Hold,
+        RequestKind::Has,
+    ];
+
+    /// Serves from `store`; `on_hold` hears of every file held anew.
+    pub fn new(store: Option<Store>, on_hold: Option<Arc<dyn HoldListener>>) -> Self {
+        Transfers { store, on_hold }
+    }
+}
+
+impl Service for Transfers {
+    fn serve(&self, stream: RequestStream) -> ServeFuture {
+        let store = self.store.clone();
+        let on_hold = self.on_hold.clone();
+        Box::pin(async move {
+            let held = match &stream.request {
+                Request::Hold { id } => Some(*id),
+                _ => None,
+            };
+            let served = serve(store.clone(), stream.request, stream.send, stream.recv);
+            if tokio::time::timeout(STREAM_DEADLINE, served).await.is_err() {
+                debug!("transfer stream took too long: dropped");
+            }
+            if let (Some(id), Some(store), Some(on_hold)) = (held, store, on_hold) {
+                if store.holds(&id).unwrap_or(false) {
+                    on_hold.held(id).await;
+                }
+            }
+        })
+    }
 }
 
 fn stream_err(e: impl std::fmt::Display) -> String {

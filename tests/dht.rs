@@ -13,14 +13,13 @@ use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
 use quic_peer::proto::ticket::Target;
 use quic_peer::proto::wire::{DhtRequest, NackReason, PeerRecord, Response};
 use quic_peer::proto::Hash;
-use quic_peer::replication;
 use quic_peer::{Identity, Node};
 
 const R: usize = 3;
 
 async fn network(n: usize) -> Vec<StoreNode> {
     common::store_network_until(n, "routing tables filled", Duration::from_secs(60), |x| {
-        x.routing_table_len() >= 10 && x.connected_peers().len() >= 10
+        x.dht().routing_table_len() >= 10 && x.connected_peers().len() >= 10
     })
     .await
 }
@@ -47,15 +46,11 @@ async fn sixty_nodes_find_files_and_survive_losing_a_third() {
         let data = random_bytes(2 * 1024 * 1024 + i, i as u64);
         let path = src.path().join(format!("f{i}"));
         std::fs::write(&path, &data).unwrap();
-        let report = replication::put(
-            &net[from].node,
-            &path,
-            R,
-            DEFAULT_CHUNK_SIZE,
-            Arc::new(NoProgress),
-        )
-        .await
-        .unwrap();
+        let report = net[from]
+            .node
+            .put(&path, R, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
+            .await
+            .unwrap();
         assert_eq!(report.remote_copies, R, "{:?}", report.failures);
         files.push((report.id, data));
     }
@@ -64,13 +59,13 @@ async fn sixty_nodes_find_files_and_survive_losing_a_third() {
     let mut rounds = Vec::new();
     for s in &net {
         for (id, _) in &files {
-            let found = s.node.find_providers(*id, 1).await;
+            let found = s.node.dht().lookup_providers(*id, 1).await;
             assert!(
                 !found.providers.is_empty() || s.node.store().unwrap().holds(id).unwrap(),
                 "node {} found no provider of {id}",
                 s.node.id().fmt_short()
             );
-            let full = s.node.lookup(quic_peer::dht::key_of(id), None).await;
+            let full = s.node.dht().lookup(quic_peer::dht::key_of(id), None).await;
             rounds.push(full.rounds);
         }
     }
@@ -111,15 +106,16 @@ async fn sixty_nodes_find_files_and_survive_losing_a_third() {
     let fetcher = net.iter().zip(&alive).find(|(_, a)| **a).unwrap().0;
     for (i, (id, data)) in files.iter().enumerate() {
         let out = src.path().join(format!("back{i}"));
-        replication::get(
-            &fetcher.node,
-            &Target::Id(*id),
-            &out,
-            &DownloadOptions::default(),
-            Arc::new(NoProgress),
-        )
-        .await
-        .unwrap();
+        fetcher
+            .node
+            .get(
+                &Target::Id(*id),
+                &out,
+                &DownloadOptions::default(),
+                Arc::new(NoProgress),
+            )
+            .await
+            .unwrap();
         assert_eq!(&std::fs::read(&out).unwrap(), data);
     }
     for (s, up) in net.iter().zip(&alive) {
@@ -146,6 +142,7 @@ async fn add_provider_is_accepted_only_for_the_senders_own_id() {
     let someone_else = Identity::generate().unwrap().node_id();
     let forged = b
         .node
+        .dht()
         .rpc(
             &to_a,
             DhtRequest::AddProvider {
@@ -161,6 +158,7 @@ async fn add_provider_is_accepted_only_for_the_senders_own_id() {
     assert_eq!(forged, Response::Nack(NackReason::NotAccepted));
     let own = b
         .node
+        .dht()
         .rpc(
             &to_a,
             DhtRequest::AddProvider {
@@ -176,6 +174,7 @@ async fn add_provider_is_accepted_only_for_the_senders_own_id() {
     assert_eq!(own, Response::Ack);
     let ids: Vec<_> = a
         .node
+        .dht()
         .local_providers(file)
         .into_iter()
         .map(|p| p.id)
@@ -191,7 +190,7 @@ async fn a_restarted_node_keeps_its_contacts_and_records() {
     let others = [store_node(&[&a.node]).await, store_node(&[&a.node]).await];
     let file = Hash::of(b"remembered");
     wait_until("contacts", Duration::from_secs(20), || {
-        a.node.routing_table_len() >= 2
+        a.node.dht().routing_table_len() >= 2
     })
     .await;
     let to_a = Contact {
@@ -200,6 +199,7 @@ async fn a_restarted_node_keeps_its_contacts_and_records() {
     };
     let ack = others[0]
         .node
+        .dht()
         .rpc(
             &to_a,
             DhtRequest::AddProvider {
@@ -213,7 +213,7 @@ async fn a_restarted_node_keeps_its_contacts_and_records() {
         .await
         .unwrap();
     assert_eq!(ack, Response::Ack);
-    let contacts = a.node.routing_table_len();
+    let contacts = a.node.dht().routing_table_len();
 
     let dir = a.dir;
     let config = a.node.config().clone();
@@ -226,8 +226,13 @@ async fn a_restarted_node_keeps_its_contacts_and_records() {
     })
     .await
     .unwrap();
-    assert_eq!(a.routing_table_len(), contacts);
-    let ids: Vec<_> = a.local_providers(file).into_iter().map(|p| p.id).collect();
+    assert_eq!(a.dht().routing_table_len(), contacts);
+    let ids: Vec<_> = a
+        .dht()
+        .local_providers(file)
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
     assert_eq!(ids, vec![others[0].node.id()]);
     a.shutdown().await;
     for o in others {

@@ -23,7 +23,6 @@ use quic_peer::proto::wire::{
     PROTOCOL_VERSION,
 };
 use quic_peer::proto::Hash;
-use quic_peer::replication;
 use quic_peer::{ConnectError, Identity, Node, NodeConfig, NodeId, PeerAddr};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -436,15 +435,11 @@ async fn a_flooded_node_still_serves_a_well_behaved_peer_in_bounded_memory() {
     .await;
     // Stored on the target (one copy); the good peer's own copy is not used:
     // a get never asks itself.
-    let report = replication::put(
-        &good.node,
-        &path,
-        1,
-        DEFAULT_CHUNK_SIZE,
-        Arc::new(NoProgress),
-    )
-    .await
-    .expect("put on the target");
+    let report = good
+        .node
+        .put(&path, 1, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
+        .await
+        .expect("put on the target");
     assert!(report.holders.iter().any(|h| h.id == target_id));
     let good = good.node.clone();
 
@@ -453,15 +448,15 @@ async fn a_flooded_node_still_serves_a_well_behaved_peer_in_bounded_memory() {
         let (good, ticket) = (good.clone(), report.ticket.clone());
         async move {
             let t = Instant::now();
-            let stats = replication::get(
-                &good,
-                &Target::Ticket(ticket),
-                &out,
-                &DownloadOptions::default(),
-                Arc::new(NoProgress),
-            )
-            .await
-            .expect("the well-behaved get completes");
+            let stats = good
+                .get(
+                    &Target::Ticket(ticket),
+                    &out,
+                    &DownloadOptions::default(),
+                    Arc::new(NoProgress),
+                )
+                .await
+                .expect("the well-behaved get completes");
             (stats, t.elapsed())
         }
     };

@@ -15,7 +15,6 @@ use quic_peer::download::score::PeerScores;
 use quic_peer::download::{download_scored, DownloadOptions, DownloadStats, NoProgress, Provider};
 use quic_peer::proto::ticket::Target;
 use quic_peer::proto::Hash;
-use quic_peer::replication;
 
 const MIB: usize = 1 << 20;
 /// Small chunks, so a file has enough of them for a liar to be caught often.
@@ -29,7 +28,9 @@ async fn setup(size: usize, seed: u64) -> (Vec<StoreNode>, Hash, Vec<u8>, tempfi
     let data = random_bytes(size, seed);
     let path = dir.path().join("f.bin");
     std::fs::write(&path, &data).expect("write");
-    let report = replication::put(&net[0].node, &path, 0, CHUNK, Arc::new(NoProgress))
+    let report = net[0]
+        .node
+        .put(&path, 0, CHUNK, Arc::new(NoProgress))
         .await
         .expect("put");
     (net, report.id, data, dir)
@@ -222,15 +223,20 @@ async fn a_false_provider_record_costs_a_few_requests_and_ranks_the_peer_down() 
     let data = random_bytes(8 * MIB, 13);
     let path = dir.path().join("f.bin");
     std::fs::write(&path, &data).expect("write");
-    let report = replication::put(&net[0].node, &path, 0, CHUNK, Arc::new(NoProgress))
+    let report = net[0]
+        .node
+        .put(&path, 0, CHUNK, Arc::new(NoProgress))
         .await
         .expect("put");
     let (holder, fetcher, impostor) = (&net[0].node, &net[1].node, &net[2].node);
     assert!(
-        impostor.announce(report.id).await >= 1,
+        impostor.dht().announce(report.id).await >= 1,
         "the false record is stored"
     );
-    let providers = replication::find_providers(fetcher, &Target::Id(report.id)).await;
+    let providers = fetcher
+        .replication()
+        .find_holders(&Target::Id(report.id))
+        .await;
     assert!(
         providers.iter().any(|p| p.id == impostor.id()),
         "the lookup returns the false provider"
@@ -242,15 +248,15 @@ async fn a_false_provider_record_costs_a_few_requests_and_ranks_the_peer_down() 
     let mut claims = Vec::new();
     for round in 0..2 {
         let out = dir.path().join(format!("out-{round}.bin"));
-        let stats = replication::get(
-            fetcher,
-            &Target::Id(report.id),
-            &out,
-            &DownloadOptions::default(),
-            Arc::new(NoProgress),
-        )
-        .await
-        .expect("get");
+        let stats = fetcher
+            .get(
+                &Target::Id(report.id),
+                &out,
+                &DownloadOptions::default(),
+                Arc::new(NoProgress),
+            )
+            .await
+            .expect("get");
         assert_eq!(std::fs::read(&out).expect("read"), data);
         assert_eq!(stats.attempts, 1, "{stats:?}");
         assert!(

@@ -43,7 +43,8 @@ impl Relayed {
 /// Starts a store node behind a relay with `config`: the relay's socket is bound
 /// first so the node can advertise it.
 async fn relayed(bootstrap: Vec<PeerAddr>, config: RelayConfig) -> Relayed {
-    let sock = quic_peer::node::bind_socket("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
+    let sock =
+        quic_peer::net::endpoint::bind_socket("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
     let relay_addr = sock.local_addr().unwrap();
     let s = store_node_with(&[], |c| {
         c.advertise = vec![relay_addr];
@@ -70,7 +71,7 @@ async fn client() -> Node {
 async fn store_locally(node: &Node, dir: &Path, data: &[u8]) -> replication::PutReport {
     let path = dir.join("src.bin");
     std::fs::write(&path, data).unwrap();
-    replication::put(node, &path, 0, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
+    node.put(&path, 0, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
         .await
         .unwrap()
 }
@@ -207,21 +208,16 @@ async fn membership_gossip_and_lookups_work_at_20_percent_loss() {
     let data = random_bytes(3 * MIB, 77);
     let path = dir.path().join("f.bin");
     std::fs::write(&path, &data).unwrap();
-    let report = replication::put(
-        &nodes[3],
-        &path,
-        2,
-        DEFAULT_CHUNK_SIZE,
-        Arc::new(NoProgress),
-    )
-    .await
-    .expect("put through lossy links");
+    let report = nodes[3]
+        .put(&path, 2, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
+        .await
+        .expect("put through lossy links");
     assert_eq!(report.remote_copies, 2, "{:?}", report.failures);
     let holders: Vec<_> = report.holders.iter().map(|h| h.id).collect();
 
     // Lookups from every node find at least one holder.
     for n in &nodes {
-        let found = n.find_providers(report.id, 8).await;
+        let found = n.dht().lookup_providers(report.id, 8).await;
         assert!(
             found.providers.iter().any(|p| holders.contains(&p.id)),
             "{} found no holder",
@@ -232,8 +228,7 @@ async fn membership_gossip_and_lookups_work_at_20_percent_loss() {
     let mut fetched = 0;
     for n in nodes.iter().filter(|n| !holders.contains(&n.id())).take(2) {
         let out = dir.path().join(format!("out-{fetched}.bin"));
-        replication::get(
-            n,
+        n.get(
             &Target::Id(report.id),
             &out,
             &DownloadOptions::default(),
@@ -354,15 +349,15 @@ async fn download_across_outage(outage: Duration, seed: u64) -> quic_peer::downl
         retry_for: Duration::from_secs(30),
         ..DownloadOptions::default()
     };
-    let stats = replication::get(
-        &getter,
-        &Target::Ticket(report.ticket.clone()),
-        &out,
-        &opts,
-        progress.clone(),
-    )
-    .await
-    .expect("the download completes once the path returns");
+    let stats = getter
+        .get(
+            &Target::Ticket(report.ticket.clone()),
+            &out,
+            &opts,
+            progress.clone(),
+        )
+        .await
+        .expect("the download completes once the path returns");
     assert!(progress.fired.load(std::sync::atomic::Ordering::SeqCst));
     assert!(std::fs::read(&out).unwrap() == data, "bytes differ");
     let s = relay.stats();

@@ -330,7 +330,7 @@ async fn a_node_on_the_unspecified_address_announces_where_it_is_reached() {
     };
     let a = Node::start(wildcard()).await.unwrap();
     assert!(
-        a.listen_addrs().is_empty(),
+        a.net().listen_addrs().is_empty(),
         "nothing known before any contact"
     );
     let port = a.local_addr().port();
@@ -341,9 +341,12 @@ async fn a_node_on_the_unspecified_address_announces_where_it_is_reached() {
     .await
     .unwrap();
     wait_until("a and b connected", CONVERGE, || connected(&a, b.id())).await;
-    assert_eq!(a.listen_addrs(), vec![([127, 0, 0, 1], port).into()]);
+    assert_eq!(a.net().listen_addrs(), vec![([127, 0, 0, 1], port).into()]);
     let b_port = b.local_addr().port();
-    assert_eq!(b.listen_addrs(), vec![([127, 0, 0, 1], b_port).into()]);
+    assert_eq!(
+        b.net().listen_addrs(),
+        vec![([127, 0, 0, 1], b_port).into()]
+    );
     // And that is what each knows the other by, once.
     let b_addr: std::net::SocketAddr = ([127, 0, 0, 1], b_port).into();
     wait_until("a knows b by its address", CONVERGE, || {

@@ -1,31 +1,36 @@
-//! The DHT on the network: serving Kademlia RPCs, running lookups over QUIC,
-//! announcing provider records, refreshing buckets, and repairing replicas.
+//! The DHT on the network: running lookups over QUIC, announcing provider
+//! records, keeping the routing table fresh, and saving it across restarts.
 //!
 //! The routing table and the lookup are the pure state machines of
-//! [`crate::dht`]; this module feeds them. Every RPC is one short bi stream with
-//! a timeout. A contact enters the routing table only when a connection's
-//! handshake proved its id; an ADD_PROVIDER is accepted only for the id of the
-//! connection it came on.
+//! [`crate::dht`]; [`Dht`] feeds them. Every RPC is one short bi stream with a
+//! timeout ([`handler`](super::handler) answers them). A contact enters the
+//! routing table only when a connection's handshake proved its id (the
+//! network core reports it through [`PeerListener`]); an ADD_PROVIDER is
+//! accepted only for the id of the connection it came on.
+//!
+//! The DHT runs its own loop: a lookup of its own id on joining, a refresh
+//! of quiet buckets, expiry of provider records, and (full nodes) a periodic
+//! re-announcement of every file this node holds.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use quinn::Connection;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::dht::kbucket::{Contact, Insert, RoutingTable};
 use crate::dht::providers::ProviderStore;
 use crate::dht::query::{Lookup, LookupConfig, Poll};
 use crate::dht::{distance, key_of, K};
-use crate::node::{Node, PeerAddr};
-use crate::proto::frame::{read_frame, write_frame};
-use crate::proto::wire::{
-    DhtRequest, NackReason, PeerRecord, Request, Response, MAX_CONTROL_FRAME,
-};
-use crate::proto::Hash;
-use crate::proto::NodeId;
+use crate::net::router::ServeFuture;
+use crate::net::{ConnectError, Network, PeerListener};
+use crate::proto::frame::{read_frame, write_frame, FrameError};
+use crate::proto::wire::{DhtRequest, PeerRecord, Request, Response, Role, MAX_CONTROL_FRAME};
+use crate::proto::{Hash, NodeId};
+use crate::store::Store;
+use crate::transfer::HoldListener;
 
 /// The node's DHT state.
 pub struct DhtState {
@@ -50,13 +55,19 @@ impl DhtState {
 pub enum RpcError {
     /// The peer could not be reached.
     #[error("unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[from] ConnectError),
     /// No answer in time.
     #[error("timed out")]
     Timeout,
-    /// The stream failed or the answer was invalid.
-    #[error("{0}")]
-    Stream(String),
+    /// No stream could be opened on the connection.
+    #[error("cannot open a stream: {0}")]
+    Open(#[from] quinn::ConnectionError),
+    /// The request could not be sent, or the answer was invalid.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The peer closed the stream without answering.
+    #[error("no answer")]
+    NoAnswer,
 }
 
 /// What a lookup found.
@@ -74,7 +85,7 @@ pub struct LookupOutcome {
     pub elapsed: Duration,
 }
 
-fn record(c: &Contact) -> PeerRecord {
+pub(super) fn record(c: &Contact) -> PeerRecord {
     PeerRecord {
         id: c.id,
         addrs: c
@@ -97,149 +108,93 @@ fn contact(r: PeerRecord) -> Contact {
     }
 }
 
-impl Node {
-    /// Adds a contact whose id a handshake proved. A full bucket pings its
-    /// least-recently-seen contact first.
-    pub(crate) fn dht_seen(&self, id: NodeId, addrs: Vec<SocketAddr>) {
-        let result = self
-            .dht()
-            .table
-            .insert(Contact { id, addrs }, Instant::now());
-        if let Insert::Ping(old) = result {
-            let n = self.clone();
-            self.spawn(async move {
-                let alive = n.rpc(&old, DhtRequest::Ping).await.is_ok();
-                n.dht().table.ping_result(&old.id, alive, Instant::now());
-            });
-        }
+/// The DHT of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Dht {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    net: Network,
+    /// Files this node holds are provided from here (full nodes).
+    store: Option<Store>,
+    state: Mutex<DhtState>,
+}
+
+impl Dht {
+    /// The DHT of the node behind `net`, with the routing table and provider
+    /// records a previous run saved in `store`.
+    pub fn new(net: Network, store: Option<Store>) -> Dht {
+        let dht = Dht {
+            inner: Arc::new(Inner {
+                state: Mutex::new(DhtState::new(net.id())),
+                net,
+                store,
+            }),
+        };
+        dht.load();
+        dht
+    }
+
+    /// Starts the DHT's own loop (joining lookup, refresh, republish).
+    pub fn start(&self) {
+        let d = self.clone();
+        self.inner.net.spawn(async move { d.run().await });
+    }
+
+    pub(super) fn net(&self) -> &Network {
+        &self.inner.net
+    }
+
+    pub(super) fn store(&self) -> Option<&Store> {
+        self.inner.store.as_ref()
+    }
+
+    /// The DHT state, locked.
+    pub fn state(&self) -> MutexGuard<'_, DhtState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Contacts in the routing table.
+    pub fn routing_table_len(&self) -> usize {
+        self.state().table.len()
     }
 
     /// The provider records this node keeps for `file` (for inspection).
     pub fn local_providers(&self, file: Hash) -> Vec<PeerRecord> {
-        self.dht().providers.get(&key_of(&file), Instant::now())
+        self.state().providers.get(&key_of(&file), Instant::now())
     }
 
-    /// Answers one DHT request from the peer `from` (proven by the handshake).
-    pub(crate) async fn serve_dht(
-        &self,
-        from: NodeId,
-        from_is_client: bool,
-        remote: SocketAddr,
-        request: DhtRequest,
-        mut send: quinn::SendStream,
-    ) {
-        let now = Instant::now();
-        let resp = match request {
-            DhtRequest::Ping => Response::Ack,
-            DhtRequest::FindNode { target } => Response::Nodes(
-                self.dht()
-                    .table
-                    .closest(&target, K)
-                    .iter()
-                    .filter(|c| c.id != from)
-                    .map(record)
-                    .collect(),
-            ),
-            DhtRequest::GetProviders { key } => {
-                let mut providers = self.dht().providers.get(&key, now);
-                let file = Hash::from_bytes(*key.as_bytes());
-                if let Some(store) = self.store() {
-                    let s = store.clone();
-                    let holds = tokio::task::spawn_blocking(move || s.holds(&file))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or(false);
-                    if holds && !providers.iter().any(|p| p.id == self.id()) {
-                        providers.push(PeerRecord {
-                            id: self.id(),
-                            addrs: self.listen_addrs(),
-                        });
-                    }
-                }
-                providers.truncate(crate::dht::providers::MAX_PROVIDERS_PER_KEY);
-                let closer = self
-                    .dht()
-                    .table
-                    .closest(&key, K)
-                    .iter()
-                    .filter(|c| c.id != from)
-                    .map(record)
-                    .collect();
-                Response::Providers { providers, closer }
-            }
-            DhtRequest::AddProvider { key, provider } => {
-                if provider.id != from || from_is_client {
-                    warn!(peer = %from.fmt_short(), claimed = %provider.id.fmt_short(),
-                        "ADD_PROVIDER for another id refused");
-                    Response::Nack(NackReason::NotAccepted)
-                } else {
-                    let mut addrs: Vec<SocketAddr> = provider
-                        .addrs
-                        .into_iter()
-                        .filter(crate::net::membership::dialable)
-                        .collect();
-                    if addrs.is_empty() {
-                        addrs.push(remote);
-                    }
-                    let expires = now + self.config().provider_ttl;
-                    let added =
-                        self.dht()
-                            .providers
-                            .add(key, PeerRecord { id: from, addrs }, expires);
-                    if added {
-                        Response::Ack
-                    } else {
-                        Response::Nack(NackReason::OverQuota)
-                    }
-                }
-            }
-        };
-        if write_frame(&mut send, &resp, MAX_CONTROL_FRAME)
-            .await
-            .is_ok()
-        {
-            let _ = send.finish();
+    /// Adds a contact whose id a handshake proved. A full bucket pings its
+    /// least-recently-seen contact first.
+    fn seen(&self, id: NodeId, addrs: Vec<SocketAddr>) {
+        let result = self
+            .state()
+            .table
+            .insert(Contact { id, addrs }, Instant::now());
+        if let Insert::Ping(old) = result {
+            let d = self.clone();
+            self.inner.net.spawn(async move {
+                let alive = d.rpc(&old, DhtRequest::Ping).await.is_ok();
+                d.state().table.ping_result(&old.id, alive, Instant::now());
+            });
         }
-    }
-
-    async fn connection_to(&self, c: &Contact) -> Result<Connection, RpcError> {
-        if let Some(conn) = self
-            .connection(&c.id)
-            .filter(|c| c.close_reason().is_none())
-        {
-            return Ok(conn);
-        }
-        let addr = c
-            .addrs
-            .first()
-            .ok_or_else(|| RpcError::Unreachable("no address".into()))?;
-        self.connect(&PeerAddr::pinned(c.id, *addr))
-            .await
-            .map_err(|e| RpcError::Unreachable(e.to_string()))?;
-        self.connection(&c.id)
-            .ok_or_else(|| RpcError::Unreachable("connection replaced".into()))
     }
 
     /// Sends one DHT request to `c` and waits (bounded) for the answer.
     pub async fn rpc(&self, c: &Contact, request: DhtRequest) -> Result<Response, RpcError> {
-        let timeout = self.config().rpc_timeout;
+        let net = &self.inner.net;
         let call = async {
-            let conn = self.connection_to(c).await?;
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| RpcError::Stream(e.to_string()))?;
-            write_frame(&mut send, &Request::Dht(request), MAX_CONTROL_FRAME)
-                .await
-                .map_err(|e| RpcError::Stream(e.to_string()))?;
+            let first = &c.addrs[..c.addrs.len().min(1)];
+            let conn = net.connection_to(c.id, first).await?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            write_frame(&mut send, &Request::Dht(request), MAX_CONTROL_FRAME).await?;
             let _ = send.finish();
             read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
-                .await
-                .map_err(|e| RpcError::Stream(e.to_string()))?
-                .ok_or_else(|| RpcError::Stream("no answer".into()))
+                .await?
+                .ok_or(RpcError::NoAnswer)
         };
-        tokio::time::timeout(timeout, call)
+        tokio::time::timeout(net.config().rpc_timeout, call)
             .await
             .map_err(|_| RpcError::Timeout)?
     }
@@ -248,31 +203,29 @@ impl Node {
     /// and stops early once `want` providers are known.
     pub async fn lookup(&self, target: NodeId, providers: Option<usize>) -> LookupOutcome {
         let start = Instant::now();
-        let seeds = self.dht().table.closest(&target, K);
+        let seeds = self.state().table.closest(&target, K);
         let cfg = LookupConfig {
-            slow_after: self.config().rpc_timeout / 3,
+            slow_after: self.inner.net.config().rpc_timeout / 3,
             ..LookupConfig::default()
         };
         let mut lookup = Lookup::new(target, seeds, cfg);
         let mut found: HashMap<NodeId, PeerRecord> = HashMap::new();
         let mut calls: JoinSet<(Contact, Result<Response, RpcError>)> = JoinSet::new();
+        let request = match providers {
+            Some(_) => DhtRequest::GetProviders { key: target },
+            None => DhtRequest::FindNode { target },
+        };
         loop {
-            if let Some(want) = providers {
-                if found.len() >= want {
-                    break;
-                }
+            if providers.is_some_and(|want| found.len() >= want) {
+                break;
             }
             match lookup.poll(Instant::now()) {
                 Poll::Finished => break,
                 Poll::Query(to) => {
                     for c in to {
-                        let n = self.clone();
-                        let req = match providers {
-                            Some(_) => DhtRequest::GetProviders { key: target },
-                            None => DhtRequest::FindNode { target },
-                        };
+                        let (d, req) = (self.clone(), request.clone());
                         calls.spawn(async move {
-                            let r = n.rpc(&c, req).await;
+                            let r = d.rpc(&c, req).await;
                             (c, r)
                         });
                     }
@@ -282,33 +235,8 @@ impl Node {
                 r = calls.join_next(), if !calls.is_empty() => r,
                 _ = tokio::time::sleep(cfg.slow_after) => None,
             };
-            let Some(Ok((c, result))) = next else {
-                continue;
-            };
-            match result {
-                Ok(Response::Nodes(nodes)) => {
-                    self.dht_seen(c.id, c.addrs.clone());
-                    lookup.on_success(&c.id, self.fresh(nodes));
-                }
-                Ok(Response::Providers {
-                    providers: p,
-                    closer,
-                }) => {
-                    self.dht_seen(c.id, c.addrs.clone());
-                    for r in p {
-                        found.entry(r.id).or_insert(r);
-                    }
-                    lookup.on_success(&c.id, self.fresh(closer));
-                }
-                Ok(other) => {
-                    debug!(peer = %c.id.fmt_short(), "unexpected DHT answer {other:?}");
-                    lookup.on_failure(&c.id);
-                }
-                Err(e) => {
-                    debug!(peer = %c.id.fmt_short(), "DHT request failed: {e}");
-                    lookup.on_failure(&c.id);
-                    self.dht().table.record_failure(&c.id);
-                }
+            if let Some(Ok((c, result))) = next {
+                self.on_answer(&mut lookup, &mut found, c, result);
             }
         }
         calls.abort_all();
@@ -321,33 +249,64 @@ impl Node {
         }
     }
 
+    /// Feeds one answer (or failure) of contact `c` to a lookup.
+    fn on_answer(
+        &self,
+        lookup: &mut Lookup,
+        found: &mut HashMap<NodeId, PeerRecord>,
+        c: Contact,
+        result: Result<Response, RpcError>,
+    ) {
+        match result {
+            Ok(Response::Nodes(nodes)) => {
+                self.seen(c.id, c.addrs.clone());
+                lookup.on_success(&c.id, self.fresh(nodes));
+            }
+            Ok(Response::Providers { providers, closer }) => {
+                self.seen(c.id, c.addrs.clone());
+                for r in providers {
+                    found.entry(r.id).or_insert(r);
+                }
+                lookup.on_success(&c.id, self.fresh(closer));
+            }
+            Ok(other) => {
+                debug!(peer = %c.id.fmt_short(), "unexpected DHT answer {other:?}");
+                lookup.on_failure(&c.id);
+            }
+            Err(e) => {
+                debug!(peer = %c.id.fmt_short(), "DHT request failed: {e}");
+                lookup.on_failure(&c.id);
+                self.state().table.record_failure(&c.id);
+            }
+        }
+    }
+
     /// Contacts from an answer, minus this node.
     fn fresh(&self, records: Vec<PeerRecord>) -> Vec<Contact> {
+        let me = self.inner.net.id();
         records
             .into_iter()
-            .filter(|r| r.id != self.id())
+            .filter(|r| r.id != me)
             .map(contact)
             .filter(|c| !c.addrs.is_empty())
             .collect()
     }
 
-    /// Announces this node as a provider of `file` on the k closest nodes.
+    /// Announces this node as a provider of `file` on the k closest nodes;
+    /// returns how many took the record.
     pub async fn announce(&self, file: Hash) -> usize {
         let key = key_of(&file);
         let me = PeerRecord {
-            id: self.id(),
-            addrs: self.listen_addrs(),
+            id: self.inner.net.id(),
+            addrs: self.inner.net.listen_addrs(),
         };
         let closest = self.lookup(key, None).await.closest;
         let mut calls = JoinSet::new();
         for c in closest {
-            let (n, me) = (self.clone(), me.clone());
+            let (d, me) = (self.clone(), me.clone());
             calls.spawn(async move {
-                matches!(
-                    n.rpc(&c, DhtRequest::AddProvider { key, provider: me })
-                        .await,
-                    Ok(Response::Ack)
-                )
+                let request = DhtRequest::AddProvider { key, provider: me };
+                matches!(d.rpc(&c, request).await, Ok(Response::Ack))
             });
         }
         let mut stored = 0;
@@ -360,8 +319,9 @@ impl Node {
         stored
     }
 
-    /// Providers of `file`, found by GET_PROVIDERS lookups.
-    pub async fn find_providers(&self, file: Hash, want: usize) -> LookupOutcome {
+    /// Provider records of `file`, found by a GET_PROVIDERS lookup that
+    /// stops once `want` are known.
+    pub async fn lookup_providers(&self, file: Hash, want: usize) -> LookupOutcome {
         self.lookup(key_of(&file), Some(want)).await
     }
 
@@ -370,10 +330,11 @@ impl Node {
     pub async fn closest_nodes(&self, file: Hash, n: usize) -> Vec<Contact> {
         let key = key_of(&file);
         let mut nodes = self.lookup(key, None).await.closest;
-        if self.config().role == crate::proto::wire::Role::Peer {
+        let net = &self.inner.net;
+        if net.config().role == Role::Peer {
             nodes.push(Contact {
-                id: self.id(),
-                addrs: self.listen_addrs(),
+                id: net.id(),
+                addrs: net.listen_addrs(),
             });
         }
         nodes.sort_by_key(|c| distance(&c.id, &key));
@@ -382,12 +343,12 @@ impl Node {
     }
 
     /// Saves the routing table and provider records in the store.
-    pub(crate) async fn save_dht(&self) {
-        let Some(store) = self.store().cloned() else {
+    pub async fn save(&self) {
+        let Some(store) = self.inner.store.clone() else {
             return;
         };
         let (contacts, providers) = {
-            let d = self.dht();
+            let d = self.state();
             let now = Instant::now();
             let wall = std::time::SystemTime::now();
             let contacts: Vec<_> = d
@@ -411,14 +372,16 @@ impl Node {
     }
 
     /// Loads the routing table and provider records a previous run saved.
-    pub(crate) fn load_dht(&self) {
-        let Some(store) = self.store() else { return };
+    fn load(&self) {
+        let Some(store) = &self.inner.store else {
+            return;
+        };
         let Ok((contacts, providers)) = store.load_dht() else {
             return;
         };
         let now = Instant::now();
         let wall = std::time::SystemTime::now();
-        let mut d = self.dht();
+        let mut d = self.state();
         for (id, addrs) in contacts {
             // Proven by a handshake in an earlier run; a dead one fails its
             // first request and is dropped.
@@ -432,121 +395,107 @@ impl Node {
         }
     }
 
-    /// One DHT maintenance round: refresh quiet buckets, expire records,
-    /// republish what this node holds when due, repair replicas when due.
-    pub(crate) async fn dht_round(&self, due: DhtDue) {
-        let now = Instant::now();
-        self.dht().providers.expire(now);
-        if due.refresh {
-            let stale = self
-                .dht()
-                .table
-                .stale_buckets(now, self.config().refresh_interval);
-            for i in stale.into_iter().take(4) {
-                let target = {
-                    let mut d = self.dht();
-                    d.table.touch(i, now);
-                    d.table.random_id_in_bucket(i, &mut rand::rng())
-                };
-                self.lookup(target, None).await;
+    /// The DHT's loop: on each tick with a non-empty table, expire records,
+    /// refresh quiet buckets and republish what this node holds when due.
+    /// The first round starts with a lookup of this node's own id, which
+    /// fills the table around it and tells those nodes about it.
+    async fn run(self) {
+        let net = self.inner.net.clone();
+        let cfg = net.config();
+        let tick = cfg.gossip_interval.min(Duration::from_secs(1));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let start = Instant::now();
+        let mut next_refresh = start;
+        let mut next_republish = start + jitter(cfg.republish_interval.min(Duration::from_secs(5)));
+        let mut joined = false;
+        let stopping = net.stopping();
+        loop {
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = interval.tick() => {}
             }
-            self.save_dht().await;
-        }
-        if due.republish || due.repair {
-            let Some(store) = self.store().cloned() else {
-                return;
-            };
-            let files = tokio::task::spawn_blocking(move || store.files())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            for f in files.into_iter().filter(|f| f.complete) {
-                if self.is_shutting_down() {
-                    return;
-                }
-                if due.republish {
-                    self.announce(f.id).await;
-                }
-                if due.repair {
-                    self.repair(f.id, f.record.size).await;
-                }
+            if self.state().table.is_empty() {
+                continue;
+            }
+            if !joined {
+                joined = true;
+                self.lookup(net.id(), None).await;
+            }
+            let now = Instant::now();
+            self.state().providers.expire(now);
+            if now >= next_refresh {
+                next_refresh = now + cfg.refresh_interval.min(Duration::from_secs(60));
+                self.refresh(now).await;
+            }
+            if cfg.role == Role::Peer && now >= next_republish {
+                next_republish = now + jitter(cfg.republish_interval);
+                self.republish().await;
             }
         }
     }
 
-    /// Makes sure the R live nodes closest to `file` hold it. Only the closest
-    /// live holder acts, so a departure does not set off R copies at once.
-    async fn repair(&self, file: Hash, size: u64) {
-        let r = self.config().replicas;
-        let targets = self.closest_nodes(file, r).await;
-        let key = key_of(&file);
-        let mut holders = vec![self.id()];
-        let mut missing = Vec::new();
-        for c in &targets {
-            if c.id == self.id() {
-                continue;
-            }
-            let Ok(conn) = self.connection_to(c).await else {
-                continue;
+    /// Looks up a random id in each of (up to four) buckets nobody touched
+    /// for `refresh_interval`, then saves the table.
+    async fn refresh(&self, now: Instant) {
+        let stale = self
+            .state()
+            .table
+            .stale_buckets(now, self.inner.net.config().refresh_interval);
+        for i in stale.into_iter().take(4) {
+            let target = {
+                let mut d = self.state();
+                d.table.touch(i, now);
+                d.table.random_id_in_bucket(i, &mut rand::rng())
             };
-            match crate::transfer::has(&conn, file, self.config().rpc_timeout).await {
-                Ok(true) => holders.push(c.id),
-                Ok(false) => missing.push((c.clone(), conn)),
-                Err(_) => {}
-            }
+            self.lookup(target, None).await;
         }
-        if missing.is_empty() {
-            return;
-        }
-        // The leader is the holder closest to the file among those that answered.
-        holders.sort_by_key(|id| distance(id, &key));
-        if holders.first() != Some(&self.id()) {
-            return;
-        }
-        let Some(store) = self.store().cloned() else {
+        self.save().await;
+    }
+
+    /// Announces every complete file this node holds.
+    async fn republish(&self) {
+        let Some(store) = self.inner.store.clone() else {
             return;
         };
-        let s = store.clone();
-        let tree = tokio::task::spawn_blocking(move || s.tree(&file))
+        let files = tokio::task::spawn_blocking(move || store.files())
             .await
             .ok()
             .and_then(Result::ok)
-            .flatten();
-        let Some(tree) = tree else { return };
-        let tree = crate::store::chunker::Tree {
-            root: file,
-            manifests: tree.into_iter().map(|(id, m)| (id, m.encode())).collect(),
-            size,
-        };
-        let source = crate::replication::ChunkSource::Store(store);
-        for (c, conn) in missing {
-            let started = Instant::now();
-            let result =
-                crate::replication::push_tree(&conn, &tree, &source, &crate::download::NoProgress)
-                    .await;
-            match result {
-                Ok(()) => {
-                    info!(file = %file.fmt_short(), to = %c.id.fmt_short(), "[REPAIR] copy restored")
-                }
-                Err(e) => {
-                    warn!(file = %file.fmt_short(), to = %c.id.fmt_short(), "repair failed: {e}")
-                }
+            .unwrap_or_default();
+        for f in files.into_iter().filter(|f| f.complete) {
+            if self.inner.net.is_shutting_down() {
+                return;
             }
-            // Bound the bandwidth repair takes: pause as long as the copy
-            // would take at the configured rate.
-            let budget = Duration::from_secs_f64(size as f64 / self.config().repair_rate as f64);
-            if let Some(rest) = budget.checked_sub(started.elapsed()) {
-                tokio::time::sleep(rest).await;
-            }
+            self.announce(f.id).await;
         }
     }
 }
 
-/// Which periodic DHT jobs are due in a maintenance round.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct DhtDue {
-    pub refresh: bool,
-    pub republish: bool,
-    pub repair: bool,
+/// `d` give or take a fifth, so that nodes started together spread out.
+pub fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+}
+
+impl PeerListener for Dht {
+    fn proven(&self, id: NodeId, role: Role, addrs: &[SocketAddr]) {
+        // Clients query but are never contacts.
+        if role == Role::Peer {
+            self.seen(id, addrs.to_vec());
+        }
+    }
+
+    fn left(&self, id: NodeId) {
+        self.state().table.remove(&id);
+    }
+}
+
+impl HoldListener for Dht {
+    /// A new holder says so in the DHT.
+    fn held(&self, file: Hash) -> ServeFuture {
+        let d = self.clone();
+        Box::pin(async move {
+            d.announce(file).await;
+        })
+    }
 }

@@ -11,8 +11,16 @@
 //!   `k` closest nodes; slow nodes stop counting against `alpha` so they cannot
 //!   stall it.
 //! - [`providers`]: provider records with expiry.
+//! - [`sim`]: a simulator that drives the routing table and lookup above
+//!   over thousands of in-memory nodes.
+//!
+//! On the network, [`behaviour::Dht`] runs lookups over QUIC, announces
+//! provider records and keeps the table fresh in its own loop, and
+//! [`handler`] answers the peers' requests. The network core reports proven
+//! and departed peers to it; it never calls the DHT otherwise.
 
 pub mod behaviour;
+pub mod handler;
 pub mod kbucket;
 pub mod providers;
 pub mod query;

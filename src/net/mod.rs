@@ -1,3 +1,380 @@
-//! The network core.
+//! The network core: the QUIC endpoint, connections and membership. It knows
+//! no service.
+//!
+//! ```text
+//! accept ──▶ handshake (crypto::tls proves the NodeId) ──▶ JOIN / WELCOME ──┐
+//! dial   ──▶ handshake ──────────────────────────────────▶ JOIN / WELCOME ──┤
+//!                                                                           ▼
+//!            connection: registered in the membership table (one per pair),
+//!            control stream (gossip, PING, LEAVE), and a router that hands each
+//!            request stream to the service registered for its kind
+//! ```
+//!
+//! - [`endpoint`]: UDP socket, transport settings, TLS configs.
+//! - `accept` and `dial`: the two ways a connection starts; dials to one
+//!   peer are deduplicated, and every incoming connection takes a permit
+//!   (total and per address, see `limits`) before its handshake.
+//! - `connection`: one handler per connection (control reader and writer,
+//!   clean-up when it closes).
+//! - [`router`]: request streams, rate-limited per peer, dispatched to
+//!   [`Service`]s.
+//! - [`membership`]: the peer table (pure, time passed in).
+//! - `maintain`: gossip, PING, dialing towards `target_peers`, bootstrap
+//!   retry.
+//!
+//! Services (the DHT, chunk transfers) register with [`Network::serve`] and
+//! hear about proven and departed peers through [`PeerListener`]; the core
+//! calls them and never names them.
+//!
+//! Tasks hang off one root [`CancellationToken`] and a [`TaskTracker`];
+//! [`Network::shutdown`] stops them in order.
 
+mod accept;
+mod connection;
+mod dial;
+pub mod endpoint;
+mod error;
+mod limits;
+mod maintain;
 pub mod membership;
+pub mod router;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, Endpoint};
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+pub use crate::proto::addr::{ParseAddrError, PeerAddr};
+pub use error::{ConnectError, EndpointError};
+pub use maintain::BootstrapError;
+pub use router::{RequestStream, Service};
+
+use crate::config::NodeConfig;
+use crate::crypto::identity::Identity;
+use crate::proto::wire::{Control, ErrorCode, LeaveReason, RequestKind, Role};
+use crate::proto::NodeId;
+use limits::{IpCounts, LogGate, LogKey};
+use maintain::BootstrapState;
+use membership::{dialable, PeerEvent, PeerInfo, PeerState, PeerTable};
+use router::Router;
+
+/// Hears about peers as the core proves and loses them (the DHT's routing
+/// table is fed this way). Called inline: implementations only record.
+pub trait PeerListener: Send + Sync + 'static {
+    /// A connection to `id`, whose key the handshake proved, is up. `addrs`
+    /// holds the address it was reached at, then those it announced.
+    fn proven(&self, id: NodeId, role: Role, addrs: &[SocketAddr]);
+    /// `id` left or went silent. Not called while this node is stopping.
+    fn left(&self, id: NodeId);
+}
+
+/// The network core of one node. Cheap to clone; all clones drive the same
+/// endpoint.
+#[derive(Clone)]
+pub struct Network {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: NodeConfig,
+    identity: Identity,
+    endpoint: Endpoint,
+    client_config: quinn::ClientConfig,
+    local_addr: SocketAddr,
+    /// Random per start: tells a restarted peer's connection from an old one.
+    session: u64,
+    peers: Mutex<PeerTable>,
+    /// The address peers saw this node at (for a node bound to 0.0.0.0).
+    observed: Mutex<Option<SocketAddr>>,
+    /// Dials under way, by peer: cancelled when the dial ends, however it
+    /// ends, so a second dial to the same peer waits for the first.
+    dialing: Mutex<HashMap<NodeId, CancellationToken>>,
+    bootstrap: Mutex<BootstrapState>,
+    events: broadcast::Sender<PeerEvent>,
+    listeners: RwLock<Vec<Arc<dyn PeerListener>>>,
+    router: Router,
+    /// Connections under `max_connections`.
+    permits: Arc<Semaphore>,
+    /// Incoming connections (and handshakes) per remote address.
+    per_ip: IpCounts,
+    /// Incoming handshakes in progress.
+    handshaking: AtomicUsize,
+    /// Keeps repeated limit and failure logs down to one line per source.
+    log_gate: Mutex<LogGate>,
+    /// Cancelled first on shutdown: no new connections, no maintenance.
+    stopping: CancellationToken,
+    /// Cancelled last: every task ends.
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    /// Control-stream writers, waited for at shutdown so LEAVE goes out.
+    writers: TaskTracker,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data that is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Network {
+    /// Binds the endpoint. Nothing is accepted or dialed until [`start`]:
+    /// services register first.
+    ///
+    /// [`start`]: Network::start
+    pub fn bind(config: NodeConfig, identity: Identity) -> Result<Network, EndpointError> {
+        let (endpoint, client_config) = endpoint::open(&config, &identity)?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| EndpointError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Network {
+            inner: Arc::new(Inner {
+                permits: Arc::new(Semaphore::new(config.max_connections)),
+                per_ip: Default::default(),
+                handshaking: AtomicUsize::new(0),
+                log_gate: Mutex::new(LogGate::default()),
+                peers: Mutex::new(PeerTable::new(identity.node_id())),
+                observed: Mutex::new(None),
+                dialing: Mutex::new(HashMap::new()),
+                bootstrap: Mutex::new(BootstrapState::new(Instant::now())),
+                listeners: RwLock::new(Vec::new()),
+                router: Router::default(),
+                session: rand::random(),
+                config,
+                identity,
+                endpoint,
+                client_config,
+                local_addr,
+                events,
+                stopping: CancellationToken::new(),
+                cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                writers: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// Has `service` answer every request stream of the given kinds.
+    pub fn serve(&self, kinds: &[RequestKind], service: Arc<dyn Service>) {
+        self.inner.router.register(kinds, service);
+    }
+
+    /// Tells `listener` about every peer proven or lost from now on.
+    pub fn listen(&self, listener: Arc<dyn PeerListener>) {
+        self.inner
+            .listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(listener);
+    }
+
+    /// Starts accepting connections, and the membership maintenance (gossip,
+    /// dialing, bootstrap).
+    pub fn start(&self) {
+        debug!(id = %self.id(), addr = %self.inner.local_addr, "network started");
+        let n = self.clone();
+        self.inner.tasks.spawn(async move { n.accept_loop().await });
+        let n = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { n.maintenance_loop().await });
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.identity.node_id()
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The address to give others to dial this node, pinned with its id.
+    pub fn addr(&self) -> PeerAddr {
+        let addr = self
+            .listen_addrs()
+            .into_iter()
+            .next()
+            .unwrap_or(self.inner.local_addr);
+        PeerAddr::pinned(self.id(), addr)
+    }
+
+    /// The addresses this node announces: `--advertise` if given, else the bound
+    /// address, or, when bound to 0.0.0.0, the port at the address peers saw.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        let cfg = &self.inner.config;
+        if !cfg.advertise.is_empty() {
+            return cfg.advertise.clone();
+        }
+        let local = self.inner.local_addr;
+        if dialable(&local) {
+            return vec![local];
+        }
+        match *lock(&self.inner.observed) {
+            Some(seen) => vec![SocketAddr::new(seen.ip(), local.port())],
+            None => Vec::new(),
+        }
+    }
+
+    /// Records an address this node was seen at (by a peer's WELCOME, or the
+    /// local address an incoming connection arrived on), for a node bound to
+    /// an unspecified address to announce. A routable address replaces a
+    /// loopback one; otherwise the first one seen is kept.
+    fn learn_own_addr(&self, seen: SocketAddr) {
+        if seen.ip().is_unspecified() {
+            return;
+        }
+        let mut observed = lock(&self.inner.observed);
+        let better = match *observed {
+            None => true,
+            Some(cur) => cur.ip().is_loopback() && !seen.ip().is_loopback(),
+        };
+        if better {
+            *observed = Some(seen);
+        }
+    }
+
+    /// Subscribes to membership events.
+    pub fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// A snapshot of the peer table.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        lock(&self.inner.peers).snapshot(Instant::now())
+    }
+
+    /// Ids of the connected full nodes.
+    pub fn connected_peers(&self) -> Vec<NodeId> {
+        self.peers()
+            .into_iter()
+            .filter(|p| p.role == Role::Peer && p.state != PeerState::Known)
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// The live connection to `id`, if any.
+    pub fn connection(&self, id: &NodeId) -> Option<Connection> {
+        lock(&self.inner.peers).connection(id)
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.stopping.is_cancelled()
+    }
+
+    /// Cancelled when shutdown begins: services stop their loops on it.
+    pub fn stopping(&self) -> CancellationToken {
+        self.inner.stopping.clone()
+    }
+
+    /// Spawns a task that ends with the node.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.inner.cancel.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+
+    /// Runs blocking `work` (a store pass) that shutdown waits for, briefly,
+    /// before the endpoint closes.
+    pub fn spawn_blocking<F>(&self, work: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.inner.writers.spawn_blocking(work);
+    }
+
+    fn emit(&self, event: PeerEvent) {
+        // Peers closing their side after our LEAVE are not news.
+        if self.inner.stopping.is_cancelled() {
+            return;
+        }
+        // No subscribers is fine.
+        let _ = self.inner.events.send(event);
+    }
+
+    fn listeners(&self) -> Vec<Arc<dyn PeerListener>> {
+        self.inner
+            .listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A peer was proven by a handshake and registered.
+    fn proven(&self, id: NodeId, role: Role, addrs: &[SocketAddr]) {
+        for l in self.listeners() {
+            l.proven(id, role, addrs);
+        }
+    }
+
+    /// A member left: its listeners forget it too (unless this node is the
+    /// one stopping: then what they know is kept for the next start).
+    fn left(&self, id: NodeId, reason: membership::LeftReason) {
+        if !self.inner.stopping.is_cancelled() {
+            for l in self.listeners() {
+                l.left(id);
+            }
+        }
+        self.emit(PeerEvent::Left { id, reason });
+    }
+
+    /// `Some(lines held back)` if a line about `key` may be logged now.
+    fn gate(&self, key: LogKey) -> Option<u64> {
+        lock(&self.inner.log_gate).check(key, Instant::now())
+    }
+
+    /// First step of shutdown: no new connections, dials or maintenance.
+    /// Services save their state after this and before [`shutdown`].
+    ///
+    /// [`shutdown`]: Network::shutdown
+    pub fn stop_accepting(&self) {
+        self.inner.stopping.cancel();
+    }
+
+    /// Graceful shutdown: LEAVE to every peer, close every connection with
+    /// [`ErrorCode::Shutdown`], wait (bounded) for the endpoint to go idle.
+    pub async fn shutdown(&self) {
+        self.inner.stopping.cancel();
+        // Tell everyone first, then stop the tasks.
+        let conns = lock(&self.inner.peers).connections();
+        for (_, _, handle) in &conns {
+            let _ = handle
+                .control
+                .try_send(Control::Leave(LeaveReason::Shutdown));
+        }
+        let grace = Duration::from_secs(2);
+        self.inner.writers.close();
+        let _ = tokio::time::timeout(grace, self.inner.writers.wait()).await;
+        self.inner.cancel.cancel();
+        self.inner
+            .endpoint
+            .close(ErrorCode::Shutdown.var_int(), ErrorCode::Shutdown.reason());
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+        let _ = tokio::time::timeout(grace, self.inner.endpoint.wait_idle()).await;
+        debug!(id = %self.id(), "network stopped");
+    }
+}

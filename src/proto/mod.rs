@@ -9,12 +9,15 @@
 //! - [`wire`]: messages, frame caps, error codes; the module doc is the spec.
 //! - [`manifest`]: what a file id names (a file's chunks, a directory's entries).
 //! - [`ticket`]: a file id plus its holders in one copyable string.
+//! - [`addr`]: peer addresses as users write them (`ID@host:port`).
 //! - [`frame`]: bounded reads and writes of frames on async byte streams.
 
+pub mod addr;
 pub mod frame;
 pub mod hash;
 pub mod manifest;
 pub mod ticket;
 pub mod wire;
 
+pub use addr::PeerAddr;
 pub use hash::{Hash, NodeId};

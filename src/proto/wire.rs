@@ -240,6 +240,44 @@ pub enum Request {
     Dht(DhtRequest),
 }
 
+/// What a request asks for, without its arguments: the key a service
+/// registers under with the node's stream router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// [`Request::Join`].
+    Join,
+    /// [`Request::GetChunk`].
+    GetChunk,
+    /// [`Request::PutChunk`].
+    PutChunk,
+    /// [`Request::GetManifest`].
+    GetManifest,
+    /// [`Request::PutManifest`].
+    PutManifest,
+    /// [`Request::Hold`].
+    Hold,
+    /// [`Request::Has`].
+    Has,
+    /// [`Request::Dht`].
+    Dht,
+}
+
+impl Request {
+    /// What this request asks for.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::Join(_) => RequestKind::Join,
+            Request::GetChunk { .. } => RequestKind::GetChunk,
+            Request::PutChunk { .. } => RequestKind::PutChunk,
+            Request::GetManifest { .. } => RequestKind::GetManifest,
+            Request::PutManifest { .. } => RequestKind::PutManifest,
+            Request::Hold { .. } => RequestKind::Hold,
+            Request::Has { .. } => RequestKind::Has,
+            Request::Dht(_) => RequestKind::Dht,
+        }
+    }
+}
+
 /// Kademlia RPCs, one short stream each.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DhtRequest {

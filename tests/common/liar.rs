@@ -83,9 +83,9 @@ impl Liar {
         let id = identity.node_id();
         let (_, server) = quic_peer::crypto::tls::quic_configs(&identity)?;
         let endpoint = quinn::Endpoint::new(
-            quic_peer::node::endpoint_config(),
+            quic_peer::net::endpoint::endpoint_config(),
             Some(quinn::ServerConfig::with_crypto(server)),
-            quic_peer::node::bind_socket("127.0.0.1:0".parse()?, 1 << 20)?,
+            quic_peer::net::endpoint::bind_socket("127.0.0.1:0".parse()?, 1 << 20)?,
             quinn::default_runtime().context("no async runtime")?,
         )?;
         let addr = endpoint.local_addr()?;
@@ -138,9 +138,9 @@ impl Liar {
         let identity = Identity::generate()?;
         let (client, _) = quic_peer::crypto::tls::quic_configs(&identity)?;
         let mut ep = quinn::Endpoint::new(
-            quic_peer::node::endpoint_config(),
+            quic_peer::net::endpoint::endpoint_config(),
             None,
-            quic_peer::node::bind_socket("127.0.0.1:0".parse()?, 1 << 20)?,
+            quic_peer::net::endpoint::bind_socket("127.0.0.1:0".parse()?, 1 << 20)?,
             quinn::default_runtime().context("no async runtime")?,
         )?;
         ep.set_default_client_config(quinn::ClientConfig::new(client));

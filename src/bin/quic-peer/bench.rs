@@ -344,7 +344,7 @@ async fn bare_quinn(exe: &Path, size: u64, sink: Option<&Path>) -> Result<f64> {
 fn endpoint(server: bool) -> Result<quinn::Endpoint> {
     let identity = Identity::generate()?;
     let (client, srv) = quic_peer::crypto::tls::quic_configs(&identity)?;
-    let socket = quic_peer::node::bind_socket("127.0.0.1:0".parse()?, 4 << 20)?;
+    let socket = quic_peer::net::endpoint::bind_socket("127.0.0.1:0".parse()?, 4 << 20)?;
     let runtime = quinn::default_runtime().context("no runtime")?;
     let server_config = server.then(|| quinn::ServerConfig::with_crypto(srv));
     let mut ep = quinn::Endpoint::new(

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use quic_peer::config::Congestion;
 use quic_peer::crypto::netkey::NetworkKey;
 use quic_peer::download::{DownloadOptions, DownloadStats, Progress};
-use quic_peer::node::Congestion;
 use quic_peer::proto::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use quic_peer::proto::ticket::Target;
 use quic_peer::proto::wire::Role;
-use quic_peer::replication::{self, PutReport};
+use quic_peer::replication::PutReport;
 use quic_peer::store::datadir::{self, DataDir};
 use quic_peer::{Identity, Node, NodeConfig, NodeId, PeerAddr, PeerEvent, PeerState};
 use std::io::IsTerminal;
@@ -436,7 +436,8 @@ fn command(node: &Node, line: &str) -> bool {
             let (node, path) = (node.clone(), PathBuf::from(path));
             tokio::spawn(async move {
                 let progress = TransferProgress::new("put");
-                match replication::put(&node, &path, replicas, DEFAULT_CHUNK, progress.clone())
+                match node
+                    .put(&path, replicas, DEFAULT_CHUNK, progress.clone())
                     .await
                 {
                     Ok(report) => {
@@ -463,7 +464,7 @@ fn command(node: &Node, line: &str) -> bool {
             tokio::spawn(async move {
                 let progress = TransferProgress::new("get");
                 let opts = DownloadOptions::default();
-                match replication::get(&node, &target, &out, &opts, progress.clone()).await {
+                match node.get(&target, &out, &opts, progress.clone()).await {
                     Ok(stats) => {
                         progress.finish();
                         print_get(&out, &stats);
@@ -671,7 +672,7 @@ async fn client(args: &NodeArgs, need_bootstrap: bool) -> Result<(Node, Option<D
         None => (Node::start(config).await?, None),
     };
     if !args.bootstrap.is_empty() {
-        if let Err(last) = node.bootstrap_once().await {
+        if let Err(last) = node.net().bootstrap_once().await {
             if need_bootstrap {
                 node.shutdown().await;
                 anyhow::bail!(
@@ -699,7 +700,7 @@ async fn cli_put(
     std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let (node, _dir) = client(args, true).await?;
     let progress = TransferProgress::new("put");
-    let result = replication::put(&node, path, replicas, chunk_size, progress.clone()).await;
+    let result = node.put(path, replicas, chunk_size, progress.clone()).await;
     progress.finish();
     node.shutdown().await;
     let report = result?;
@@ -737,7 +738,7 @@ async fn cli_get(
         max_in_flight_bytes: max_in_flight,
         ..DownloadOptions::default()
     };
-    let result = replication::get(&node, target, out, &opts, progress.clone()).await;
+    let result = node.get(target, out, &opts, progress.clone()).await;
     progress.finish();
     node.shutdown().await;
     let stats = result?;
@@ -874,14 +875,14 @@ async fn run_demo(nodes: usize, work: &std::path::Path) -> Result<()> {
     let data: Vec<u8> = (0..size).map(|_| rand::random::<u8>()).collect();
     std::fs::write(&src, &data)?;
     let uploader = &all[1];
-    let report = replication::put(
-        uploader,
-        &src,
-        REPLICAS,
-        DEFAULT_CHUNK,
-        Arc::new(quic_peer::download::NoProgress),
-    )
-    .await?;
+    let report = uploader
+        .put(
+            &src,
+            REPLICAS,
+            DEFAULT_CHUNK,
+            Arc::new(quic_peer::download::NoProgress),
+        )
+        .await?;
     let index = |id: &quic_peer::NodeId| all.iter().position(|n| n.id() == *id);
     let holder_names: Vec<String> = report
         .holders
@@ -918,14 +919,14 @@ async fn run_demo(nodes: usize, work: &std::path::Path) -> Result<()> {
         .find(|i| *i != victim && !report.holders.iter().any(|h| Some(*i) == index(&h.id)))
         .context("no node without a copy")?;
     let out = work.join("fetched.bin");
-    let stats = replication::get(
-        &all[fetcher],
-        &Target::Id(report.id),
-        &out,
-        &DownloadOptions::default(),
-        Arc::new(quic_peer::download::NoProgress),
-    )
-    .await?;
+    let stats = all[fetcher]
+        .get(
+            &Target::Id(report.id),
+            &out,
+            &DownloadOptions::default(),
+            Arc::new(quic_peer::download::NoProgress),
+        )
+        .await?;
     let fetched = std::fs::read(&out)?;
     anyhow::ensure!(
         fetched == data,

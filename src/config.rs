@@ -1,0 +1,162 @@
+//! How a node runs: every setting of the network core and the services, with
+//! the command line's defaults ([`NodeConfig::default`]) and short timers for
+//! tests and the demo ([`NodeConfig::local_test`]).
+//!
+//! One flat struct, read by every layer: each takes the fields it needs.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::crypto::netkey::NetworkKey;
+use crate::proto::addr::PeerAddr;
+use crate::proto::wire::Role;
+use crate::proto::NodeId;
+
+/// How a node runs. `Default` is what the command line uses without flags.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where to listen (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Addresses to announce instead of the listening one.
+    pub advertise: Vec<SocketAddr>,
+    /// Nodes to join through; retried with backoff while no peer is connected.
+    pub bootstrap: Vec<PeerAddr>,
+    /// Where the identity is kept; `None` makes a throwaway identity in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Full node, or a short-lived client.
+    pub role: Role,
+    /// A connection with no traffic for this long is dead.
+    pub idle_timeout: Duration,
+    /// QUIC keep-alive interval (well under `idle_timeout`).
+    pub keep_alive: Duration,
+    /// Time allowed for a handshake plus JOIN/WELCOME.
+    pub handshake_timeout: Duration,
+    /// How often peers are gossiped and pinged.
+    pub gossip_interval: Duration,
+    /// Connections to full nodes this node tries to keep.
+    pub target_peers: usize,
+    /// Hard limit on connections, in and out.
+    pub max_connections: usize,
+    /// Incoming connections, handshakes in progress included, from one
+    /// address (an IPv6 address counts by its /64) at once; more are refused
+    /// before their handshake is processed.
+    pub max_connections_per_ip: usize,
+    /// Request streams (GET, PUT, HAS, HOLD, DHT) one connection may open per
+    /// second on average; a stream over the rate is refused with
+    /// [`ErrorCode::RateLimited`](crate::proto::wire::ErrorCode::RateLimited). 0 means no limit.
+    pub max_requests_per_sec: u32,
+    /// Request streams a connection may open at once above the rate (the
+    /// token bucket's size).
+    pub request_burst: u32,
+    /// Bidirectional streams a peer may have open at once.
+    pub max_streams: u32,
+    /// UDP socket buffer size to ask the kernel for.
+    pub socket_buffer: usize,
+    /// Bytes of chunk data this node stores at most (`--max-storage`).
+    pub max_storage: u64,
+    /// Copies of each file the network keeps (put places them, repair restores them).
+    pub replicas: usize,
+    /// How long a provider record lives.
+    pub provider_ttl: Duration,
+    /// How often this node re-announces the files it holds (well under the TTL).
+    pub republish_interval: Duration,
+    /// A bucket untouched this long is refreshed with a lookup.
+    pub refresh_interval: Duration,
+    /// How often held files are checked to be on the R closest live nodes.
+    pub repair_interval: Duration,
+    /// Bytes per second repair may send, on average.
+    pub repair_rate: u64,
+    /// How often unused chunks and manifests (incoming copies that never
+    /// finished) are collected from the store.
+    pub gc_interval: Duration,
+    /// How old an unused piece must be to be collected: a copy still arriving
+    /// is younger.
+    pub gc_grace: Duration,
+    /// Time allowed for one DHT request.
+    pub rpc_timeout: Duration,
+    /// Congestion control for every connection.
+    pub congestion: Congestion,
+    /// Private network: only nodes holding this key connect, either way
+    /// (`--network-key`).
+    pub network_key: Option<NetworkKey>,
+    /// Only these peers connect, either way (`--allow`); `None` admits any.
+    pub allow: Option<HashSet<NodeId>>,
+}
+
+/// QUIC congestion control.
+///
+/// BBR is the default: it paces to the measured bottleneck rate and does not
+/// treat every lost packet as congestion, so random loss (Wi-Fi, lossy WAN
+/// links) costs little. Cubic and NewReno halve their window on loss; at 20-30%
+/// loss they crawl (a 32 MiB file took 20-50 s through the loss relay where BBR
+/// took under a second; `examples/loss_bench.rs` has the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Congestion {
+    /// Bottleneck bandwidth and round-trip propagation time.
+    #[default]
+    Bbr,
+    /// Cubic (quinn's default, like Linux TCP's).
+    Cubic,
+    /// NewReno.
+    NewReno,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            advertise: Vec::new(),
+            bootstrap: Vec::new(),
+            data_dir: None,
+            role: Role::Peer,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            gossip_interval: Duration::from_secs(10),
+            target_peers: 32,
+            max_connections: 256,
+            max_connections_per_ip: 8,
+            max_requests_per_sec: 1000,
+            request_burst: 2000,
+            max_streams: 64,
+            socket_buffer: 4 << 20,
+            max_storage: 10 << 30,
+            replicas: 3,
+            provider_ttl: Duration::from_secs(24 * 3600),
+            republish_interval: Duration::from_secs(12 * 3600),
+            refresh_interval: Duration::from_secs(600),
+            repair_interval: Duration::from_secs(60),
+            repair_rate: 32 << 20,
+            gc_interval: Duration::from_secs(3600),
+            gc_grace: Duration::from_secs(3600),
+            rpc_timeout: Duration::from_secs(5),
+            congestion: Congestion::default(),
+            network_key: None,
+            allow: None,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// A config for tests and the demo: loopback, short timers.
+    pub fn local_test() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            idle_timeout: Duration::from_secs(3),
+            keep_alive: Duration::from_millis(500),
+            handshake_timeout: Duration::from_secs(5),
+            gossip_interval: Duration::from_millis(500),
+            provider_ttl: Duration::from_secs(60),
+            republish_interval: Duration::from_secs(20),
+            refresh_interval: Duration::from_secs(10),
+            repair_interval: Duration::from_secs(2),
+            rpc_timeout: Duration::from_secs(2),
+            repair_rate: 256 << 20,
+            // Every test node is on 127.0.0.1.
+            max_connections_per_ip: 1024,
+            ..NodeConfig::default()
+        }
+    }
+}

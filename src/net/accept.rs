@@ -1,0 +1,228 @@
+//! Accepting: a permit before the handshake (total, per address, a QUIC
+//! Retry under a handshake flood), the handshake, then JOIN / WELCOME on
+//! the first stream the peer opens.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use quinn::{Connection, Incoming, RecvStream, SendStream};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::connection::{close, ConnMeta};
+use super::limits::{
+    held_back, ip_key, ConnPermit, Counted, IpSlot, LogKey, RETRY_ABOVE_HANDSHAKES,
+};
+use super::{lock, Network};
+use crate::crypto::tls;
+use crate::proto::frame::{read_frame, write_frame};
+use crate::proto::wire::{
+    Control, ErrorCode, Join, Request, Welcome, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
+};
+use crate::proto::NodeId;
+
+/// Peers per WELCOME.
+pub(super) const GOSSIP_SAMPLE: usize = 32;
+
+impl Network {
+    pub(super) async fn accept_loop(self) {
+        loop {
+            let incoming = tokio::select! {
+                _ = self.inner.stopping.cancelled() => return,
+                i = self.inner.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => return,
+                },
+            };
+            let Some((incoming, permit)) = self.admit(incoming) else {
+                continue;
+            };
+            let span = info_span!("conn", remote = %incoming.remote_address());
+            let n = self.clone();
+            self.inner
+                .tasks
+                .spawn(async move { n.handle_incoming(incoming, permit).await }.instrument(span));
+        }
+    }
+
+    /// A connection's place under the limits, taken before its handshake is
+    /// processed (refusing costs one small packet); `None` once the
+    /// connection is refused or asked to retry.
+    fn admit(&self, incoming: Incoming) -> Option<(Incoming, ConnPermit)> {
+        let remote = incoming.remote_address();
+        // Under a handshake flood, an address must first show it receives
+        // what is sent to it (QUIC Retry); spoofed sources go no further.
+        if !incoming.remote_address_validated()
+            && incoming.may_retry()
+            && self.inner.handshaking.load(Ordering::Relaxed) >= RETRY_ABOVE_HANDSHAKES
+        {
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            return None;
+        }
+        let key = ip_key(remote.ip());
+        let max_per_ip = self.inner.config.max_connections_per_ip;
+        let Some(slot) = IpSlot::take(&self.inner.per_ip, key, max_per_ip) else {
+            if let Some(held) = self.gate(LogKey::PerIp(key)) {
+                warn!(
+                    %remote,
+                    "address over its limit of {max_per_ip} connections: refusing{}",
+                    held_back(held)
+                );
+            }
+            incoming.refuse();
+            return None;
+        };
+        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+            if let Some(held) = self.gate(LogKey::Total) {
+                warn!(%remote, "connection limit reached: refusing{}", held_back(held));
+            }
+            incoming.refuse();
+            return None;
+        };
+        let permit = ConnPermit {
+            _total: permit,
+            _ip: Some(slot),
+        };
+        Some((incoming, permit))
+    }
+
+    async fn handle_incoming(self, incoming: Incoming, permit: ConnPermit) {
+        let remote = incoming.remote_address();
+        let Some(conn) = self.handshake_in(incoming).await else {
+            return;
+        };
+        let Some(id) = tls::peer_node_id(&conn) else {
+            close(&conn, ErrorCode::Internal, &"no peer certificate");
+            return;
+        };
+        if id == self.id() {
+            close(&conn, ErrorCode::SelfDial, &"dialed by itself");
+            return;
+        }
+        // A node bound to 0.0.0.0 that is only ever dialed (the first node of
+        // a network) learns its address from the one it was reached at.
+        if let Some(ip) = conn.local_ip() {
+            self.learn_own_addr(SocketAddr::new(ip, self.inner.local_addr.port()));
+        }
+        let span = info_span!("peer", peer = %id.fmt_short());
+        let timeout = self.inner.config.handshake_timeout;
+        let welcomed = self.welcome(&conn, id, remote).instrument(span.clone());
+        let Ok(welcomed) = tokio::time::timeout(timeout, welcomed).await else {
+            self.close_hostile(&conn, ErrorCode::Timeout, &"no JOIN in time");
+            return;
+        };
+        let Some((send, recv, join)) = welcomed else {
+            return;
+        };
+        let mut addrs = vec![remote];
+        addrs.extend(join.listen_addrs.iter().copied());
+        let meta = ConnMeta {
+            id,
+            role: join.role,
+            outbound: false,
+            session: join.session,
+            addrs,
+        };
+        self.run_connection(conn, meta, send, recv, permit, span);
+    }
+
+    /// The QUIC and TLS handshake of an incoming connection, bounded; a
+    /// failure is logged once per address per window.
+    async fn handshake_in(&self, incoming: Incoming) -> Option<Connection> {
+        let remote = incoming.remote_address();
+        let failed = LogKey::Handshake(ip_key(remote.ip()));
+        let _handshake = Counted::new(&self.inner.handshaking);
+        let connecting = match incoming.accept() {
+            Ok(connecting) => connecting,
+            Err(e) => {
+                if let Some(held) = self.gate(failed) {
+                    info!(%remote, "incoming connection failed: {e}{}", held_back(held));
+                }
+                return None;
+            }
+        };
+        match tokio::time::timeout(self.inner.config.handshake_timeout, connecting).await {
+            Ok(Ok(conn)) => Some(conn),
+            Ok(Err(e)) => {
+                if let Some(held) = self.gate(failed) {
+                    let held = held_back(held);
+                    match tls::Refusal::of(&e) {
+                        Some(refusal) => {
+                            info!(%remote, "refused by the dialing peer: {refusal}{held}")
+                        }
+                        None => info!(%remote, "incoming handshake failed: {e}{held}"),
+                    }
+                }
+                None
+            }
+            Err(_) => {
+                if let Some(held) = self.gate(failed) {
+                    info!(%remote, "incoming handshake timed out{}", held_back(held));
+                }
+                None
+            }
+        }
+    }
+
+    /// Reads JOIN on the first stream the peer opens and answers WELCOME.
+    async fn welcome(
+        &self,
+        conn: &Connection,
+        id: NodeId,
+        remote: SocketAddr,
+    ) -> Option<(SendStream, RecvStream, Join)> {
+        let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+        let join = match read_frame::<Request, _>(&mut recv, MAX_CONTROL_FRAME).await {
+            Ok(Some(Request::Join(join))) => join,
+            Ok(Some(_)) => {
+                self.close_hostile(
+                    conn,
+                    ErrorCode::ProtocolViolation,
+                    &"first stream is not JOIN",
+                );
+                return None;
+            }
+            Ok(None) => {
+                self.close_hostile(conn, ErrorCode::ProtocolViolation, &"empty first stream");
+                return None;
+            }
+            Err(e) => {
+                self.close_hostile(conn, e.code(), &format!("bad JOIN: {e}"));
+                return None;
+            }
+        };
+        let peers = lock(&self.inner.peers).sample(GOSSIP_SAMPLE, id);
+        let welcome = Control::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            observed_addr: remote,
+            listen_addrs: self.listen_addrs(),
+            capabilities: 0,
+            session: self.inner.session,
+            peers,
+        });
+        if let Err(e) = write_frame(&mut send, &welcome, MAX_CONTROL_FRAME).await {
+            debug!("could not send WELCOME: {e}");
+            return None;
+        }
+        Some((send, recv, join))
+    }
+
+    /// [`close`] for what a hostile peer can cause at will (garbage where a
+    /// request or JOIN should be): logged once per address per window, and
+    /// not again for a connection already closed.
+    pub(super) fn close_hostile(
+        &self,
+        conn: &Connection,
+        code: ErrorCode,
+        why: &dyn std::fmt::Display,
+    ) {
+        if conn.close_reason().is_some() {
+            return;
+        }
+        match self.gate(LogKey::Hostile(ip_key(conn.remote_address().ip()))) {
+            Some(held) => close(conn, code, &format_args!("{why}{}", held_back(held))),
+            None => conn.close(code.var_int(), code.reason()),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Getting a file: find who holds it (the ticket's holders, and the
+//! providers a GET_PROVIDERS lookup finds), connect to each with its id
+//! pinned, and hand them to the download engine; retry with backoff while
+//! an attempt that got the manifest keeps falling short.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use super::Replication;
+use crate::download::{
+    download_scored, DownloadError, DownloadOptions, DownloadStats, Progress, Provider,
+};
+use crate::proto::ticket::Target;
+use crate::proto::wire::PeerRecord;
+
+/// Most providers looked for.
+const MAX_QUERIED: usize = 16;
+
+impl Replication {
+    /// The nodes that hold the target: the ticket's holders, and the
+    /// providers a GET_PROVIDERS lookup finds in the DHT (no flooding: a
+    /// lookup asks about log N nodes). Each is connected, pinned to its id.
+    pub async fn find_holders(&self, target: &Target) -> Vec<Provider> {
+        let mut records: Vec<PeerRecord> = match target {
+            Target::Ticket(t) => t.holders.clone(),
+            Target::Id(_) => Vec::new(),
+        };
+        let found = self.dht.lookup_providers(target.id(), MAX_QUERIED).await;
+        for r in found.providers {
+            if !records.iter().any(|x| x.id == r.id) {
+                records.push(r);
+            }
+        }
+        let me = self.net.id();
+        records.retain(|r| r.id != me);
+        let mut dials = JoinSet::new();
+        for r in records {
+            let net = self.net.clone();
+            dials.spawn(async move {
+                let first = &r.addrs[..r.addrs.len().min(1)];
+                match net.connection_to(r.id, first).await {
+                    Ok(conn) => Some(Provider { id: r.id, conn }),
+                    Err(e) => {
+                        debug!(peer = %r.id.fmt_short(), "provider unreachable: {e}");
+                        None
+                    }
+                }
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = dials.join_next().await {
+            if let Ok(Some(p)) = r {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Finds who holds the target and downloads it to `out`.
+    ///
+    /// An attempt that got the manifest but not every chunk (its providers
+    /// left, or the path to them went dark) is not the end: providers are
+    /// looked up and dialed again, with backoff, for up to `opts.retry_for`,
+    /// and each new attempt resumes from the chunks already written. A file
+    /// nobody is known to hold fails at once.
+    pub async fn get(
+        &self,
+        target: &Target,
+        out: &Path,
+        opts: &DownloadOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<DownloadStats, DownloadError> {
+        let deadline = Instant::now() + opts.retry_for;
+        let mut backoff = Duration::from_millis(500);
+        let mut attempts = 0;
+        let mut seen_manifest = false;
+        loop {
+            attempts += 1;
+            let providers = self.find_holders(target).await;
+            debug!(file = %target.id().fmt_short(), providers = providers.len(), attempts, "providers found");
+            let attempt = download_scored(
+                providers,
+                target.id(),
+                out,
+                opts,
+                progress.clone(),
+                &self.scores,
+            );
+            let err = match attempt.await {
+                Ok(mut stats) => {
+                    stats.attempts = attempts;
+                    return Ok(stats);
+                }
+                Err(e) => e,
+            };
+            seen_manifest |= matches!(err, DownloadError::Incomplete { .. });
+            let retryable = matches!(
+                err,
+                DownloadError::Incomplete { .. }
+                    | DownloadError::NoProviders(_)
+                    | DownloadError::Manifest { .. }
+            );
+            if !seen_manifest
+                || !retryable
+                || self.net.is_shutting_down()
+                || Instant::now() + backoff > deadline
+            {
+                return Err(err);
+            }
+            warn!("{err}; looking for providers again in {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Putting a file: chunk it (into the store when the node has one), choose
+//! the R live nodes closest to its id, and push every manifest and chunk to
+//! each, then a HOLD that the target acknowledges only once it has verified
+//! and stored every piece. A target that fails is replaced by the next
+//! closest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::Connection;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use super::source::{ChunkSource, SourceError};
+use super::Replication;
+use crate::dht::kbucket::Contact;
+use crate::download::Progress;
+use crate::net::ConnectError;
+use crate::proto::ticket::{Ticket, MAX_HOLDERS};
+use crate::proto::wire::PeerRecord;
+use crate::proto::{Hash, NodeId};
+use crate::store::chunker::{build_tree, ChunkError, Tree};
+use crate::transfer::{hold_file, push_chunk, push_manifest, PushError};
+
+/// Chunks pushed to one target at a time.
+pub const PUSH_IN_FLIGHT: usize = 8;
+/// Time allowed for one PUT or HOLD to be answered.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a put failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// Reading or chunking the local file failed.
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    /// Storing it locally failed (quota, disk).
+    #[error(transparent)]
+    Import(#[from] crate::store::ImportError),
+    /// No copy could be placed anywhere.
+    #[error("no node stored a copy: {}", match .first { Some(e) => e.to_string(), None => "no peers connected".into() })]
+    NoCopies {
+        /// Why the first target failed, if one was tried.
+        first: Option<CopyError>,
+    },
+}
+
+/// Why one target did not take a copy.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// It could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The push failed.
+    #[error(transparent)]
+    Push(#[from] PushTreeError),
+}
+
+/// Why pushing a tree to one peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushTreeError {
+    /// A manifest was refused or lost.
+    #[error("manifest {id}: {source}")]
+    Manifest {
+        /// The manifest's id.
+        id: Hash,
+        /// Why.
+        source: PushError,
+    },
+    /// A chunk was refused or lost.
+    #[error("chunk {hash}: {source}")]
+    Chunk {
+        /// The chunk.
+        hash: Hash,
+        /// Why.
+        source: PushError,
+    },
+    /// A chunk could not be read here.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The HOLD was refused or lost.
+    #[error("hold: {0}")]
+    Hold(PushError),
+    /// A push task failed.
+    #[error("push task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What a put achieved.
+#[derive(Debug)]
+pub struct PutReport {
+    /// The file id.
+    pub id: Hash,
+    /// Bytes in the file or tree.
+    pub size: u64,
+    /// Copies asked for on other nodes.
+    pub wanted: usize,
+    /// Copies acknowledged by other nodes.
+    pub remote_copies: usize,
+    /// Nodes that acknowledged a complete copy (this node first, if it stores).
+    pub holders: Vec<PeerRecord>,
+    /// Targets that failed, with why.
+    pub failures: Vec<(NodeId, CopyError)>,
+    /// A ticket naming the holders.
+    pub ticket: Ticket,
+    /// From reading the file to the last copy acknowledged.
+    pub elapsed: Duration,
+}
+
+/// The copies a put has placed so far, and the targets that failed.
+struct Placement {
+    holders: Vec<PeerRecord>,
+    failures: Vec<(NodeId, CopyError)>,
+}
+
+impl Replication {
+    /// Stores `path` (when this node has a store) and pushes it to `replicas`
+    /// other full nodes. Fewer are used when fewer are connected.
+    pub async fn put(
+        &self,
+        path: &Path,
+        replicas: usize,
+        chunk_size: u32,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PutReport, PutError> {
+        let start = Instant::now();
+        let (tree, source) = self.chunk(path, chunk_size).await?;
+        let mut placement = Placement {
+            holders: Vec::new(),
+            failures: Vec::new(),
+        };
+        if self.store.is_some() {
+            placement.holders.push(self.me());
+        }
+        let candidates = self.candidates(tree.root).await;
+        let name = tree
+            .root_manifest()
+            .map(|m| m.name().to_string())
+            .unwrap_or_default();
+        progress.begin(&name, tree.size * replicas.min(candidates.len()) as u64);
+        let tree = Arc::new(tree);
+        self.place(
+            &tree,
+            &source,
+            candidates,
+            replicas,
+            &progress,
+            &mut placement,
+        )
+        .await;
+        if self.store.is_some() {
+            // This node holds a copy too: say so in the DHT.
+            self.dht.announce(tree.root).await;
+        }
+        let Placement { holders, failures } = placement;
+        if holders.is_empty() {
+            let first = failures.into_iter().next().map(|(_, e)| e);
+            return Err(PutError::NoCopies { first });
+        }
+        let me = self.net.id();
+        let remote_copies = holders.iter().filter(|h| h.id != me).count();
+        let ticket = Ticket {
+            id: tree.root,
+            holders: holders.iter().take(MAX_HOLDERS).cloned().collect(),
+        };
+        Ok(PutReport {
+            id: tree.root,
+            size: tree.size,
+            wanted: replicas,
+            remote_copies,
+            holders,
+            failures,
+            ticket,
+            elapsed: start.elapsed(),
+        })
+    }
+
+    fn me(&self) -> PeerRecord {
+        PeerRecord {
+            id: self.net.id(),
+            addrs: self.net.listen_addrs(),
+        }
+    }
+
+    /// Cuts `path` into a tree: into the store when this node has one, else
+    /// remembering where each chunk is to read it again.
+    async fn chunk(&self, path: &Path, chunk_size: u32) -> Result<(Tree, ChunkSource), PutError> {
+        let path = path.to_path_buf();
+        let task_failed = |e: tokio::task::JoinError| ChunkError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e),
+        };
+        if let Some(store) = self.store.clone() {
+            let s = store.clone();
+            let tree = tokio::task::spawn_blocking(move || s.import(&path, chunk_size))
+                .await
+                .map_err(task_failed)??;
+            return Ok((tree, ChunkSource::Store(store)));
+        }
+        let (tree, map) = tokio::task::spawn_blocking(move || {
+            let mut map = HashMap::new();
+            let tree = build_tree(&path, chunk_size, &mut |hash, _, loc| {
+                map.entry(hash).or_insert(loc);
+                Ok(())
+            })?;
+            Ok::<_, ChunkError>((tree, map))
+        })
+        .await
+        .map_err(task_failed)??;
+        Ok((tree, ChunkSource::Files(Arc::new(map))))
+    }
+
+    /// The live nodes closest to the file id, closest first (if one fails,
+    /// the next in line is tried); in a network too young for lookups,
+    /// whoever is connected.
+    async fn candidates(&self, root: Hash) -> Vec<Contact> {
+        let me = self.net.id();
+        let closest: Vec<Contact> = self
+            .dht
+            .closest_nodes(root, crate::dht::K)
+            .await
+            .into_iter()
+            .filter(|c| c.id != me)
+            .collect();
+        if !closest.is_empty() {
+            return closest;
+        }
+        self.net
+            .connected_peers()
+            .into_iter()
+            .map(|id| Contact { id, addrs: vec![] })
+            .collect()
+    }
+
+    /// Pushes the tree to candidates, in order, until `replicas` other nodes
+    /// hold it or the candidates run out.
+    async fn place(
+        &self,
+        tree: &Arc<Tree>,
+        source: &ChunkSource,
+        candidates: Vec<Contact>,
+        replicas: usize,
+        progress: &Arc<dyn Progress>,
+        placement: &mut Placement,
+    ) {
+        let me = self.net.id();
+        let mut next = candidates.into_iter();
+        let mut tasks = JoinSet::new();
+        loop {
+            let acked = placement.holders.iter().filter(|h| h.id != me).count();
+            while acked + tasks.len() < replicas {
+                let Some(c) = next.next() else { break };
+                let Some(conn) = self.target(&c, placement).await else {
+                    continue;
+                };
+                let (tree, source, progress) = (tree.clone(), source.clone(), progress.clone());
+                let id = c.id;
+                tasks.spawn(async move {
+                    let r = push_tree(&conn, &tree, &source, progress.as_ref()).await;
+                    (id, r)
+                });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let Ok((id, result)) = joined else { continue };
+            match result {
+                Ok(()) => {
+                    let addrs = self
+                        .net
+                        .peers()
+                        .into_iter()
+                        .find(|p| p.id == id)
+                        .map(|p| p.addrs)
+                        .unwrap_or_default();
+                    debug!(peer = %id.fmt_short(), file = %tree.root.fmt_short(), "replica stored");
+                    placement.holders.push(PeerRecord { id, addrs });
+                }
+                Err(e) => {
+                    warn!(peer = %id.fmt_short(), "replica failed: {e}");
+                    placement.failures.push((id, e.into()));
+                }
+            }
+        }
+    }
+
+    /// The connection to a candidate, dialed if need be; a failed dial is
+    /// recorded.
+    async fn target(&self, c: &Contact, placement: &mut Placement) -> Option<Connection> {
+        if let Some(conn) = self.net.connection(&c.id) {
+            return Some(conn);
+        }
+        let first = c.addrs.first()?;
+        match self.net.connection_to(c.id, &[*first]).await {
+            Ok(conn) => Some(conn),
+            Err(ConnectError::Replaced(_)) => None,
+            Err(e) => {
+                placement.failures.push((c.id, e.into()));
+                None
+            }
+        }
+    }
+}
+
+/// Pushes every manifest and chunk of `tree` to one peer (at most
+/// [`PUSH_IN_FLIGHT`] chunks at a time), then asks it to hold the file.
+pub async fn push_tree(
+    conn: &Connection,
+    tree: &Tree,
+    source: &ChunkSource,
+    progress: &dyn Progress,
+) -> Result<(), PushTreeError> {
+    for (id, bytes) in &tree.manifests {
+        push_manifest(conn, *id, Bytes::from(bytes.clone()), PUSH_TIMEOUT)
+            .await
+            .map_err(|source| PushTreeError::Manifest { id: *id, source })?;
+    }
+    push_chunks(conn, tree, source, progress).await?;
+    hold_file(conn, tree.root, PUSH_TIMEOUT)
+        .await
+        .map_err(PushTreeError::Hold)
+}
+
+/// Pushes every chunk of `tree`, stopping at the first failure.
+async fn push_chunks(
+    conn: &Connection,
+    tree: &Tree,
+    source: &ChunkSource,
+    progress: &dyn Progress,
+) -> Result<(), PushTreeError> {
+    let permits = Arc::new(Semaphore::new(PUSH_IN_FLIGHT));
+    let mut tasks = JoinSet::new();
+    let mut first_error = None;
+    for hash in tree.chunk_hashes() {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        // Collect finished pushes as we go, to stop early on failure.
+        while let Some(done) = tasks.try_join_next() {
+            settle(done, progress, &mut first_error);
+        }
+        if first_error.is_some() {
+            break;
+        }
+        let (conn, source) = (conn.clone(), source.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            let data = tokio::task::spawn_blocking(move || source.read(&hash)).await??;
+            let len = data.len() as u64;
+            push_chunk(&conn, hash, Bytes::from(data), PUSH_TIMEOUT)
+                .await
+                .map_err(|source| PushTreeError::Chunk { hash, source })?;
+            Ok::<u64, PushTreeError>(len)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        settle(done, progress, &mut first_error);
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Counts a finished chunk push: progress on success, the first error kept.
+fn settle(
+    done: Result<Result<u64, PushTreeError>, tokio::task::JoinError>,
+    progress: &dyn Progress,
+    first_error: &mut Option<PushTreeError>,
+) {
+    match done {
+        Ok(Ok(len)) => progress.advance(len),
+        Ok(Err(e)) => {
+            first_error.get_or_insert(e);
+        }
+        Err(e) => {
+            first_error.get_or_insert(e.into());
+        }
+    }
+}
