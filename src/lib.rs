@@ -2,29 +2,53 @@
 //!
 //! Every node is client and server at once. Nodes talk over QUIC (quinn) with
 //! mutual TLS 1.3 and self-signed Ed25519 certificates, so every byte between
-//! peers is encrypted and each peer is known by the hash of its key.
+//! peers is encrypted and each peer is known by the hash of its key. Files are
+//! cut into BLAKE3-addressed chunks; a Kademlia DHT says who holds what; a
+//! download pulls verified chunks from every holder at once.
 //!
 //! # Module map
 //!
+//! Each layer uses only the layers below it.
+//!
 //! ```text
-//! node          the running node: endpoint, accept loop, dialing, control streams,
-//!  │            stream routing, maintenance (gossip, ping, bootstrap retry), shutdown
-//!  ├── membership   peer table: members, known peers, one-connection-per-pair rule,
-//!  │                JOIN/LEAVE events (pure data, time passed in)
-//!  ├── stream       frames over async byte streams (bounded reads)
-//!  ├── wire         sans-IO protocol: message enums, framing, caps, error codes
-//!  ├── tls          rustls verifiers: self-signed Ed25519, NodeId pinning, ALPN,
-//!  │                private-network membership and allow lists
-//!  ├── identity     Ed25519 key + rcgen certificate, NodeId, persistence
-//!  ├── netkey       private networks: the shared key, membership proofs in certificates
-//!  └── datadir      where a node keeps its state; one running node per directory
+//! node          composition root: builds the core and the services, registers them,
+//!               starts their loops, shuts down in order
+//! replication/  put to the R closest nodes, get, repair (one leader per file)
+//! download/     multi-peer verifying download: queue, workers, writer, end game;
+//!               peer scores (bans on proof, rank on denials and timeouts)
+//! dht/          Kademlia: pure k-buckets, lookup state machine, provider records,
+//!               simulator; behaviour (the Dht on the network, its own refresh and
+//!               republish loop) and handler (answers FIND_NODE, GET_PROVIDERS, ...)
+//! transfer      one bi stream per chunk: the Transfers service (GET, PUT, HOLD,
+//!               HAS) and the client half (fetch, push, hold)
+//! store/        chunk files and manifests on disk (redb), crash-safe writes,
+//!               quota, garbage collection, DHT tables; chunker, data dir lock
+//! net/          the network core: endpoint, accept, dial, one handler per
+//!               connection, router (request streams -> services), limits,
+//!               membership (peer table), maintain (gossip, dialing, bootstrap)
+//! config        NodeConfig: every setting, for every layer
+//! crypto/       identity (Ed25519 key + rcgen certificate), netkey (private
+//!               networks), tls (rustls verifiers, id pinning, allow lists)
+//! proto/        sans-IO: Hash and NodeId, wire messages and error codes,
+//!               manifests, tickets, peer addresses, framed streams
 //! ```
 //!
-//! Data flow for a new connection: `tls` proves the peer's [`NodeId`] during the
-//! handshake; `node` opens (or accepts) the control stream and exchanges JOIN and
-//! WELCOME ([`wire`]); `membership` decides whether the connection is the pair's
-//! one connection and emits [`PeerEvent`]s; gossip on the control stream feeds
-//! the table with more peers, which `node` dials to keep the network connected.
+//! # Data flow
+//!
+//! A connection: [`crypto::tls`] proves the peer's [`NodeId`] inside the
+//! handshake; [`net`] exchanges JOIN and WELCOME on the control stream,
+//! registers the pair's one connection in the membership table and tells the
+//! DHT, which adds a contact; gossip on the control stream feeds the table
+//! with more peers, which the core dials to keep the network connected. Every
+//! other stream carries one request, which the router hands to the service
+//! registered for it: [`transfer::Transfers`] or [`dht::behaviour::Dht`].
+//!
+//! A put: [`replication`] chunks the file into the [`store`], asks the DHT for
+//! the R nodes closest to the file id and pushes every manifest and chunk to
+//! each, then HOLD; each holder announces itself to the DHT. A get: the DHT's
+//! GET_PROVIDERS lookup (or a ticket) names the holders; [`download`] fetches
+//! chunks from all of them at once, verifying each against its BLAKE3 hash
+//! before writing it.
 
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used)]

@@ -2,15 +2,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{random_bytes, store_node, wait_until, StoreNode};
+use common::{get_to, put, random_bytes, store_node, wait_until, StoreNode};
 use quic_peer::dht::kbucket::Contact;
 use quic_peer::dht::sim::rounds_bound;
-use quic_peer::download::{DownloadOptions, NoProgress};
-use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
-use quic_peer::proto::ticket::Target;
 use quic_peer::proto::wire::{DhtRequest, NackReason, PeerRecord, Response};
 use quic_peer::proto::Hash;
 use quic_peer::{Identity, Node};
@@ -46,11 +42,7 @@ async fn sixty_nodes_find_files_and_survive_losing_a_third() {
         let data = random_bytes(2 * 1024 * 1024 + i, i as u64);
         let path = src.path().join(format!("f{i}"));
         std::fs::write(&path, &data).unwrap();
-        let report = net[from]
-            .node
-            .put(&path, R, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
-            .await
-            .unwrap();
+        let report = put(&net[from].node, &path, R).await;
         assert_eq!(report.remote_copies, R, "{:?}", report.failures);
         files.push((report.id, data));
     }
@@ -106,16 +98,7 @@ async fn sixty_nodes_find_files_and_survive_losing_a_third() {
     let fetcher = net.iter().zip(&alive).find(|(_, a)| **a).unwrap().0;
     for (i, (id, data)) in files.iter().enumerate() {
         let out = src.path().join(format!("back{i}"));
-        fetcher
-            .node
-            .get(
-                &Target::Id(*id),
-                &out,
-                &DownloadOptions::default(),
-                Arc::new(NoProgress),
-            )
-            .await
-            .unwrap();
+        get_to(&fetcher.node, *id, &out).await.unwrap();
         assert_eq!(&std::fs::read(&out).unwrap(), data);
     }
     for (s, up) in net.iter().zip(&alive) {

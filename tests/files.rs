@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{at, random_bytes, store_network, store_node_with, wait_until, StoreNode};
+use common::{
+    at, get_to, put, random_bytes, store_network, store_node_with, wait_until, StoreNode,
+};
 use quic_peer::download::{download, DownloadOptions, NoProgress, Provider};
 use quic_peer::proto::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
 use quic_peer::proto::ticket::Target;
@@ -17,23 +19,6 @@ use quic_peer::replication;
 use quic_peer::Node;
 
 const MIB: usize = 1 << 20;
-
-async fn put(node: &Node, path: &Path, replicas: usize) -> replication::PutReport {
-    node.put(path, replicas, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
-        .await
-        .expect("put")
-}
-
-async fn get(node: &Node, id: Hash, out: &Path) -> quic_peer::download::DownloadStats {
-    node.get(
-        &Target::Id(id),
-        out,
-        &DownloadOptions::default(),
-        Arc::new(NoProgress),
-    )
-    .await
-    .expect("get")
-}
 
 fn holders(report: &replication::PutReport) -> Vec<quic_peer::NodeId> {
     report.holders.iter().map(|h| h.id).collect()
@@ -71,7 +56,7 @@ async fn boundary_sizes_round_trip() {
         assert_eq!(report.size, size as u64);
         let fetcher = non_holder(&net, &report);
         let out = src.path().join(format!("out-{size}"));
-        let stats = get(fetcher, report.id, &out).await;
+        let stats = get_to(fetcher, report.id, &out).await.expect("get");
         assert_eq!(std::fs::read(&out).unwrap(), data, "size {size}");
         assert_eq!(stats.chunks_fetched, size.div_ceil(c));
         assert!(!quic_peer::download::part_path(&out).exists());
@@ -90,7 +75,7 @@ async fn hundred_mib_of_random_bytes() {
     assert_eq!(report.remote_copies, 1);
     let fetcher = non_holder(&net, &report);
     let out = src.path().join("big.out");
-    let stats = get(fetcher, report.id, &out).await;
+    let stats = get_to(fetcher, report.id, &out).await.expect("get");
     assert_eq!(stats.bytes, data.len() as u64);
     assert_eq!(stats.per_peer.len(), 2, "both holders served");
     assert!(std::fs::read(&out).unwrap() == data, "100 MiB differ");
@@ -139,7 +124,7 @@ async fn directory_tree_comes_back_the_same() {
     let report = put(&net[0].node, &root, 1).await;
     let fetcher = non_holder(&net, &report);
     let out = src.path().join("tree-copy");
-    let stats = get(fetcher, report.id, &out).await;
+    let stats = get_to(fetcher, report.id, &out).await.expect("get");
     assert_eq!(stats.files, 5);
     assert_same_tree(&root, &out);
     shutdown(net).await;
@@ -424,7 +409,7 @@ async fn an_interrupted_incoming_copy_is_collected_and_held_files_are_kept() {
     );
     // And it still comes back whole.
     let out = src.path().join("back");
-    get(&a.node, held.id, &out).await;
+    get_to(&a.node, held.id, &out).await.expect("get");
     assert_eq!(std::fs::read(&out).unwrap(), kept);
     b.node.shutdown().await;
     a.node.shutdown().await;

@@ -14,10 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{node, parse_started, random_bytes, store_node_with, wait_until, Proc};
-use quic_peer::download::{DownloadOptions, NoProgress};
-use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
-use quic_peer::proto::ticket::Target;
+use common::{get_to, node, parse_started, put, random_bytes, store_node_with, wait_until, Proc};
 use quic_peer::proto::wire::{
     self, Control, ErrorCode, Join, Request, Response, Role, ALPN, MAX_CONTROL_FRAME,
     PROTOCOL_VERSION,
@@ -435,11 +432,7 @@ async fn a_flooded_node_still_serves_a_well_behaved_peer_in_bounded_memory() {
     .await;
     // Stored on the target (one copy); the good peer's own copy is not used:
     // a get never asks itself.
-    let report = good
-        .node
-        .put(&path, 1, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
-        .await
-        .expect("put on the target");
+    let report = put(&good.node, &path, 1).await;
     assert!(report.holders.iter().any(|h| h.id == target_id));
     let good = good.node.clone();
 
@@ -448,13 +441,7 @@ async fn a_flooded_node_still_serves_a_well_behaved_peer_in_bounded_memory() {
         let (good, ticket) = (good.clone(), report.ticket.clone());
         async move {
             let t = Instant::now();
-            let stats = good
-                .get(
-                    &Target::Ticket(ticket),
-                    &out,
-                    &DownloadOptions::default(),
-                    Arc::new(NoProgress),
-                )
+            let stats = get_to(&good, ticket, &out)
                 .await
                 .expect("the well-behaved get completes");
             (stats, t.elapsed())

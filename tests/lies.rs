@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::liar::{Liar, Lie};
-use common::{random_bytes, store_network, wait_until, StoreNode};
+use common::{get_to, random_bytes, store_network, wait_until, StoreNode};
 use quic_peer::download::score::PeerScores;
 use quic_peer::download::{download_scored, DownloadOptions, DownloadStats, NoProgress, Provider};
 use quic_peer::proto::ticket::Target;
@@ -248,15 +248,7 @@ async fn a_false_provider_record_costs_a_few_requests_and_ranks_the_peer_down() 
     let mut claims = Vec::new();
     for round in 0..2 {
         let out = dir.path().join(format!("out-{round}.bin"));
-        let stats = fetcher
-            .get(
-                &Target::Id(report.id),
-                &out,
-                &DownloadOptions::default(),
-                Arc::new(NoProgress),
-            )
-            .await
-            .expect("get");
+        let stats = get_to(fetcher, report.id, &out).await.expect("get");
         assert_eq!(std::fs::read(&out).expect("read"), data);
         assert_eq!(stats.attempts, 1, "{stats:?}");
         assert!(

@@ -12,9 +12,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{at, init_logs, random_bytes, store_node_with, wait_event, wait_until, StoreNode};
+use common::{
+    at, get_to, init_logs, put, random_bytes, store_node_with, wait_event, wait_until, StoreNode,
+};
 use quic_peer::download::{download, DownloadOptions, NoProgress, Provider};
-use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
 use quic_peer::proto::ticket::Target;
 use quic_peer::proto::wire::Role;
 use quic_peer::replication;
@@ -71,9 +72,7 @@ async fn client() -> Node {
 async fn store_locally(node: &Node, dir: &Path, data: &[u8]) -> replication::PutReport {
     let path = dir.join("src.bin");
     std::fs::write(&path, data).unwrap();
-    node.put(&path, 0, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
-        .await
-        .unwrap()
+    put(node, &path, 0).await
 }
 
 /// A 32 MiB file crosses a link with `loss` each way, 2% duplication and 2%
@@ -208,10 +207,7 @@ async fn membership_gossip_and_lookups_work_at_20_percent_loss() {
     let data = random_bytes(3 * MIB, 77);
     let path = dir.path().join("f.bin");
     std::fs::write(&path, &data).unwrap();
-    let report = nodes[3]
-        .put(&path, 2, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
-        .await
-        .expect("put through lossy links");
+    let report = put(&nodes[3], &path, 2).await;
     assert_eq!(report.remote_copies, 2, "{:?}", report.failures);
     let holders: Vec<_> = report.holders.iter().map(|h| h.id).collect();
 
@@ -228,14 +224,9 @@ async fn membership_gossip_and_lookups_work_at_20_percent_loss() {
     let mut fetched = 0;
     for n in nodes.iter().filter(|n| !holders.contains(&n.id())).take(2) {
         let out = dir.path().join(format!("out-{fetched}.bin"));
-        n.get(
-            &Target::Id(report.id),
-            &out,
-            &DownloadOptions::default(),
-            Arc::new(NoProgress),
-        )
-        .await
-        .expect("get by id through lossy links");
+        get_to(&n, report.id, &out)
+            .await
+            .expect("get by id through lossy links");
         assert!(std::fs::read(&out).unwrap() == data);
         fetched += 1;
     }

@@ -6,15 +6,14 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{binary, connected, parse_started, random_bytes, store_node_with, wait_until, Proc};
+use common::{
+    binary, connected, get_to, parse_started, put, random_bytes, store_node_with, wait_until, Proc,
+};
 use quic_peer::crypto::netkey::NetworkKey;
 use quic_peer::crypto::tls::Refusal;
-use quic_peer::download::{DownloadOptions, NoProgress};
 use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
-use quic_peer::proto::ticket::Target;
 use quic_peer::{ConnectError, Node, NodeConfig, NodeId, PeerAddr, PeerEvent};
 
 const T: Duration = Duration::from_secs(20);
@@ -66,23 +65,11 @@ async fn members_connect_and_exchange_a_file() {
     let src = work.path().join("members-only.bin");
     let data = random_bytes(3 * DEFAULT_CHUNK_SIZE as usize + 17, 6);
     std::fs::write(&src, &data).unwrap();
-    let report = a
-        .node
-        .put(&src, 1, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
-        .await
-        .expect("put");
+    let report = put(&a.node, &src, 1).await;
     assert_eq!(report.remote_copies, 1);
     assert!(report.holders.iter().any(|h| h.id == b.node.id()));
     let out = work.path().join("back.bin");
-    b.node
-        .get(
-            &Target::Id(report.id),
-            &out,
-            &DownloadOptions::default(),
-            Arc::new(NoProgress),
-        )
-        .await
-        .expect("get");
+    get_to(&b.node, report.id, &out).await.expect("get");
     assert_eq!(std::fs::read(&out).unwrap(), data);
     a.node.shutdown().await;
     b.node.shutdown().await;

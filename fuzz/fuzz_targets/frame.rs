@@ -1,5 +1,5 @@
 //! The frame decoder as a node runs it: a stream of length-prefixed postcard
-//! frames, read both by the sans-IO `wire::decode` and by `stream::read_frame`
+//! frames, read both by the sans-IO `wire::decode` and by `frame::read_frame`
 //! (the function every handler calls) over a reader that hands out the bytes in
 //! fuzzer-chosen pieces. The two must agree frame by frame, never panic, never
 //! read past a frame, and refuse an oversized length before reading its body.

@@ -375,6 +375,14 @@ impl Network {
         self.inner.tasks.close();
         let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
         let _ = tokio::time::timeout(grace, self.inner.endpoint.wait_idle()).await;
+        // Services and listeners hold this network: let them go, so that a
+        // stopped node is freed (and its store can be opened again).
+        self.inner.router.clear();
+        self.inner
+            .listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         debug!(id = %self.id(), "network stopped");
     }
 }

@@ -67,6 +67,15 @@ impl Router {
         }
     }
 
+    /// Drops every service: they hold the network, so the node's memory
+    /// (and its store's lock) is freed only once they are gone.
+    pub(super) fn clear(&self) {
+        self.services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     fn get(&self, kind: RequestKind) -> Option<Arc<dyn Service>> {
         self.services
             .read()

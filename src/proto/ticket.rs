@@ -81,6 +81,18 @@ impl Target {
     }
 }
 
+impl From<Hash> for Target {
+    fn from(id: Hash) -> Self {
+        Target::Id(id)
+    }
+}
+
+impl From<Ticket> for Target {
+    fn from(ticket: Ticket) -> Self {
+        Target::Ticket(ticket)
+    }
+}
+
 impl FromStr for Target {
     type Err = ParseTicketError;
 

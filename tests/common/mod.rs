@@ -11,6 +11,10 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quic_peer::download::{DownloadError, DownloadOptions, DownloadStats, NoProgress};
+use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
+use quic_peer::proto::ticket::Target;
+use quic_peer::replication::PutReport;
 use quic_peer::{Node, NodeConfig, NodeId, PeerEvent};
 
 /// Sends the library's logs to the test output (shown for failing tests);
@@ -69,6 +73,52 @@ pub async fn wait_event(
 /// Whether `node` has a live connection to a full node `id`.
 pub fn connected(node: &Node, id: NodeId) -> bool {
     node.connected_peers().contains(&id)
+}
+
+/// Puts `path` from `node` on `replicas` other nodes (default chunk size, no
+/// progress), and expects it to work.
+pub async fn put(node: &Node, path: &std::path::Path, replicas: usize) -> PutReport {
+    node.put(path, replicas, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
+        .await
+        .expect("put")
+}
+
+/// Gets `target` (a file id or a ticket) to `out` from whoever holds it, with
+/// default options and no progress.
+pub async fn get_to(
+    node: &Node,
+    target: impl Into<Target>,
+    out: &std::path::Path,
+) -> Result<DownloadStats, DownloadError> {
+    node.get(
+        &target.into(),
+        out,
+        &DownloadOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await
+}
+
+/// Writes `data` to a file in `dir`, puts it from `from` on `replicas`
+/// nodes, gets it on `to` by id, and checks that the same bytes came back.
+pub async fn round_trip(
+    from: &Node,
+    to: &Node,
+    dir: &std::path::Path,
+    data: &[u8],
+    replicas: usize,
+) -> PutReport {
+    let src = dir.join(format!("src-{}", data.len()));
+    std::fs::write(&src, data).expect("write the source file");
+    let report = put(from, &src, replicas).await;
+    let out = dir.join(format!("back-{}", data.len()));
+    get_to(to, report.id, &out).await.expect("get");
+    assert!(
+        std::fs::read(&out).expect("read the copy") == data,
+        "the copy of {} bytes differs",
+        data.len()
+    );
+    report
 }
 
 /// The compiled `quic-peer` binary.
