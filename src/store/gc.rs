@@ -1,11 +1,24 @@
 //! Garbage passes: deleting the chunks and manifests no held file uses.
 //!
 //! The rules (what is unused, the grace period) are in the store's module
-//! documentation and on [`Store::collect_garbage`].
+//! documentation and on [`Store::collect_garbage`]. A pass holds the lock
+//! that keeps [`Store::add_file`] out, so no file becomes held while it
+//! decides, and goes in four steps:
+//!
+//! 1. it reads every manifest and held file once (a `Pass`);
+//! 2. it marks the manifests to keep: everything below a held file, then the
+//!    young unused manifests, the directories above them and everything
+//!    below those (`kept_manifests`);
+//! 3. it deletes the chunks no kept manifest names that are older than the
+//!    grace period, each moved aside and its age checked again first
+//!    (`collect_chunks`);
+//! 4. it deletes the manifests it did not keep, unless stored again since
+//!    (`collect_manifests`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
 
 use redb::{ReadableDatabase, ReadableTable};
 use tracing::warn;
@@ -27,6 +40,80 @@ pub struct GcReport {
     pub young: usize,
 }
 
+/// What a garbage pass sees, taken once when it begins.
+struct Pass {
+    /// The grace period.
+    grace: Duration,
+    /// When the pass began: the time it records an unused manifest as first
+    /// seen at.
+    now: Instant,
+    /// When the pass began by the wall clock, which file ages are measured on.
+    wall: SystemTime,
+    /// Every stored manifest, `None` if it does not decode.
+    manifests: HashMap<Hash, Option<Manifest>>,
+}
+
+impl Pass {
+    /// How long before the pass the file was last written (zero if unknown).
+    fn age_of(&self, meta: &fs::Metadata) -> Duration {
+        meta.modified()
+            .ok()
+            .and_then(|m| self.wall.duration_since(m).ok())
+            .unwrap_or_default()
+    }
+
+    /// Adds `roots` and every manifest below them to `keep`.
+    fn keep_below(&self, roots: Vec<Hash>, keep: &mut HashSet<Hash>) {
+        let mut stack = roots;
+        while let Some(id) = stack.pop() {
+            if !keep.insert(id) {
+                continue;
+            }
+            if let Some(Some(Manifest::Dir(d))) = self.manifests.get(&id) {
+                stack.extend(d.entries.iter().map(|e| e.id));
+            }
+        }
+    }
+
+    /// How many of `ids` are stored manifests.
+    fn stored(&self, ids: &HashSet<Hash>) -> usize {
+        ids.iter()
+            .filter(|id| self.manifests.contains_key(*id))
+            .count()
+    }
+
+    /// `ids` and every directory above them.
+    fn with_parents(&self, ids: Vec<Hash>) -> HashSet<Hash> {
+        let mut parents: HashMap<Hash, Vec<Hash>> = HashMap::new();
+        for (id, m) in &self.manifests {
+            if let Some(Manifest::Dir(d)) = m {
+                for e in &d.entries {
+                    parents.entry(e.id).or_default().push(*id);
+                }
+            }
+        }
+        let mut out = HashSet::new();
+        let mut stack = ids;
+        while let Some(id) = stack.pop() {
+            if out.insert(id) {
+                stack.extend(parents.get(&id).into_iter().flatten().copied());
+            }
+        }
+        out
+    }
+
+    /// The chunks the file manifests among `keep` name.
+    fn chunks_of(&self, keep: &HashSet<Hash>) -> HashSet<Hash> {
+        keep.iter()
+            .filter_map(|id| match self.manifests.get(id) {
+                Some(Some(Manifest::File(f))) => Some(f.chunks.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
 impl Store {
     /// Deletes the chunks and manifests no held file uses (complete or not)
     /// and no copy still arriving needs (see the module documentation).
@@ -38,111 +125,105 @@ impl Store {
     /// everything below those are kept with their chunks: a tree whose chunks
     /// are still arriving stays whole. Everything else that is unused and
     /// older than `grace` goes.
-    pub fn collect_garbage(&self, grace: std::time::Duration) -> Result<GcReport, StoreError> {
-        use std::collections::HashMap;
+    pub fn collect_garbage(&self, grace: Duration) -> Result<GcReport, StoreError> {
         let _gc = lock(&self.inner.gc);
         let mut report = GcReport::default();
-        let now = std::time::Instant::now();
-        let wall = std::time::SystemTime::now();
-        let age_of = |meta: &fs::Metadata| {
-            meta.modified()
-                .ok()
-                .and_then(|m| wall.duration_since(m).ok())
-                .unwrap_or_default()
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let pass = Pass {
+            grace,
+            now,
+            wall,
+            manifests: self.stored_manifests()?,
         };
+        let keep = self.kept_manifests(&pass, &mut report)?;
+        self.collect_chunks(&pass, &pass.chunks_of(&keep), &mut report)?;
+        self.collect_manifests(&pass, &keep, &mut report)?;
+        Ok(report)
+    }
 
-        let manifests: HashMap<Hash, Option<Manifest>> = {
-            let tx = self.inner.db.begin_read()?;
-            let table = tx.open_table(MANIFESTS)?;
-            let mut out = HashMap::new();
-            for row in table.iter()? {
-                let (k, v) = row?;
-                out.insert(
-                    Hash::from_bytes(*k.value()),
-                    Manifest::decode(v.value()).ok(),
-                );
-            }
-            out
-        };
-        let held: Vec<Hash> = {
-            let tx = self.inner.db.begin_read()?;
-            let table = tx.open_table(FILES)?;
-            let mut out = Vec::new();
-            for row in table.iter()? {
-                out.push(Hash::from_bytes(*row?.0.value()));
-            }
-            out
-        };
-        let below = |roots: Vec<Hash>, keep: &mut HashSet<Hash>| {
-            let mut stack = roots;
-            while let Some(id) = stack.pop() {
-                if !keep.insert(id) {
-                    continue;
-                }
-                if let Some(Some(Manifest::Dir(d))) = manifests.get(&id) {
-                    stack.extend(d.entries.iter().map(|e| e.id));
-                }
-            }
-        };
+    /// Every stored manifest, decoded (`None` if it does not decode).
+    fn stored_manifests(&self) -> Result<HashMap<Hash, Option<Manifest>>, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(MANIFESTS)?;
+        let mut out = HashMap::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.insert(
+                Hash::from_bytes(*k.value()),
+                Manifest::decode(v.value()).ok(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The ids of the held files, complete or not.
+    fn held_ids(&self) -> Result<Vec<Hash>, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(FILES)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            out.push(Hash::from_bytes(*row?.0.value()));
+        }
+        Ok(out)
+    }
+
+    /// The manifests the pass keeps: everything below a held file, then the
+    /// young unused manifests, the directories above them and everything
+    /// below those. The unused ones kept count as young in `report`.
+    fn kept_manifests(
+        &self,
+        pass: &Pass,
+        report: &mut GcReport,
+    ) -> Result<HashSet<Hash>, StoreError> {
         let mut keep = HashSet::new();
-        below(held, &mut keep);
+        pass.keep_below(self.held_ids()?, &mut keep);
+        let young = self.young_manifests(pass, &keep);
+        let in_use = pass.stored(&keep);
+        pass.keep_below(pass.with_parents(young).into_iter().collect(), &mut keep);
+        report.young += pass.stored(&keep) - in_use;
+        Ok(keep)
+    }
 
-        // Unused manifests: which are young (a copy may still be arriving).
-        let young: Vec<Hash> = {
-            let mut seen = lock(&self.inner.unused_manifests);
-            seen.retain(|id, _| manifests.contains_key(id) && !keep.contains(id));
-            let mut young = Vec::new();
-            for (id, m) in &manifests {
-                if keep.contains(id) {
-                    continue;
-                }
-                let first = *seen.entry(*id).or_insert(now);
-                let fresh = first == now || now.saturating_duration_since(first) < grace;
-                let arriving = || match m {
-                    Some(Manifest::File(f)) => f.chunks.iter().any(|h| {
-                        fs::metadata(self.chunk_path(h)).is_ok_and(|meta| age_of(&meta) < grace)
-                    }),
-                    _ => false,
-                };
-                if fresh || arriving() {
-                    young.push(*id);
-                }
+    /// The unused manifests (those not in `used`) that are young: first found
+    /// unused less than the grace period ago (or just now), or a file's with a
+    /// chunk younger than that (a copy may still be arriving). Records when
+    /// each unused manifest was first found so, and forgets the others.
+    fn young_manifests(&self, pass: &Pass, used: &HashSet<Hash>) -> Vec<Hash> {
+        let mut seen = lock(&self.inner.unused_manifests);
+        seen.retain(|id, _| pass.manifests.contains_key(id) && !used.contains(id));
+        let mut young = Vec::new();
+        for (id, m) in &pass.manifests {
+            if used.contains(id) {
+                continue;
             }
-            young
-        };
-        // The directories above a young manifest, then everything below them.
-        let mut parents: HashMap<Hash, Vec<Hash>> = HashMap::new();
-        for (id, m) in &manifests {
-            if let Some(Manifest::Dir(d)) = m {
-                for e in &d.entries {
-                    parents.entry(e.id).or_default().push(*id);
-                }
+            let first = *seen.entry(*id).or_insert(pass.now);
+            let fresh = first == pass.now || pass.now.saturating_duration_since(first) < pass.grace;
+            if fresh || self.has_young_chunk(pass, m.as_ref()) {
+                young.push(*id);
             }
         }
-        let mut roots = HashSet::new();
-        let mut stack = young;
-        while let Some(id) = stack.pop() {
-            if roots.insert(id) {
-                stack.extend(parents.get(&id).into_iter().flatten().copied());
-            }
-        }
-        let stored =
-            |keep: &HashSet<Hash>| keep.iter().filter(|id| manifests.contains_key(*id)).count();
-        let used = stored(&keep);
-        below(roots.into_iter().collect(), &mut keep);
-        report.young = stored(&keep) - used;
-        let chunks: HashSet<Hash> = keep
-            .iter()
-            .filter_map(|id| match manifests.get(id) {
-                Some(Some(Manifest::File(f))) => Some(f.chunks.iter().copied()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        young
+    }
 
-        // Chunks: those no kept manifest names, older than `grace`. Each is
-        // moved aside and its age checked again before it is deleted, so one
-        // stored again meanwhile (`touch_chunk`) is put back.
+    /// Whether `m` is a file's manifest with a stored chunk younger than the
+    /// grace period.
+    fn has_young_chunk(&self, pass: &Pass, m: Option<&Manifest>) -> bool {
+        match m {
+            Some(Manifest::File(f)) => f.chunks.iter().any(|h| {
+                fs::metadata(self.chunk_path(h)).is_ok_and(|meta| pass.age_of(&meta) < pass.grace)
+            }),
+            _ => false,
+        }
+    }
+
+    /// Deletes the chunks not in `keep` that are older than the grace period.
+    fn collect_chunks(
+        &self,
+        pass: &Pass,
+        keep: &HashSet<Hash>,
+        report: &mut GcReport,
+    ) -> Result<(), StoreError> {
         let dirs =
             fs::read_dir(&self.inner.chunks).map_err(io_err("cannot list", &self.inner.chunks))?;
         for dir in dirs.flatten() {
@@ -153,70 +234,97 @@ impl Store {
                 let Some(hash) = f.file_name().to_str().and_then(|n| n.parse::<Hash>().ok()) else {
                     continue;
                 };
-                if chunks.contains(&hash) {
-                    continue;
-                }
-                let Ok(meta) = f.metadata() else { continue };
-                if age_of(&meta) < grace {
-                    report.young += 1;
-                    continue;
-                }
-                let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
-                let aside = self
-                    .inner
-                    .tmp
-                    .join(format!("{}gc-{n}", self.inner.tmp_prefix));
-                if fs::rename(f.path(), &aside).is_err() {
-                    continue;
-                }
-                let again = fs::metadata(&aside).map(|m| age_of(&m)).unwrap_or_default();
-                if again < grace {
-                    // Wanted again just now: put back (unless a new copy was
-                    // stored under the name meanwhile, which is the same bytes).
-                    let _ = fs::hard_link(&aside, f.path());
-                    let _ = fs::remove_file(&aside);
-                    report.young += 1;
-                    continue;
-                }
-                match fs::remove_file(&aside) {
-                    Ok(()) => {
-                        self.release(meta.len());
-                        report.chunks += 1;
-                        report.bytes += meta.len();
-                    }
-                    Err(e) => warn!("cannot remove unused chunk {hash}: {e}"),
+                if !keep.contains(&hash) {
+                    self.collect_chunk(pass, &hash, &f, report);
                 }
             }
         }
+        Ok(())
+    }
 
-        // Manifests: those not kept, unless stored again since the pass began
-        // (`touch_manifest` forgets them).
+    /// Deletes the unused chunk `hash` (the file `f`) if it is older than the
+    /// grace period. It is moved aside and its age checked again before it is
+    /// deleted, so one stored again meanwhile ([`Store::touch_chunk`]) is put
+    /// back.
+    fn collect_chunk(&self, pass: &Pass, hash: &Hash, f: &fs::DirEntry, report: &mut GcReport) {
+        let Ok(meta) = f.metadata() else { return };
+        if pass.age_of(&meta) < pass.grace {
+            report.young += 1;
+            return;
+        }
+        let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let aside = self
+            .inner
+            .tmp
+            .join(format!("{}gc-{n}", self.inner.tmp_prefix));
+        if fs::rename(f.path(), &aside).is_err() {
+            return;
+        }
+        let again = fs::metadata(&aside)
+            .map(|m| pass.age_of(&m))
+            .unwrap_or_default();
+        if again < pass.grace {
+            // Wanted again just now: put back (unless a new copy was
+            // stored under the name meanwhile, which is the same bytes).
+            let _ = fs::hard_link(&aside, f.path());
+            let _ = fs::remove_file(&aside);
+            report.young += 1;
+            return;
+        }
+        match fs::remove_file(&aside) {
+            Ok(()) => {
+                self.release(meta.len());
+                report.chunks += 1;
+                report.bytes += meta.len();
+            }
+            Err(e) => warn!("cannot remove unused chunk {hash}: {e}"),
+        }
+    }
+
+    /// Deletes the manifests not in `keep`, unless stored again since the
+    /// pass began ([`Store::touch_manifest`] forgets them, under the lock this
+    /// holds while it deletes).
+    fn collect_manifests(
+        &self,
+        pass: &Pass,
+        keep: &HashSet<Hash>,
+        report: &mut GcReport,
+    ) -> Result<(), StoreError> {
         let mut seen = lock(&self.inner.unused_manifests);
-        let doomed: Vec<Hash> = manifests
+        let doomed: Vec<Hash> = pass
+            .manifests
             .keys()
             .filter(|id| !keep.contains(*id) && seen.contains_key(*id))
             .copied()
             .collect();
-        if !doomed.is_empty() {
-            let tx = self.inner.db.begin_write()?;
-            let mut freed = 0u64;
-            {
-                let mut table = tx.open_table(MANIFESTS)?;
-                for id in &doomed {
-                    if let Some(v) = table.remove(id.as_bytes())? {
-                        freed += v.value().len() as u64;
-                    }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let freed = self.delete_manifests(&doomed)?;
+        for id in &doomed {
+            seen.remove(id);
+        }
+        self.release(freed);
+        report.manifests += doomed.len();
+        report.bytes += freed;
+        Ok(())
+    }
+
+    /// Deletes `ids` from the manifest table in one transaction; returns the
+    /// bytes freed.
+    fn delete_manifests(&self, ids: &[Hash]) -> Result<u64, StoreError> {
+        let tx = self.inner.db.begin_write()?;
+        let mut freed = 0u64;
+        {
+            let mut table = tx.open_table(MANIFESTS)?;
+            for id in ids {
+                if let Some(v) = table.remove(id.as_bytes())? {
+                    freed += v.value().len() as u64;
                 }
             }
-            tx.commit()?;
-            for id in &doomed {
-                seen.remove(id);
-            }
-            self.release(freed);
-            report.manifests += doomed.len();
-            report.bytes += freed;
         }
-        Ok(report)
+        tx.commit()?;
+        Ok(freed)
     }
 }
 
