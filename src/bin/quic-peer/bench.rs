@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,72 +36,27 @@ pub async fn run(size_mib: u64) -> Result<()> {
 }
 
 async fn run_in(work: &Path, size: u64) -> Result<()> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    eprintln!("bench: writing a {} MiB file", size >> 20);
-    let src = work.join("payload.bin");
-    write_payload(&src, size)?;
+    let bench = Bench::prepare(work, size)?;
+    let bare1 = bench.bare_stream(None).await?;
+    let bare_file = bench.bare_stream(Some(&work.join("bare-sink.bin"))).await?;
 
-    let bare1 = bare_quinn(&exe, size, None).await?;
-    eprintln!("bench: bare quinn stream {:.0} MB/s", mbps(size, bare1));
-    let sink = work.join("bare-sink.bin");
-    let bare_file = bare_quinn(&exe, size, Some(&sink)).await?;
-    eprintln!(
-        "bench: bare quinn stream to a file {:.0} MB/s",
-        mbps(size, bare_file)
-    );
+    let a = NodeProc::start(&bench.exe, &work.join("a"), None)?;
+    let secs = bench.put(&a, 1)?;
+    let mut rows = vec![
+        Row {
+            what: "put, client to 1 node".into(),
+            secs,
+            bytes: size,
+            rss_kib: a.peak_rss_kib(),
+            baseline: bare1,
+        },
+        bench.get("get, 1 holder", &a, "get1.bin", bare1)?,
+    ];
 
-    let mut rows = Vec::new();
-    let a = NodeProc::start(&exe, &work.join("a"), None)?;
-    let (secs, _) = timed_client(
-        &exe,
-        &[
-            "put",
-            path_str(&src),
-            "--bootstrap",
-            &a.pinned,
-            "--replicas",
-            "1",
-        ],
-    )?;
-    let a_rss = a.peak_rss_kib();
-    rows.push(Row {
-        what: "put, client to 1 node".into(),
-        secs,
-        bytes: size,
-        rss_kib: a_rss,
-        baseline: bare1,
-    });
-
-    let id = file_id(&src)?;
-    let out1 = work.join("get1.bin");
-    let (secs, rss) = timed_client(
-        &exe,
-        &["get", &id, "-o", path_str(&out1), "--bootstrap", &a.pinned],
-    )?;
-    rows.push(Row {
-        what: "get, 1 holder".into(),
-        secs,
-        bytes: size,
-        rss_kib: rss,
-        baseline: bare1,
-    });
-    check_same(&src, &out1)?;
-    std::fs::remove_file(&out1)?;
-
-    let b = NodeProc::start(&exe, &work.join("b"), Some(&a.pinned))?;
-    let c = NodeProc::start(&exe, &work.join("c"), Some(&a.pinned))?;
+    let b = NodeProc::start(&bench.exe, &work.join("b"), Some(&a.pinned))?;
+    let c = NodeProc::start(&bench.exe, &work.join("c"), Some(&a.pinned))?;
     std::thread::sleep(Duration::from_secs(2));
-    let (secs, _) = timed_client(
-        &exe,
-        &[
-            "put",
-            path_str(&src),
-            "--bootstrap",
-            &a.pinned,
-            "--replicas",
-            "3",
-        ],
-    )?;
+    let secs = bench.put(&a, 3)?;
     rows.push(Row {
         what: "put, client to 3 nodes (one had it)".into(),
         secs,
@@ -109,26 +64,97 @@ async fn run_in(work: &Path, size: u64) -> Result<()> {
         rss_kib: b.peak_rss_kib(),
         baseline: bare1,
     });
-
-    let bare2 = bare_quinn(&exe, size, None).await?;
-    eprintln!("bench: bare quinn stream {:.0} MB/s", mbps(size, bare2));
+    let bare2 = bench.bare_stream(None).await?;
     let bare = (bare1 + bare2) / 2.0;
-
-    let out3 = work.join("get3.bin");
-    let (secs, rss) = timed_client(
-        &exe,
-        &["get", &id, "-o", path_str(&out3), "--bootstrap", &a.pinned],
-    )?;
-    rows.push(Row {
-        what: "get, 3 holders at once".into(),
-        secs,
-        bytes: size,
-        rss_kib: rss,
-        baseline: bare,
-    });
-    check_same(&src, &out3)?;
+    rows.push(bench.get("get, 3 holders at once", &a, "get3.bin", bare)?);
     drop((a, b, c));
 
+    print_table(size, [bare1, bare2], bare_file, &rows);
+    Ok(())
+}
+
+/// The payload, and the executable every process of the bench runs.
+struct Bench {
+    exe: PathBuf,
+    work: PathBuf,
+    src: PathBuf,
+    /// The payload's file id, for `get`.
+    id: String,
+    size: u64,
+}
+
+impl Bench {
+    /// Writes a payload of `size` bytes into `work` and hashes it.
+    fn prepare(work: &Path, size: u64) -> Result<Bench> {
+        let exe = std::env::current_exe().context("cannot find this executable")?;
+        eprintln!("bench: writing a {} MiB file", size >> 20);
+        let src = work.join("payload.bin");
+        write_payload(&src, size)?;
+        let id = file_id(&src)?;
+        Ok(Bench {
+            exe,
+            work: work.to_path_buf(),
+            src,
+            id,
+            size,
+        })
+    }
+
+    /// Times a bare quinn stream of the payload's size, into `sink` if given.
+    async fn bare_stream(&self, sink: Option<&Path>) -> Result<f64> {
+        let secs = bare_quinn(&self.exe, self.size, sink).await?;
+        let to = if sink.is_some() { " to a file" } else { "" };
+        eprintln!(
+            "bench: bare quinn stream{to} {:.0} MB/s",
+            mbps(self.size, secs)
+        );
+        Ok(secs)
+    }
+
+    /// Puts the payload with `replicas` copies, joining through `via`;
+    /// returns the time the client reports.
+    fn put(&self, via: &NodeProc, replicas: u32) -> Result<f64> {
+        let replicas = replicas.to_string();
+        let src = path_str(&self.src);
+        let args = [
+            "put",
+            src,
+            "--bootstrap",
+            &via.pinned,
+            "--replicas",
+            &replicas,
+        ];
+        let (secs, _) = timed_client(&self.exe, &args)?;
+        Ok(secs)
+    }
+
+    /// Gets the payload by id into `out` in the work directory, joining
+    /// through `via`, checks it and removes it.
+    fn get(&self, what: &str, via: &NodeProc, out: &str, baseline: f64) -> Result<Row> {
+        let out = self.work.join(out);
+        let args = [
+            "get",
+            &self.id,
+            "-o",
+            path_str(&out),
+            "--bootstrap",
+            &via.pinned,
+        ];
+        let (secs, rss_kib) = timed_client(&self.exe, &args)?;
+        check_same(&self.src, &out)?;
+        std::fs::remove_file(&out)?;
+        Ok(Row {
+            what: what.into(),
+            secs,
+            bytes: self.size,
+            rss_kib,
+            baseline,
+        })
+    }
+}
+
+/// Prints the results as a markdown table, and what its times mean.
+fn print_table(size: u64, [bare1, bare2]: [f64; 2], bare_file: f64, rows: &[Row]) {
     println!();
     println!(
         "| {} MiB on loopback, {} cores | time | MB/s | bare quinn MB/s | ratio | ratio to bare stream written to a file | peak RSS of receiver |",
@@ -167,7 +193,6 @@ async fn run_in(work: &Path, size: u64) -> Result<()> {
     println!("Times are the transfer as the client reports it: for get, from asking for the manifest to the");
     println!("file verified, synced and renamed; for put, from reading the file to every copy acknowledged.");
     println!("RSS: put rows give the receiving node's peak; get rows the get process's peak.");
-    Ok(())
 }
 
 fn mbps(bytes: u64, secs: f64) -> f64 {

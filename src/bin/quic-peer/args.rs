@@ -1,0 +1,268 @@
+//! The command line: the clap structs, the parsers of sizes and durations
+//! they use, and the translation of the node flags into a [`NodeConfig`].
+//!
+//! Flags that shape a node are global (`NodeArgs`), so `put` and `get` take
+//! `--bootstrap`, `--network-key` or `--data-dir` after the subcommand too.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use quic_peer::config::Congestion;
+use quic_peer::crypto::netkey::NetworkKey;
+use quic_peer::proto::ticket::Target;
+use quic_peer::store::datadir::DataDir;
+use quic_peer::{NodeConfig, NodeId, PeerAddr};
+
+/// A decentralized file storage network over QUIC.
+///
+/// Start the first node with `quic-peer --listen 0.0.0.0:5000`, then join others
+/// with `quic-peer --bootstrap HOST:5000`. A running node reads commands on
+/// standard input: `peers`, `exit`.
+#[derive(Parser, Debug)]
+#[command(name = "quic-peer", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print this node's id.
+    Id,
+    /// Write a new random private-network key to FILE (mode 0600), for
+    /// `--network-key`.
+    Keygen {
+        /// Where to write the key.
+        file: PathBuf,
+        /// Replace FILE if it exists (nodes holding the old key are shut out).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Store a file or directory on the network; prints its id and a ticket.
+    Put {
+        /// The file or directory.
+        path: PathBuf,
+        /// Copies to place on other nodes.
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Chunk size in bytes (1K to 16M).
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        chunk_size: u64,
+    },
+    /// Fetch a file or directory by id or ticket, verify it, and write it.
+    Get {
+        /// The file id, or a ticket from `put`.
+        target: Target,
+        /// Where to write it.
+        #[arg(short, long, value_name = "PATH")]
+        out: PathBuf,
+        /// After an attempt that got part of the file, keep looking for
+        /// providers and resuming this long (30s, 5m; 0 to give up at once).
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        retry_for: Duration,
+        /// Chunk data requested at once, across all peers (at least one
+        /// chunk); as much again may wait to be written in order. Bounds the
+        /// download's memory.
+        #[arg(long, value_name = "SIZE", default_value = "24M", value_parser = parse_size)]
+        max_in_flight: u64,
+    },
+    /// Measure put and get throughput against a bare quinn stream.
+    Bench {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+    },
+    /// The bare quinn server the bench measures against.
+    #[command(hide = true)]
+    BenchBareServer,
+    /// Run a small network on loopback and show it working.
+    Demo {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// UDP address to listen on [default: 0.0.0.0:0, an ephemeral port]
+    #[arg(long, value_name = "ADDR", global = true)]
+    listen: Option<SocketAddr>,
+
+    /// A node to join through, as HOST:PORT or ID@HOST:PORT (pins its id). Repeatable.
+    #[arg(long, value_name = "ADDR", global = true)]
+    bootstrap: Vec<PeerAddr>,
+
+    /// Address to announce to peers instead of the listening one. Repeatable.
+    #[arg(long, value_name = "ADDR", global = true)]
+    advertise: Vec<SocketAddr>,
+
+    /// Where this node keeps its identity [default: the first free
+    /// ~/.local/share/quic-peer/node-N]
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Seconds without traffic after which a peer is considered gone.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, global = true)]
+    idle_timeout: f64,
+
+    /// Seconds between peer-list gossip rounds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, global = true)]
+    gossip_interval: f64,
+
+    /// Connections to other nodes to keep.
+    #[arg(long, value_name = "N", default_value_t = 32, global = true)]
+    target_peers: usize,
+
+    /// Hard limit on connections.
+    #[arg(long, value_name = "N", default_value_t = 256, global = true)]
+    max_connections: usize,
+
+    /// Incoming connections (handshakes included) from one address at once;
+    /// an IPv6 address counts by its /64. More are refused before their
+    /// handshake.
+    #[arg(long, value_name = "N", default_value_t = 8, global = true)]
+    max_connections_per_ip: usize,
+
+    /// Requests (get, put, has, hold, DHT) one peer may make per second, in
+    /// bursts of up to twice that; more are refused with a rate-limited
+    /// error. 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 1000, global = true)]
+    max_requests_per_sec: u32,
+
+    /// Streams one peer may have open on a connection at once (QUIC's own
+    /// limit: a peer that wants more waits for one to close).
+    /// At least 2: the control stream takes one.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(2..=10_000), global = true)]
+    max_streams: u32,
+
+    /// Most bytes of chunk data this node stores, e.g. 500M, 20G.
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size, global = true)]
+    max_storage: u64,
+    /// QUIC congestion control: bbr copes with random loss, cubic and
+    /// new-reno halve their rate on every loss.
+    #[arg(long, value_enum, default_value_t = Congestion::Bbr, global = true)]
+    congestion: Congestion,
+
+    /// Join the private network whose key is in FILE (made by `quic-peer
+    /// keygen`): only nodes holding the same key can connect, either way.
+    #[arg(long, value_name = "FILE", global = true)]
+    network_key: Option<PathBuf>,
+
+    /// Connect only with this node id, either way. Repeatable; without it any
+    /// node may connect. `put` and `get` reach such a node only if their own id
+    /// (from their --data-dir) is listed there.
+    #[arg(long, value_name = "ID", global = true)]
+    allow: Vec<NodeId>,
+}
+
+impl NodeArgs {
+    /// The node configuration these flags describe, checked.
+    pub fn config(&self) -> Result<NodeConfig> {
+        let idle = seconds("idle-timeout", self.idle_timeout)?;
+        let mut cfg = NodeConfig {
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            advertise: self.advertise.clone(),
+            bootstrap: self.bootstrap.clone(),
+            idle_timeout: idle,
+            keep_alive: (idle / 4).max(Duration::from_millis(100)),
+            gossip_interval: seconds("gossip-interval", self.gossip_interval)?,
+            target_peers: self.target_peers,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_streams: self.max_streams,
+            max_requests_per_sec: self.max_requests_per_sec,
+            request_burst: self.max_requests_per_sec.saturating_mul(2),
+            max_storage: self.max_storage,
+            congestion: self.congestion,
+            network_key: match &self.network_key {
+                Some(path) => Some(NetworkKey::load(path)?),
+                None => None,
+            },
+            allow: (!self.allow.is_empty()).then(|| self.allow.iter().copied().collect()),
+            ..NodeConfig::default()
+        };
+        cfg.handshake_timeout = cfg.handshake_timeout.min(idle.max(Duration::from_secs(1)));
+        if cfg.max_connections == 0 {
+            anyhow::bail!("--max-connections must be at least 1");
+        }
+        if cfg.max_connections_per_ip == 0 {
+            anyhow::bail!("--max-connections-per-ip must be at least 1");
+        }
+        Ok(cfg)
+    }
+
+    /// Locks the `--data-dir`, or the first free default one, for a running node.
+    pub fn data_dir(&self) -> Result<DataDir> {
+        Ok(match &self.data_dir {
+            Some(dir) => DataDir::lock(dir)?,
+            None => DataDir::default_slot()?,
+        })
+    }
+}
+
+/// A flag given in seconds, checked to be positive and under a day.
+fn seconds(name: &str, secs: f64) -> Result<Duration> {
+    if !(secs.is_finite() && secs > 0.0 && secs < 86_400.0) {
+        anyhow::bail!("--{name} must be a number of seconds between 0 and 86400, got {secs}");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("unknown unit in {s:?}: use ms, s, m or h")),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s or 5m"))?;
+    let secs = v * scale;
+    if !(0.0..=7.0 * 86_400.0).contains(&secs) {
+        return Err(format!("{s:?} is out of range (0 to 7 days)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `1024`, `64K`, `500M`, `20G`, `1T` (binary units).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mult: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                'B' => 1,
+                _ => return Err(format!("unknown unit in {s:?}: use K, M, G or T")),
+            };
+            (&s[..i], mult)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 1048576, 512K, 500M or 20G"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}

@@ -1,0 +1,129 @@
+//! `quic-peer put` and `quic-peer get`: a short-lived client node that joins
+//! the network, makes one transfer, prints its report and leaves.
+//!
+//! Arguments are checked before the node starts, so a mistake costs no
+//! network round and gets one clear line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use quic_peer::download::DownloadOptions;
+use quic_peer::proto::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use quic_peer::proto::ticket::Target;
+use quic_peer::proto::wire::Role;
+use quic_peer::store::datadir::DataDir;
+use quic_peer::{Identity, Node, NodeConfig};
+
+use crate::args::NodeArgs;
+use crate::display::{print_get, print_put, TransferProgress};
+
+/// Stores the file or directory at `path` with `replicas` copies on other
+/// nodes, and prints its id and ticket.
+pub async fn put(args: &NodeArgs, path: &Path, replicas: usize, chunk_size: u64) -> Result<()> {
+    anyhow::ensure!(replicas >= 1, "--replicas must be at least 1");
+    let chunk_size = checked_chunk_size(chunk_size)?;
+    std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (node, _dir) = start(args, true).await?;
+    let progress = TransferProgress::new("put");
+    let result = node.put(path, replicas, chunk_size, progress.clone()).await;
+    progress.finish();
+    node.shutdown().await;
+    let report = result?;
+    print_put(&report);
+    Ok(())
+}
+
+/// Fetches `target` into `out`, verified, and prints what it got.
+pub async fn get(
+    args: &NodeArgs,
+    target: &Target,
+    out: &Path,
+    retry_for: Duration,
+    max_in_flight: u64,
+) -> Result<()> {
+    check_writable(out)?;
+    // A ticket names holders to ask; an id alone finds them through the network.
+    let need_bootstrap = matches!(target, Target::Id(_));
+    let (node, _dir) = start(args, need_bootstrap).await?;
+    let progress = TransferProgress::new("get");
+    let opts = DownloadOptions {
+        retry_for,
+        max_in_flight_bytes: max_in_flight,
+        ..DownloadOptions::default()
+    };
+    let result = node.get(target, out, &opts, progress.clone()).await;
+    progress.finish();
+    node.shutdown().await;
+    let stats = result?;
+    print_get(out, &stats);
+    Ok(())
+}
+
+/// `--chunk-size` as the manifest takes it, within its bounds.
+fn checked_chunk_size(chunk_size: u64) -> Result<u32> {
+    u32::try_from(chunk_size)
+        .ok()
+        .filter(|c| (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(c))
+        .with_context(|| {
+            format!("--chunk-size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")
+        })
+}
+
+/// Fails unless a file can be created beside `out`, before any download.
+fn check_writable(out: &Path) -> Result<()> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    anyhow::ensure!(
+        dir.is_dir(),
+        "cannot write {}: {} is not a directory",
+        out.display(),
+        dir.display()
+    );
+    let probe = dir.join(format!(".quic-peer-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("cannot write {}: directory is not writable", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Starts a short-lived client node and joins through the bootstrap nodes.
+///
+/// Its identity is a throwaway one, or with `--data-dir` that directory's
+/// (locked while the returned guard lives, so it is not a running node's),
+/// which lets nodes with an allow list admit it.
+async fn start(args: &NodeArgs, need_bootstrap: bool) -> Result<(Node, Option<DataDir>)> {
+    let config = NodeConfig {
+        role: Role::Client,
+        data_dir: None,
+        ..args.config()?
+    };
+    let has_bootstrap = !config.bootstrap.is_empty();
+    if need_bootstrap && !has_bootstrap {
+        anyhow::bail!("--bootstrap ADDR is required to reach the network");
+    }
+    let (node, dir) = match &args.data_dir {
+        Some(dir) => {
+            let dir = DataDir::lock(dir)?;
+            let identity = Identity::load_or_create(dir.path())?;
+            (
+                Node::start_with_identity(config, identity).await?,
+                Some(dir),
+            )
+        }
+        None => (Node::start(config).await?, None),
+    };
+    if has_bootstrap {
+        if let Err(last) = node.net().bootstrap_once().await {
+            if need_bootstrap {
+                node.shutdown().await;
+                anyhow::bail!(
+                    "cannot reach the network: no bootstrap node could be joined ({last})"
+                );
+            }
+        }
+    }
+    Ok((node, dir))
+}

@@ -1,0 +1,181 @@
+//! What the user reads: the `say!` line printer, human sizes, the progress
+//! of a transfer, and the reports of a finished put or get.
+//!
+//! The bracketed lines (`[PUT]`, `[RECEIVED]`, `[PROGRESS]`…) are the
+//! command's output, read by people, scripts and `tests/cli.rs` alike; they
+//! are printed here on purpose, never through the log.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use quic_peer::download::{DownloadStats, Progress};
+use quic_peer::replication::PutReport;
+
+/// Prints a line for the user, flushing so that pipes see it at once.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+pub(crate) use say;
+
+/// A byte count as people read it: `12.01 MiB`.
+pub fn human(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
+}
+
+/// Prints what a put stored, where, how fast, and the id and ticket to get it.
+pub fn print_put(report: &PutReport) {
+    say!("[PUT] {} bytes stored as {}", report.size, report.id);
+    let secs = report.elapsed.as_secs_f64().max(1e-6);
+    let sent = report.size * report.remote_copies as u64;
+    say!(
+        "[PUT] transferred {sent} bytes to {} node{} in {secs:.2} s ({:.1} MB/s)",
+        report.remote_copies,
+        if report.remote_copies == 1 { "" } else { "s" },
+        sent as f64 / secs / 1e6
+    );
+    for h in &report.holders {
+        let addrs: Vec<String> = h.addrs.iter().map(ToString::to_string).collect();
+        say!("[SENT] copy held by {} ({})", h.id, addrs.join(","));
+    }
+    for (id, why) in &report.failures {
+        say!("[WARN] {id} did not take a copy: {why}");
+    }
+    let copies = report.remote_copies;
+    say!(
+        "[PUT] {copies} of {} cop{} stored on other nodes{}",
+        report.wanted,
+        if report.wanted == 1 { "y" } else { "ies" },
+        if copies < report.wanted {
+            " (the network has fewer nodes to give)"
+        } else {
+            ""
+        }
+    );
+    say!("id: {}", report.id);
+    say!("ticket: {}", report.ticket);
+}
+
+/// Prints what a get wrote to `out`, how fast, from how many peers, and any
+/// peer it banned.
+pub fn print_get(out: &Path, stats: &DownloadStats) {
+    let secs = stats.elapsed.as_secs_f64().max(1e-6);
+    say!(
+        "[RECEIVED] {} ({} bytes in {} file{}) in {:.2} s, {:.1} MB/s from {} peer{}; chunks fetched {}, resumed {}, bad {}",
+        out.display(),
+        stats.bytes,
+        stats.files,
+        if stats.files == 1 { "" } else { "s" },
+        secs,
+        stats.bytes as f64 / secs / 1e6,
+        stats.per_peer.len(),
+        if stats.per_peer.len() == 1 { "" } else { "s" },
+        stats.chunks_fetched,
+        stats.chunks_resumed,
+        stats.bad_chunks
+    );
+    if !stats.banned_peers.is_empty() {
+        say!(
+            "banned for misbehaving: {}",
+            stats
+                .banned_peers
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+}
+
+/// A progress bar on a terminal, plain lines every 10% otherwise.
+pub struct TransferProgress {
+    what: &'static str,
+    bar: Mutex<Option<indicatif::ProgressBar>>,
+    plain: Mutex<PlainProgress>,
+    start: Instant,
+}
+
+/// Where a transfer without a terminal stands, in bytes.
+#[derive(Default)]
+struct PlainProgress {
+    total: u64,
+    done: u64,
+    /// The last tenth of `total` a line was printed for.
+    decile: u64,
+}
+
+impl TransferProgress {
+    /// A progress for a transfer labelled `what` ("put", "get").
+    pub fn new(what: &'static str) -> Arc<Self> {
+        Arc::new(TransferProgress {
+            what,
+            bar: Mutex::new(None),
+            plain: Mutex::new(PlainProgress::default()),
+            start: Instant::now(),
+        })
+    }
+
+    /// Clears the bar, if there is one, before the report is printed.
+    pub fn finish(&self) {
+        if let Some(bar) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for TransferProgress {
+    fn begin(&self, name: &str, total: u64) {
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(format!("{} {name}", self.what));
+            *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar);
+        } else {
+            *self.plain.lock().unwrap_or_else(|e| e.into_inner()) = PlainProgress {
+                total,
+                ..PlainProgress::default()
+            };
+            say!(
+                "[{}] {name}: {} to transfer",
+                self.what.to_uppercase(),
+                human(total)
+            );
+        }
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(bar) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            bar.inc(bytes);
+            return;
+        }
+        let mut p = self.plain.lock().unwrap_or_else(|e| e.into_inner());
+        p.done += bytes;
+        if p.total == 0 {
+            return;
+        }
+        let decile = p.done * 10 / p.total;
+        if decile > p.decile {
+            p.decile = decile;
+            let secs = self.start.elapsed().as_secs_f64().max(1e-6);
+            say!(
+                "[PROGRESS] {} {}% ({} of {}, {:.1} MB/s)",
+                self.what,
+                decile * 10,
+                human(p.done),
+                human(p.total),
+                p.done as f64 / secs / 1e6
+            );
+        }
+    }
+}
