@@ -224,7 +224,7 @@ async fn membership_gossip_and_lookups_work_at_20_percent_loss() {
     let mut fetched = 0;
     for n in nodes.iter().filter(|n| !holders.contains(&n.id())).take(2) {
         let out = dir.path().join(format!("out-{fetched}.bin"));
-        get_to(&n, report.id, &out)
+        get_to(n, report.id, &out)
             .await
             .expect("get by id through lossy links");
         assert!(std::fs::read(&out).unwrap() == data);
