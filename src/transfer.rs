@@ -62,9 +62,18 @@ pub enum FetchError {
     /// No answer in time.
     #[error("timed out")]
     Timeout,
-    /// The stream or connection failed.
-    #[error("stream: {0}")]
-    Stream(String),
+    /// No stream could be opened on the connection.
+    #[error("cannot open a stream: {0}")]
+    Open(#[from] quinn::ConnectionError),
+    /// The peer closed the stream without answering.
+    #[error("the stream closed without an answer")]
+    NoAnswer,
+    /// The bytes announced did not all arrive.
+    #[error("the bytes were cut off: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    /// Hashing what arrived failed (the hashing task was lost).
+    #[error("hashing failed: {0}")]
+    Hashing(#[from] tokio::task::JoinError),
     /// The answer did not decode.
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -95,9 +104,9 @@ pub enum PushError {
     /// No answer in time.
     #[error("timed out")]
     Timeout,
-    /// The stream or connection failed.
-    #[error("stream: {0}")]
-    Stream(String),
+    /// The request could not be made or its answer read.
+    #[error(transparent)]
+    Stream(FetchError),
     /// The answer did not decode.
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -159,10 +168,6 @@ impl Service for Transfers {
             }
         })
     }
-}
-
-fn stream_err(e: impl std::fmt::Display) -> String {
-    e.to_string()
 }
 
 /// Serves one request on a stream whose first frame was `request`.
@@ -395,11 +400,7 @@ async fn request(
     request: &Request,
     body: Option<Bytes>,
 ) -> Result<(Response, quinn::RecvStream), FetchError> {
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(stream_err)
-        .map_err(FetchError::Stream)?;
+    let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(&mut send, request, MAX_CONTROL_FRAME).await?;
     if let Some(body) = body {
         // The receiver may answer early and stop the stream (already stored, over
@@ -409,7 +410,7 @@ async fn request(
     let _ = send.finish();
     let resp = read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
         .await?
-        .ok_or_else(|| FetchError::Stream("stream closed without an answer".into()))?;
+        .ok_or(FetchError::NoAnswer)?;
     Ok((resp, recv))
 }
 
@@ -444,15 +445,12 @@ async fn fetch_raw(
         });
     }
     let mut data = vec![0u8; len as usize];
-    recv.read_exact(&mut data)
-        .await
-        .map_err(|e| FetchError::Stream(e.to_string()))?;
+    recv.read_exact(&mut data).await?;
     let (data, actual) = tokio::task::spawn_blocking(move || {
         let h = Hash::of(&data);
         (data, h)
     })
-    .await
-    .map_err(|e| FetchError::Stream(e.to_string()))?;
+    .await?;
     if actual != name {
         return Err(FetchError::BadHash {
             expected: name,
@@ -543,7 +541,7 @@ async fn push(
         Ok((Response::Nack(r), _)) => Err(PushError::Nack(r)),
         Ok((other, _)) => Err(PushError::Unexpected(other)),
         Err(FetchError::Frame(e)) => Err(PushError::Frame(e)),
-        Err(e) => Err(PushError::Stream(e.to_string())),
+        Err(e) => Err(PushError::Stream(e)),
     }
 }
 

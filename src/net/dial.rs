@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, Instrument};
 
 use super::connection::{close, ConnMeta};
+use super::error::JoinError;
 use super::limits::ConnPermit;
 use super::{lock, ConnectError, Network, PeerAddr};
 use crate::crypto::tls;
@@ -25,16 +26,19 @@ use crate::proto::NodeId;
 
 /// Resolves an address's host (DNS names included).
 async fn resolve(addr: &PeerAddr) -> Result<Vec<SocketAddr>, ConnectError> {
-    let resolve_err = |reason: String| ConnectError::Resolve {
-        addr: addr.to_string(),
-        reason,
+    let resolve_err = |source: std::io::Error| ConnectError::Resolve {
+        addr: addr.clone(),
+        source,
     };
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((addr.host.as_str(), addr.port))
         .await
-        .map_err(|e| resolve_err(e.to_string()))?
+        .map_err(resolve_err)?
         .collect();
     if addrs.is_empty() {
-        return Err(resolve_err("no addresses".into()));
+        return Err(resolve_err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no addresses",
+        )));
     }
     Ok(addrs)
 }
@@ -99,9 +103,9 @@ impl Network {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(ConnectError::Resolve {
-            addr: addr.to_string(),
-            reason: "no addresses".into(),
+        Err(last.unwrap_or_else(|| ConnectError::Resolve {
+            addr: addr.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
         }))
     }
 
@@ -255,7 +259,7 @@ impl Network {
             close(&conn, ErrorCode::Internal, &"no peer certificate");
             return Err(ConnectError::Join {
                 addr,
-                reason: "no peer certificate".into(),
+                reason: JoinError::NoCertificate,
             });
         };
         if id == self.id() {
@@ -287,9 +291,9 @@ impl Network {
         conn: &Connection,
         addr: SocketAddr,
     ) -> Result<(SendStream, RecvStream, Welcome), ConnectError> {
-        let join_err = |reason: String| ConnectError::Join { addr, reason };
+        let join_err = |reason: JoinError| ConnectError::Join { addr, reason };
         let exchange = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| join_err(e.to_string()))?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| join_err(e.into()))?;
             let join = Request::Join(Join {
                 version: PROTOCOL_VERSION,
                 role: self.inner.config.role,
@@ -299,19 +303,19 @@ impl Network {
             });
             write_frame(&mut send, &join, MAX_CONTROL_FRAME)
                 .await
-                .map_err(|e| join_err(e.to_string()))?;
+                .map_err(|e| join_err(e.into()))?;
             match read_frame::<Control, _>(&mut recv, MAX_CONTROL_FRAME).await {
                 Ok(Some(Control::Welcome(w))) => Ok((send, recv, w)),
                 Ok(Some(_)) => {
                     close(conn, ErrorCode::UnexpectedMessage, &"expected WELCOME");
-                    Err(join_err("expected WELCOME".into()))
+                    Err(join_err(JoinError::NotWelcome))
                 }
-                Ok(None) => Err(join_err("control stream closed before WELCOME".into())),
+                Ok(None) => Err(join_err(JoinError::Closed)),
                 Err(e) => {
                     if let FrameError::Wire(w) = &e {
                         close(conn, w.code(), w);
                     }
-                    Err(join_err(e.to_string()))
+                    Err(join_err(e.into()))
                 }
             }
         };

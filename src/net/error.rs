@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use quinn::ConnectionError;
 
 use crate::crypto::tls;
-use crate::proto::NodeId;
+use crate::proto::frame::FrameError;
+use crate::proto::{NodeId, PeerAddr};
 
 /// Why the endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +50,12 @@ fn handshake_reason(e: &ConnectionError) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The host name did not resolve.
-    #[error("cannot resolve {addr}: {reason}")]
+    #[error("cannot resolve {addr}: {source}")]
     Resolve {
         /// The address as given.
-        addr: String,
+        addr: PeerAddr,
         /// What the resolver said.
-        reason: String,
+        source: std::io::Error,
     },
     /// quinn refused to start the dial.
     #[error("cannot dial {addr}: {source}")]
@@ -94,7 +95,7 @@ pub enum ConnectError {
         /// The address.
         addr: SocketAddr,
         /// What went wrong.
-        reason: String,
+        reason: JoinError,
     },
     /// This node is at its connection limit.
     #[error("connection limit of {0} reached")]
@@ -120,4 +121,24 @@ pub enum ConnectError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+/// What went wrong in a JOIN / WELCOME exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The handshake ended without a peer certificate.
+    #[error("no peer certificate")]
+    NoCertificate,
+    /// The control stream could not be opened.
+    #[error("cannot open the control stream: {0}")]
+    Open(#[from] ConnectionError),
+    /// JOIN could not be sent, or WELCOME did not decode.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// Another message came where WELCOME should be.
+    #[error("expected WELCOME")]
+    NotWelcome,
+    /// The peer closed the control stream before WELCOME.
+    #[error("control stream closed before WELCOME")]
+    Closed,
 }

@@ -52,7 +52,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 pub use crate::proto::addr::{ParseAddrError, PeerAddr};
-pub use error::{ConnectError, EndpointError};
+pub use error::{ConnectError, EndpointError, JoinError};
 pub use maintain::BootstrapError;
 pub use router::{RequestStream, Service};
 
