@@ -6,14 +6,13 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{binary, connected, node, parse_started, wait_event, wait_until, Proc};
+use common::{
+    binary, connected, dir_arg, node, parse_started, run_fails, run_ok, wait_event, wait_until,
+    Proc,
+};
 use quic_peer::{LeftReason, Node, NodeConfig, PeerEvent};
 
 const T: Duration = Duration::from_secs(20);
-
-fn dir_arg(dir: &tempfile::TempDir) -> String {
-    dir.path().display().to_string()
-}
 
 #[test]
 fn listen_then_bootstrap_as_separate_processes() {
@@ -41,15 +40,8 @@ fn listen_then_bootstrap_as_separate_processes() {
     a.expect_line(&format!("[LEAVE] {b_id} left"), Duration::from_secs(2));
 
     // `quic-peer id` reads the same identity the node used.
-    let out = binary()
-        .args(["id", "--data-dir", &dir_arg(&db)])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        b_id.to_string()
-    );
+    let out = run_ok(&["id", "--data-dir", &dir_arg(&db)]);
+    assert_eq!(out.trim(), b_id.to_string());
 
     a.send("exit");
     assert!(a.wait(T).success());
@@ -161,17 +153,6 @@ async fn restarted_process_keeps_its_id_and_replaces_its_old_connection() {
     a.shutdown().await;
 }
 
-fn run_fails(args: &[&str]) -> String {
-    let out = binary().args(args).stdin(Stdio::null()).output().unwrap();
-    assert!(!out.status.success(), "{args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        err.lines().filter(|l| !l.trim().is_empty()).count() <= 3,
-        "short message expected, got:\n{err}"
-    );
-    err
-}
-
 #[test]
 fn bad_input_gets_one_clear_line_and_a_failing_exit() {
     let err = run_fails(&["--bootstrap", "nonsense"]);
@@ -268,63 +249,22 @@ fn put_and_get_as_separate_processes() {
     let data = common::random_bytes(3 * 1024 * 1024 + 5, 42);
     std::fs::write(&src, &data).unwrap();
 
-    let out = binary()
-        .args([
-            "put",
-            &src.display().to_string(),
-            "--bootstrap",
-            &boot,
-            "--replicas",
-            "2",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "put failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let src_arg = src.display().to_string();
+    let stdout = run_ok(&["put", &src_arg, "--bootstrap", &boot, "--replicas", "2"]);
     assert!(stdout.contains("[PUT] 2 of 2 copies"), "{stdout}");
     let id = field(&stdout, "id: ");
     let ticket = field(&stdout, "ticket: ");
 
     // By ticket, with no bootstrap at all: the ticket says where to go.
     let dest = work.path().join("by-ticket.bin");
-    let out = binary()
-        .args(["get", &ticket, "-o", &dest.display().to_string()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "get failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_ok(&["get", &ticket, "-o", &dest.display().to_string()]);
     assert!(stdout.contains("[RECEIVED]"), "{stdout}");
     assert_eq!(std::fs::read(&dest).unwrap(), data);
 
     // By id, through the bootstrap node.
     let dest = work.path().join("by-id.bin");
-    let status = binary()
-        .args([
-            "get",
-            &id,
-            "-o",
-            &dest.display().to_string(),
-            "--bootstrap",
-            &boot,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let dest_arg = dest.display().to_string();
+    run_ok(&["get", &id, "-o", &dest_arg, "--bootstrap", &boot]);
     assert_eq!(std::fs::read(&dest).unwrap(), data);
 
     // The running nodes list it.

@@ -9,7 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    binary, connected, get_to, parse_started, put, random_bytes, store_node_with, wait_until, Proc,
+    binary, connected, dir_arg, get_to, parse_started, put, random_bytes, run_fails, run_ok,
+    store_node_with, wait_until, Proc,
 };
 use quic_peer::crypto::netkey::NetworkKey;
 use quic_peer::crypto::tls::Refusal;
@@ -213,10 +214,6 @@ async fn allow_list_admits_listed_ids_and_refuses_others() {
     }
 }
 
-fn dir_arg(dir: &tempfile::TempDir) -> String {
-    dir.path().display().to_string()
-}
-
 /// The real binary: `keygen`, two members joining with `--network-key`, and a
 /// third process without the key refused with a clear message.
 #[test]
@@ -305,31 +302,13 @@ fn cli_keygen_members_join_and_outsider_is_refused() {
     let src = work.path().join("f.txt");
     std::fs::write(&src, b"members only").unwrap();
     let src_arg = src.display().to_string();
-    let out = binary()
-        .args(["put", &src_arg, "--bootstrap", &boot, "--replicas", "1"])
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let put = ["put", &src_arg, "--bootstrap", &boot, "--replicas", "1"];
+    let err = run_fails(&put);
     assert!(
         err.contains("cannot reach the network") && err.contains("not a member"),
         "{err}"
     );
-    let out = binary()
-        .args(["put", &src_arg, "--bootstrap", &boot, "--replicas", "1"])
-        .args(["--network-key", &key_arg])
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_ok(&[&put[..], &["--network-key", &key_arg]].concat());
     assert!(stdout.contains("[PUT] 1 of 1 copy"), "{stdout}");
 
     // Nobody outside joined the members.
@@ -353,12 +332,9 @@ fn cli_keygen_members_join_and_outsider_is_refused() {
 #[test]
 fn cli_allow_list_admits_a_listed_client_only() {
     let (da, dclient) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let out = binary()
-        .args(["id", "--data-dir", &dir_arg(&dclient)])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let client_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let client_id = run_ok(&["id", "--data-dir", &dir_arg(&dclient)])
+        .trim()
+        .to_string();
     let mut a = Proc::spawn(&[
         "--listen",
         "127.0.0.1:0",

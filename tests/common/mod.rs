@@ -126,6 +126,47 @@ pub fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_quic-peer"))
 }
 
+/// Runs the binary to the end with `args` (no stdin, `RUST_LOG=warn`),
+/// asserts that it succeeded and returns its standard output.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = binary()
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs the binary to the end with `args` (no stdin, no logs), asserts that
+/// it failed with a short message, and returns its standard error.
+pub fn run_fails(args: &[&str]) -> String {
+    let out = binary()
+        .args(args)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    assert!(!out.status.success(), "{args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.lines().filter(|l| !l.trim().is_empty()).count() <= 3,
+        "short message expected, got:\n{err}"
+    );
+    err
+}
+
+/// A temp dir as a command-line argument.
+pub fn dir_arg(dir: &tempfile::TempDir) -> String {
+    dir.path().display().to_string()
+}
+
 /// A running `quic-peer` process whose stdout lines arrive on a channel.
 pub struct Proc {
     pub child: Child,
