@@ -287,3 +287,62 @@ fn scan_every(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::manifest::FileManifest;
+
+    fn manifest(data: &[u8], chunk_size: u32) -> FileManifest {
+        FileManifest {
+            name: "f".into(),
+            size: data.len() as u64,
+            chunk_size,
+            chunks: data.chunks(chunk_size as usize).map(Hash::of).collect(),
+        }
+    }
+
+    #[test]
+    fn chunks_ahead_of_the_end_wait_until_the_buffer_is_full() {
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let mut w = WriterThread {
+            file: file.clone(),
+            end: 0,
+            unsynced: 0,
+            pending: BTreeMap::new(),
+            held: 0,
+            reorder_bytes: 4,
+            error: None,
+        };
+        w.accept(8, vec![3; 4]);
+        assert_eq!((w.end, w.held), (0, 4), "held back: the buffer is not over");
+        w.accept(16, vec![5; 4]);
+        assert_eq!(
+            (w.end, w.held),
+            (12, 4),
+            "over: the earliest held is written"
+        );
+        w.accept(0, vec![1; 4]);
+        w.accept(4, vec![2; 4]);
+        assert_eq!((w.end, w.held), (12, 4), "16 waits for the gap before it");
+        w.accept(12, vec![4; 4]);
+        assert_eq!((w.end, w.held), (20, 0), "the gap filled: 16 follows");
+        w.finish().unwrap();
+        let mut out = vec![0; 20];
+        file.read_exact_at(&mut out, 0).unwrap();
+        assert_eq!(out, [[1; 4], [2; 4], [3; 4], [4; 4], [5; 4]].concat());
+    }
+
+    #[test]
+    fn scan_keeps_only_whole_chunks_that_hash_right() {
+        let data: Vec<u8> = (0..10u8).collect();
+        let f = manifest(&data, 4);
+        let file = tempfile::tempfile().unwrap();
+        let mut part = data.clone();
+        part[5] ^= 1;
+        file.write_all_at(&part[..9], 0).unwrap();
+        assert_eq!(scan(&file, &f, 9).unwrap(), [true, false, false]);
+        file.write_all_at(&data, 0).unwrap();
+        assert_eq!(scan(&file, &f, 10).unwrap(), [true, true, true]);
+    }
+}
