@@ -1,0 +1,143 @@
+//! One file of a download, from start to end: kept as it is if an earlier
+//! attempt finished it, else resumed from its `.part` (or started), fetched by
+//! the workers of every provider, then checked, synced and given its final
+//! name.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::download::queue::Queue;
+use crate::download::shared::{lock, Shared};
+use crate::download::worker::{worker, Job};
+use crate::download::writer::{finished_earlier, open_part, scan_part, Writer};
+use crate::download::{io, part_path, DownloadError, DownloadOptions, Progress, Provider};
+use crate::proto::manifest::FileManifest;
+
+/// Downloads the file `f` to `path` from `providers`.
+pub(super) async fn download_file(
+    providers: &[Provider],
+    shared: &Arc<Shared>,
+    f: &FileManifest,
+    path: &Path,
+    opts: &DownloadOptions,
+    progress: &Arc<dyn Progress>,
+) -> Result<(), DownloadError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    if finished_earlier(path, f).await? {
+        progress.advance(f.size);
+        lock(&shared.stats).chunks_resumed += f.chunks.len();
+        return Ok(());
+    }
+    let part = part_path(path);
+    let (file, existing) = open_part(&part, f.size)?;
+    let file = Arc::new(file);
+    let have = scan_part(&part, &file, f, existing).await?;
+    note_resumed(shared, f, &have, &part, progress);
+    let job = Job {
+        shared: shared.clone(),
+        queue: Arc::new(Mutex::new(Queue::new(f.chunks.len(), &have))),
+        permits: Arc::new(Semaphore::new(requests_at_once(opts, f))),
+        writer: Arc::new(Writer::new(
+            file.clone(),
+            existing,
+            opts.max_in_flight_bytes,
+        )),
+        manifest: Arc::new(f.clone()),
+        timeout: opts.chunk_timeout,
+        progress: progress.clone(),
+        all_in: CancellationToken::new(),
+    };
+    run_workers(providers, &job, opts.per_peer).await;
+    finish(&job, path, &part, &file).await
+}
+
+/// Counts the chunks `have` found intact in `part`: as progress, in the
+/// stats, in the log.
+fn note_resumed(
+    shared: &Shared,
+    f: &FileManifest,
+    have: &[bool],
+    part: &Path,
+    progress: &Arc<dyn Progress>,
+) {
+    let resumed = have.iter().filter(|h| **h).count();
+    let resumed_bytes: u64 = (0..f.chunks.len())
+        .filter(|&i| have[i])
+        .map(|i| f.chunk_range(i).1 as u64)
+        .sum();
+    progress.advance(resumed_bytes);
+    if resumed > 0 {
+        debug!(
+            resumed,
+            total = f.chunks.len(),
+            "resuming from {}",
+            part.display()
+        );
+    }
+    lock(&shared.stats).chunks_resumed += resumed;
+}
+
+/// Requests at once: `max_in_flight`, fewer if the chunks are large.
+fn requests_at_once(opts: &DownloadOptions, f: &FileManifest) -> usize {
+    let by_bytes = (opts.max_in_flight_bytes / u64::from(f.chunk_size.max(1))).max(1);
+    opts.max_in_flight.max(1).min(by_bytes as usize)
+}
+
+/// Runs `per_peer` workers for each provider until all have stopped.
+async fn run_workers(providers: &[Provider], job: &Job, per_peer: usize) {
+    let mut workers = JoinSet::new();
+    for p in providers {
+        for _ in 0..per_peer.max(1) {
+            workers.spawn(worker(p.clone(), job.clone()));
+        }
+    }
+    while workers.join_next().await.is_some() {
+        if lock(&job.queue).remaining() == 0 {
+            // Every chunk is in: requests still waiting on a slow or silent
+            // peer (the losers of the end game) are dropped, not waited for.
+            // Workers handing a chunk to the writer are not interrupted: that
+            // write must land before the writer is finished.
+            job.all_in.cancel();
+        }
+    }
+}
+
+/// Once the workers stopped: an error naming what is missing if a chunk is,
+/// else the file checked and renamed from `part` to `path`.
+async fn finish(job: &Job, path: &Path, part: &Path, file: &File) -> Result<(), DownloadError> {
+    let remaining = lock(&job.queue).remaining();
+    if remaining > 0 {
+        // Keep every verified chunk that arrived, written out before a retry
+        // scans the .part file.
+        if let Err(e) = job.writer.finish().await {
+            debug!("flushing the partial download: {e}");
+        }
+        return Err(DownloadError::Incomplete {
+            path: path.to_path_buf(),
+            missing: remaining,
+            total: job.manifest.chunks.len(),
+            last: lock(&job.shared.last_error).clone(),
+        });
+    }
+
+    // Every chunk was verified in memory before it was written (or, resumed,
+    // when the .part was scanned): write what is held back and sync, then check
+    // that the tally covers the manifest and the length matches, and give the
+    // file its final name.
+    job.writer.finish().await.map_err(io(part))?;
+    let len = file.metadata().map_err(io(part))?.len();
+    let verified = lock(&job.queue).remaining() == 0 && len == job.manifest.size;
+    if !verified {
+        return Err(DownloadError::Verify(path.to_path_buf()));
+    }
+    std::fs::rename(part, path).map_err(io(path))?;
+    Ok(())
+}

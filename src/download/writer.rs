@@ -1,0 +1,348 @@
+//! The disk side of a download: the `.part` file, the resume scan that finds
+//! which of its chunks are already good, and the one thread that writes the
+//! verified chunks to it.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+
+use crate::download::{io, DownloadError};
+use crate::proto::manifest::FileManifest;
+use crate::proto::Hash;
+
+/// `fdatasync` after this many bytes are written, so the disk works while the
+/// network does and the final sync is short.
+const SYNC_EVERY: u64 = 64 << 20;
+
+/// Writes chunks to the output file from one thread, in file order.
+///
+/// Two things measured on this machine shape it. Concurrent `pwrite`s to one
+/// file contend on its inode lock, and the kernel spins for it; and writing into
+/// a hole of a sparse file cost ten times the CPU of appending (4.1 s against
+/// 0.35 s of system time per GiB). So one thread writes, and chunks that arrive
+/// ahead of the end of the file wait in a small reorder buffer until the gap
+/// before them is filled; only when that buffer is full is a chunk written past
+/// the end.
+pub(super) struct Writer {
+    tx: SyncSender<WriteJob>,
+}
+
+enum WriteJob {
+    Write(u64, Vec<u8>),
+    Finish(tokio::sync::oneshot::Sender<std::io::Result<()>>),
+}
+
+impl Writer {
+    /// A writer for `file`, whose first `len` bytes are written, holding back
+    /// at most `reorder_bytes` of chunks that arrive ahead of the end (at
+    /// least one).
+    pub(super) fn new(file: Arc<File>, len: u64, reorder_bytes: u64) -> Writer {
+        let (tx, rx) = sync_channel::<WriteJob>(4);
+        let thread = WriterThread {
+            file,
+            end: len,
+            unsynced: 0,
+            pending: BTreeMap::new(),
+            held: 0,
+            reorder_bytes,
+            error: None,
+        };
+        std::thread::spawn(move || thread.run(rx));
+        Writer { tx }
+    }
+
+    async fn send(&self, job: WriteJob) -> std::io::Result<()> {
+        let tx = self.tx.clone();
+        // The queue is short: wait for room off the async threads.
+        tokio::task::spawn_blocking(move || tx.send(job))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|_| std::io::Error::other("writer thread ended"))
+    }
+
+    /// Queues a verified chunk; write errors surface in [`Writer::finish`].
+    pub(super) async fn write(&self, offset: u64, data: Vec<u8>) -> std::io::Result<()> {
+        self.send(WriteJob::Write(offset, data)).await
+    }
+
+    /// Writes what is held back, syncs, and reports the first error.
+    pub(super) async fn finish(&self) -> std::io::Result<()> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.send(WriteJob::Finish(reply)).await?;
+        done.await
+            .map_err(|_| std::io::Error::other("writer thread ended"))?
+    }
+}
+
+/// The state of the writer thread.
+struct WriterThread {
+    file: Arc<File>,
+    /// The end of what is written.
+    end: u64,
+    /// Bytes written since the last sync.
+    unsynced: u64,
+    /// The reorder buffer: chunks ahead of `end`, by offset.
+    pending: BTreeMap<u64, Vec<u8>>,
+    /// Bytes in `pending`.
+    held: u64,
+    /// Most bytes held back (at least one chunk is, whatever its size).
+    reorder_bytes: u64,
+    /// The first write error, reported on finishing.
+    error: Option<std::io::Error>,
+}
+
+impl WriterThread {
+    /// Serves jobs until finished, or until every sender is gone.
+    fn run(mut self, rx: Receiver<WriteJob>) {
+        for job in rx {
+            match job {
+                WriteJob::Write(off, data) => self.accept(off, data),
+                WriteJob::Finish(reply) => {
+                    let _ = reply.send(self.finish());
+                    return;
+                }
+            }
+        }
+        // The download ended early (failed or dropped): keep every verified
+        // chunk that arrived, for the next attempt to resume from.
+        self.write_all_held();
+    }
+
+    /// Writes a chunk at the end, or holds it back until the gap before it
+    /// is filled (writing the earliest held past the gap if too much is
+    /// held); then writes every held chunk the end has reached.
+    fn accept(&mut self, off: u64, data: Vec<u8>) {
+        if off <= self.end {
+            self.write(off, &data);
+        } else {
+            self.held += data.len() as u64;
+            self.pending.insert(off, data);
+            while self.held > self.reorder_bytes && self.pending.len() > 1 {
+                self.write_first_held();
+            }
+        }
+        while self
+            .pending
+            .first_key_value()
+            .is_some_and(|(o, _)| *o <= self.end)
+        {
+            self.write_first_held();
+        }
+    }
+
+    /// Writes the held chunk with the lowest offset.
+    fn write_first_held(&mut self) {
+        if let Some((o, d)) = self.pending.pop_first() {
+            self.held -= d.len() as u64;
+            self.write(o, &d);
+        }
+    }
+
+    /// Writes every held chunk, in file order.
+    fn write_all_held(&mut self) {
+        while let Some((o, d)) = self.pending.pop_first() {
+            self.write(o, &d);
+        }
+    }
+
+    /// Writes what is held back, syncs, and reports the first error.
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.write_all_held();
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => self.file.sync_all(),
+        }
+    }
+
+    /// Writes `data` at `off`, keeping the first error, and syncs every
+    /// [`SYNC_EVERY`] bytes.
+    fn write(&mut self, off: u64, data: &[u8]) {
+        if let Err(e) = self.file.write_all_at(data, off) {
+            self.error.get_or_insert(e);
+        }
+        self.end = self.end.max(off + data.len() as u64);
+        self.unsynced += data.len() as u64;
+        if self.unsynced >= SYNC_EVERY {
+            // Keep the dirty pages few, so the final sync is short.
+            self.unsynced = 0;
+            let _ = self.file.sync_data();
+        }
+    }
+}
+
+/// Whether `path` is a file finished by an earlier attempt (a directory
+/// download resumed): the manifest's length, every chunk verified.
+pub(super) async fn finished_earlier(path: &Path, f: &FileManifest) -> Result<bool, DownloadError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(false);
+    };
+    if !meta.is_file() || meta.len() != f.size {
+        return Ok(false);
+    }
+    let (p2, f2) = (path.to_path_buf(), f.clone());
+    blocking(path, move || {
+        let file = File::open(&p2)?;
+        Ok(scan(&file, &f2, f2.size)?.iter().all(|g| *g))
+    })
+    .await
+}
+
+/// Opens (or creates) the `.part` file of a file of `size` bytes, and says
+/// how many bytes are already in it.
+pub(super) fn open_part(part: &Path, size: u64) -> Result<(File, u64), DownloadError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(part)
+        .map_err(io(part))?;
+    let mut existing = file.metadata().map_err(io(part))?.len();
+    if existing > size {
+        // Not this file's .part (or a different version): start over.
+        file.set_len(0).map_err(io(part))?;
+        existing = 0;
+    }
+    // No set_len(size) up front: filling holes in a sparse file is far slower
+    // than appending (see Writer).
+    Ok((file, existing))
+}
+
+/// Which chunks of the `.part` file `part` (`existing` bytes long) are good.
+pub(super) async fn scan_part(
+    part: &Path,
+    file: &Arc<File>,
+    f: &FileManifest,
+    existing: u64,
+) -> Result<Vec<bool>, DownloadError> {
+    if existing == 0 {
+        return Ok(vec![false; f.chunks.len()]);
+    }
+    let (file2, f2) = (file.clone(), f.clone());
+    blocking(part, move || scan(&file2, &f2, existing)).await
+}
+
+/// Runs `work` (reading and hashing) off the async threads; errors name `path`.
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, DownloadError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| DownloadError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(io(path))
+}
+
+/// Hashes each chunk of `file` (up to `len` bytes present) and says which match.
+fn scan(file: &File, f: &FileManifest, len: u64) -> std::io::Result<Vec<bool>> {
+    let n = f.chunks.len();
+    let mut ok = vec![false; n];
+    // Two threads: hashing is the cost, and it parallelizes per chunk.
+    let threads = 2.min(n.max(1));
+    let results: Vec<std::io::Result<Vec<(usize, bool)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| s.spawn(move || scan_every(file, f, len, t, threads)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("scan panicked")))
+            })
+            .collect()
+    });
+    for r in results {
+        for (i, good) in r? {
+            ok[i] = good;
+        }
+    }
+    Ok(ok)
+}
+
+/// One scanning thread's share: chunks `first`, `first + step`, and so on,
+/// each with whether it matches (a chunk past `len` does not).
+fn scan_every(
+    file: &File,
+    f: &FileManifest,
+    len: u64,
+    first: usize,
+    step: usize,
+) -> std::io::Result<Vec<(usize, bool)>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; f.chunk_size as usize];
+    for i in (first..f.chunks.len()).step_by(step) {
+        let (off, l) = f.chunk_range(i);
+        if off + l as u64 > len {
+            out.push((i, false));
+            continue;
+        }
+        file.read_exact_at(&mut buf[..l], off)?;
+        out.push((i, Hash::of(&buf[..l]) == f.chunks[i]));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::manifest::FileManifest;
+
+    fn manifest(data: &[u8], chunk_size: u32) -> FileManifest {
+        FileManifest {
+            name: "f".into(),
+            size: data.len() as u64,
+            chunk_size,
+            chunks: data.chunks(chunk_size as usize).map(Hash::of).collect(),
+        }
+    }
+
+    #[test]
+    fn chunks_ahead_of_the_end_wait_until_the_buffer_is_full() {
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let mut w = WriterThread {
+            file: file.clone(),
+            end: 0,
+            unsynced: 0,
+            pending: BTreeMap::new(),
+            held: 0,
+            reorder_bytes: 4,
+            error: None,
+        };
+        w.accept(8, vec![3; 4]);
+        assert_eq!((w.end, w.held), (0, 4), "held back: the buffer is not over");
+        w.accept(16, vec![5; 4]);
+        assert_eq!(
+            (w.end, w.held),
+            (12, 4),
+            "over: the earliest held is written"
+        );
+        w.accept(0, vec![1; 4]);
+        w.accept(4, vec![2; 4]);
+        assert_eq!((w.end, w.held), (12, 4), "16 waits for the gap before it");
+        w.accept(12, vec![4; 4]);
+        assert_eq!((w.end, w.held), (20, 0), "the gap filled: 16 follows");
+        w.finish().unwrap();
+        let mut out = vec![0; 20];
+        file.read_exact_at(&mut out, 0).unwrap();
+        assert_eq!(out, [[1; 4], [2; 4], [3; 4], [4; 4], [5; 4]].concat());
+    }
+
+    #[test]
+    fn scan_keeps_only_whole_chunks_that_hash_right() {
+        let data: Vec<u8> = (0..10u8).collect();
+        let f = manifest(&data, 4);
+        let file = tempfile::tempfile().unwrap();
+        let mut part = data.clone();
+        part[5] ^= 1;
+        file.write_all_at(&part[..9], 0).unwrap();
+        assert_eq!(scan(&file, &f, 9).unwrap(), [true, false, false]);
+        file.write_all_at(&data, 0).unwrap();
+        assert_eq!(scan(&file, &f, 10).unwrap(), [true, true, true]);
+    }
+}
