@@ -81,7 +81,7 @@ pub struct DownloadOptions {
     pub per_peer: usize,
     /// Time allowed for one chunk.
     pub chunk_timeout: Duration,
-    /// How long [`crate::replication::get`] keeps trying, after an attempt that
+    /// How long [`Replication::get`](crate::replication::Replication::get) keeps trying, after an attempt that
     /// got the manifest but not every chunk (providers gone, the path dark),
     /// to find providers again and resume.
     pub retry_for: Duration,
@@ -139,7 +139,7 @@ pub struct DownloadStats {
     /// Chunks also asked of a second provider at the end of a download,
     /// because the first was slow to answer (the end game).
     pub endgame_requests: usize,
-    /// Attempts made ([`crate::replication::get`] tries again after an
+    /// Attempts made ([`Replication::get`](crate::replication::Replication::get) tries again after an
     /// incomplete one).
     pub attempts: usize,
     /// Most bytes of chunk data requested at once.

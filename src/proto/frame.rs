@@ -1,4 +1,4 @@
-//! Reading and writing [`wire`](crate::proto::wire) frames on async byte streams.
+//! Reading and writing wire frames ([`super::wire`]) on async byte streams.
 //!
 //! Generic over tokio's `AsyncRead`/`AsyncWrite`, so handlers work the same on
 //! quinn streams and on in-memory pipes in tests. Every read is bounded by the

@@ -1,4 +1,4 @@
-//! Content and node addresses: BLAKE3 [`Hash`]es name chunks and files,
+//! Content and node addresses: BLAKE3 [`Hash`](struct@Hash)es name chunks and files,
 //! [`NodeId`]s name nodes; both are 256 bits, printed as 52 characters of
 //! lowercase base32 (the DNSSEC alphabet, which is also a valid DNS label, so an
 //! id can travel as the TLS server name).

@@ -5,7 +5,7 @@
 //! writes frames on any tokio byte stream, so handlers can be tested on
 //! in-memory pipes and every decoder can be fuzzed.
 //!
-//! - [`hash`]: BLAKE3 [`Hash`]es and [`NodeId`]s, and their base32 text form.
+//! - [`hash`]: BLAKE3 [`Hash`](struct@Hash)es and [`NodeId`]s, and their base32 text form.
 //! - [`wire`]: messages, frame caps, error codes; the module doc is the spec.
 //! - [`manifest`]: what a file id names (a file's chunks, a directory's entries).
 //! - [`ticket`]: a file id plus its holders in one copyable string.
