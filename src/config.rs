@@ -56,6 +56,10 @@ pub struct NodeConfig {
     pub socket_buffer: usize,
     /// Bytes of chunk data this node stores at most (`--max-storage`).
     pub max_storage: u64,
+    /// Bytes of chunk and manifest data held in memory for peers at once,
+    /// node-wide (`--chunk-memory`); what quinn buffers per connection is
+    /// bounded by its windows on top of this.
+    pub chunk_memory: usize,
     /// Copies of each file the network keeps (put places them, repair restores them).
     pub replicas: usize,
     /// How long a provider record lives.
@@ -123,6 +127,7 @@ impl Default for NodeConfig {
             max_streams: 64,
             socket_buffer: 4 << 20,
             max_storage: 10 << 30,
+            chunk_memory: 32 << 20,
             replicas: 3,
             provider_ttl: Duration::from_secs(24 * 3600),
             republish_interval: Duration::from_secs(12 * 3600),

@@ -31,7 +31,7 @@ use crate::proto::wire::{RequestKind, Role};
 use crate::proto::NodeId;
 use crate::replication::{PutError, PutReport, Replication};
 use crate::store::{Store, StoreError};
-use crate::transfer::Transfers;
+use crate::transfer::{ChunkBudget, Transfers};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -87,11 +87,12 @@ impl Node {
             Some(network) => identity.for_network(network)?,
             None => identity,
         };
+        let budget = ChunkBudget::new(config.chunk_memory);
         let net = Network::bind(config, identity)?;
         let dht = Dht::new(net.clone(), store.clone());
         let scores = PeerScores::new();
         let replication = Replication::new(net.clone(), dht.clone(), store.clone(), scores.clone());
-        let transfers = Transfers::new(store.clone(), Some(Arc::new(dht.clone())));
+        let transfers = Transfers::new(store.clone(), Some(Arc::new(dht.clone())), budget);
         net.serve(&Transfers::KINDS, Arc::new(transfers));
         net.serve(&[RequestKind::Dht], Arc::new(dht.clone()));
         net.listen(Arc::new(dht.clone()));

@@ -8,7 +8,9 @@
 //! they also run on in-memory pipes.
 
 use std::sync::Arc;
+
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use bytes::Bytes;
 use quinn::Connection;
@@ -23,7 +25,7 @@ use crate::proto::wire::{
     ErrorCode, NackReason, Request, RequestKind, Response, MAX_CONTROL_FRAME,
 };
 use crate::proto::Hash;
-use crate::store::{Store, StoreError};
+use crate::store::{ChunkWriter, Store, StoreError, Stored};
 
 /// Why fetching from a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,54 @@ pub enum PushError {
 /// writing must not pin a buffer (up to a chunk) and a stream forever.
 pub const STREAM_DEADLINE: Duration = Duration::from_secs(180);
 
+/// Chunk data moves between disk and peers in pieces of this size.
+pub const PIECE: usize = 256 << 10;
+
+/// Longest a peer may take to accept (GET) or send (PUT) one piece: a peer
+/// that stops reading or writing loses the stream instead of pinning a
+/// piece of the budget.
+pub const PIECE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Bytes of chunk and manifest data the node holds in memory for its peers
+/// at once, node-wide: a piece read from disk until quinn takes it, a piece
+/// received until it is on disk. What quinn itself buffers is bounded per
+/// connection by its send and receive windows.
+#[derive(Clone)]
+pub struct ChunkBudget {
+    kib: Arc<Semaphore>,
+    max_kib: u32,
+}
+
+/// A share of the [`ChunkBudget`], given back on drop.
+pub struct BudgetPermit {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ChunkBudget {
+    /// A budget of `bytes` (at least one largest manifest, so that any
+    /// single request can be served).
+    pub fn new(bytes: usize) -> Self {
+        let kib = (bytes.max(MAX_MANIFEST_SIZE) / 1024).min(u32::MAX as usize) as u32;
+        ChunkBudget {
+            kib: Arc::new(Semaphore::new(kib as usize)),
+            max_kib: kib,
+        }
+    }
+
+    /// Waits for `bytes` of the budget.
+    pub async fn take(&self, bytes: usize) -> BudgetPermit {
+        let kib = (bytes.div_ceil(1024) as u32).min(self.max_kib);
+        BudgetPermit {
+            _permit: self.kib.clone().acquire_many_owned(kib).await.ok(),
+        }
+    }
+
+    /// Bytes of the budget not taken now.
+    pub fn available(&self) -> usize {
+        self.kib.available_permits() * 1024
+    }
+}
+
 /// Hears that this node now holds a file a peer asked it to hold.
 pub trait HoldListener: Send + Sync + 'static {
     /// `file` is held, complete, from now on.
@@ -129,6 +179,7 @@ pub trait HoldListener: Send + Sync + 'static {
 pub struct Transfers {
     store: Option<Store>,
     on_hold: Option<Arc<dyn HoldListener>>,
+    budget: ChunkBudget,
 }
 
 impl Transfers {
@@ -142,9 +193,18 @@ impl Transfers {
         RequestKind::Has,
     ];
 
-    /// Serves from `store`; `on_hold` hears of every file held anew.
-    pub fn new(store: Option<Store>, on_hold: Option<Arc<dyn HoldListener>>) -> Self {
-        Transfers { store, on_hold }
+    /// Serves from `store`, holding at most `budget` bytes of chunk data
+    /// in memory for peers; `on_hold` hears of every file held anew.
+    pub fn new(
+        store: Option<Store>,
+        on_hold: Option<Arc<dyn HoldListener>>,
+        budget: ChunkBudget,
+    ) -> Self {
+        Transfers {
+            store,
+            on_hold,
+            budget,
+        }
     }
 }
 
@@ -152,12 +212,19 @@ impl Service for Transfers {
     fn serve(&self, stream: RequestStream) -> ServeFuture {
         let store = self.store.clone();
         let on_hold = self.on_hold.clone();
+        let budget = self.budget.clone();
         Box::pin(async move {
             let held = match &stream.request {
                 Request::Hold { id } => Some(*id),
                 _ => None,
             };
-            let served = serve(store.clone(), stream.request, stream.send, stream.recv);
+            let served = serve(
+                store.clone(),
+                &budget,
+                stream.request,
+                stream.send,
+                stream.recv,
+            );
             if tokio::time::timeout(STREAM_DEADLINE, served).await.is_err() {
                 debug!("transfer stream took too long: dropped");
             }
@@ -175,24 +242,22 @@ impl Service for Transfers {
 /// `store` is `None` on clients: GETs find nothing and PUTs are refused.
 pub async fn serve(
     store: Option<Store>,
+    budget: &ChunkBudget,
     request: Request,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
     let result = match request {
-        Request::GetChunk { hash } => {
-            // `read_chunk` hashes what it read: a chunk that fails is deleted
-            // and answered NOT_FOUND, so the asker goes to another holder.
-            let data = match &store {
-                Some(s) => blocking(s.clone(), move |s| s.read_chunk(&hash)).await,
-                None => Ok(None),
-            };
-            send_found(&mut send, data).await
-        }
+        Request::GetChunk { hash } => send_chunk(store, budget, hash, &mut send).await,
         Request::GetManifest { id } => {
             let data = match &store {
                 Some(s) => blocking(s.clone(), move |s| s.manifest_bytes(&id)).await,
                 None => Ok(None),
+            };
+            // Counted while it is in memory: a manifest may be 16 MiB.
+            let _permit = match &data {
+                Ok(Some(bytes)) => Some(budget.take(bytes.len()).await),
+                _ => None,
             };
             send_found(&mut send, data).await
         }
@@ -212,11 +277,11 @@ pub async fn serve(
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
         Request::PutChunk { hash, len } => {
-            let resp = receive_chunk(store, hash, len, &mut recv).await;
+            let resp = receive_chunk(store, budget, hash, len, &mut recv).await;
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
         Request::PutManifest { id, len } => {
-            let resp = receive_manifest(store, id, len, &mut recv).await;
+            let resp = receive_manifest(store, budget, id, len, &mut recv).await;
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
         Request::Hold { id } => {
@@ -318,11 +383,12 @@ async fn send_found(
     }
 }
 
-async fn receive_chunk<R: AsyncRead + Unpin>(
+async fn receive_chunk(
     store: Option<Store>,
+    budget: &ChunkBudget,
     hash: Hash,
     len: u32,
-    recv: &mut R,
+    recv: &mut quinn::RecvStream,
 ) -> Response {
     let Some(store) = store else {
         return Response::Nack(NackReason::NotAccepted);
@@ -336,27 +402,153 @@ async fn receive_chunk<R: AsyncRead + Unpin>(
     if !store.fits(u64::from(len)) {
         return Response::Nack(NackReason::OverQuota);
     }
-    let mut data = vec![0u8; len as usize];
-    if let Err(e) = recv.read_exact(&mut data).await {
-        debug!("chunk upload cut short: {e}");
-        return Response::Nack(NackReason::TooLarge);
-    }
-    match blocking(store, move |s| s.put_chunk(&hash, &data)).await {
+    let begun = blocking(store, move |s| s.begin_chunk(&hash, u64::from(len))).await;
+    let writer = match begun {
+        Ok(Some(writer)) => writer,
+        Ok(None) => return Response::Ack,
+        Err(e) => return store_refusal(e),
+    };
+    match receive_pieces(writer, budget, recv).await {
         Ok(_) => Response::Ack,
-        Err(StoreError::BadHash { expected, actual }) => {
+        Err(Received::Cut(e)) => {
+            debug!("chunk upload cut short: {e}");
+            Response::Nack(NackReason::TooLarge)
+        }
+        Err(Received::Store(e)) => store_refusal(e),
+    }
+}
+
+/// Why receiving a chunk's bytes stopped.
+enum Received {
+    /// The stream ended or stalled before every byte came.
+    Cut(String),
+    /// The store refused them (bad hash, disk).
+    Store(StoreError),
+}
+
+/// Reads a chunk's bytes piece by piece into `writer` (one piece in memory,
+/// counted against `budget`), then verifies and publishes it.
+async fn receive_pieces(
+    mut writer: ChunkWriter,
+    budget: &ChunkBudget,
+    recv: &mut quinn::RecvStream,
+) -> Result<Stored, Received> {
+    while writer.left() > 0 {
+        let want = writer.left().min(PIECE as u64) as usize;
+        let _permit = budget.take(want).await;
+        let read = tokio::time::timeout(PIECE_DEADLINE, recv.read_chunk(want, true)).await;
+        let piece = match read {
+            Ok(Ok(Some(chunk))) => chunk.bytes,
+            Ok(Ok(None)) => return Err(Received::Cut("the stream ended".into())),
+            Ok(Err(e)) => return Err(Received::Cut(e.to_string())),
+            Err(_) => return Err(Received::Cut("no bytes for too long".into())),
+        };
+        writer = tokio::task::spawn_blocking(move || writer.write(&piece).map(|()| writer))
+            .await
+            .map_err(|e| Received::Cut(format!("store task failed: {e}")))?
+            .map_err(Received::Store)?;
+    }
+    tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .map_err(|e| Received::Cut(format!("store task failed: {e}")))?
+        .map_err(Received::Store)
+}
+
+/// The answer to a PUT the store refused.
+fn store_refusal(e: StoreError) -> Response {
+    match e {
+        StoreError::BadHash { expected, actual } => {
             warn!(%expected, %actual, "peer uploaded a chunk that fails verification");
             Response::Nack(NackReason::BadHash)
         }
-        Err(StoreError::OverQuota { .. }) => Response::Nack(NackReason::OverQuota),
-        Err(e) => {
+        StoreError::OverQuota { .. } => Response::Nack(NackReason::OverQuota),
+        StoreError::TooLarge { .. } => Response::Nack(NackReason::TooLarge),
+        e => {
             warn!("store: {e}");
             Response::Nack(NackReason::Internal)
         }
     }
 }
 
+/// Serves a chunk from disk piece by piece: one piece in memory at a time,
+/// counted against `budget`, each handed to quinn within [`PIECE_DEADLINE`].
+/// The last piece is sent only once the whole chunk hashed right; a chunk
+/// that fails is deleted and the stream reset, so the asker goes to another
+/// holder without blaming this one.
+async fn send_chunk(
+    store: Option<Store>,
+    budget: &ChunkBudget,
+    hash: Hash,
+    send: &mut quinn::SendStream,
+) -> Result<(), FrameError> {
+    let opened = match &store {
+        Some(s) => blocking(s.clone(), move |s| s.open_chunk(&hash)).await,
+        None => Ok(None),
+    };
+    let mut reader = match opened {
+        Ok(Some(reader)) => reader,
+        Ok(None) => return write_frame(send, &Response::NotFound, MAX_CONTROL_FRAME).await,
+        Err(e) => {
+            warn!("store: {e}");
+            return write_frame(send, &Response::NotFound, MAX_CONTROL_FRAME).await;
+        }
+    };
+    let len = reader.len();
+    write_frame(send, &Response::Found { len }, MAX_CONTROL_FRAME).await?;
+    while reader.left() > 0 {
+        let want = reader.left().min(PIECE as u64) as usize;
+        let permit = budget.take(want).await;
+        let (back, piece) = tokio::task::spawn_blocking(move || {
+            let piece = reader.read_piece(want);
+            (reader, piece)
+        })
+        .await
+        .map_err(|e| FrameError::Io(std::io::Error::other(e)))?;
+        reader = back;
+        let piece = piece.map_err(|e| FrameError::Io(std::io::Error::other(e)))?;
+        if reader.left() == 0 {
+            let verified = tokio::task::spawn_blocking(move || reader.verify())
+                .await
+                .unwrap_or(false);
+            if !verified {
+                let _ = send.reset(ErrorCode::Internal.var_int());
+                return Err(FrameError::Io(std::io::Error::other(format!(
+                    "stored chunk {hash} failed verification"
+                ))));
+            }
+            return write_piece(send, piece, permit).await;
+        }
+        write_piece(send, piece, permit).await?;
+    }
+    Ok(())
+}
+
+/// Hands one piece to quinn: it waits for the peer's flow control, at most
+/// [`PIECE_DEADLINE`]; the budget is given back once quinn holds the bytes
+/// (bounded by the connection's send window from then on).
+async fn write_piece(
+    send: &mut quinn::SendStream,
+    piece: Vec<u8>,
+    permit: BudgetPermit,
+) -> Result<(), FrameError> {
+    let written = tokio::time::timeout(PIECE_DEADLINE, send.write_chunk(Bytes::from(piece))).await;
+    drop(permit);
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(FrameError::Io(e.into())),
+        Err(_) => {
+            let _ = send.reset(ErrorCode::Timeout.var_int());
+            Err(FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the peer stopped reading",
+            )))
+        }
+    }
+}
+
 async fn receive_manifest<R: AsyncRead + Unpin>(
     store: Option<Store>,
+    budget: &ChunkBudget,
     id: Hash,
     len: u32,
     recv: &mut R,
@@ -373,8 +565,10 @@ async fn receive_manifest<R: AsyncRead + Unpin>(
     ) {
         return Response::Ack;
     }
+    let _permit = budget.take(len as usize).await;
     let mut data = vec![0u8; len as usize];
-    if recv.read_exact(&mut data).await.is_err() {
+    let read = tokio::time::timeout(PIECE_DEADLINE, recv.read_exact(&mut data)).await;
+    if !matches!(read, Ok(Ok(_))) {
         return Response::Nack(NackReason::TooLarge);
     }
     if Hash::of(&data) != id {

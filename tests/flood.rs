@@ -9,52 +9,20 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::adversary::{endpoint, ip, join, memory, valid_client};
 use common::{get_to, node, parse_started, put, random_bytes, store_node_with, wait_until, Proc};
-use quic_peer::proto::wire::{
-    self, Control, ErrorCode, Join, Request, Response, Role, ALPN, MAX_CONTROL_FRAME,
-    PROTOCOL_VERSION,
-};
+use quic_peer::proto::wire::{self, ErrorCode, Request, Response, Role, ALPN, MAX_CONTROL_FRAME};
 use quic_peer::proto::Hash;
-use quic_peer::{ConnectError, Identity, Node, NodeConfig, NodeId, PeerAddr};
+use quic_peer::{ConnectError, Node, NodeConfig, NodeId, PeerAddr};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 const MIB: usize = 1 << 20;
-
-/// (VmRSS, VmHWM) of process `pid`, in KiB.
-fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn ip(a: u8, b: u8, c: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, a, b, c))
-}
-
-/// A client endpoint bound to `ip` (any 127.x.y.z works on Linux loopback).
-fn endpoint(ip: IpAddr) -> quinn::Endpoint {
-    quinn::Endpoint::client(SocketAddr::new(ip, 0)).expect("client endpoint")
-}
-
-/// A client config with a fresh, valid identity.
-fn valid_client() -> quinn::ClientConfig {
-    let identity = Identity::generate().unwrap();
-    let (client, _) = quic_peer::crypto::tls::quic_configs(&identity).unwrap();
-    quinn::ClientConfig::new(client)
-}
 
 /// Accepts any server certificate: the attackers do not care who answers.
 #[derive(Debug)]
@@ -115,43 +83,6 @@ fn ecdsa_client(alg: &'static rcgen::SignatureAlgorithm) -> quinn::ClientConfig 
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
     quinn::ClientConfig::new(Arc::new(quic))
-}
-
-/// A raw connection that has done JOIN/WELCOME; the control stream is kept
-/// with it so that it stays open.
-struct Joined {
-    conn: quinn::Connection,
-    _control: (quinn::SendStream, quinn::RecvStream),
-}
-
-async fn join(ep: &quinn::Endpoint, target: SocketAddr, role: Role) -> Result<Joined, String> {
-    let conn = ep
-        .connect_with(
-            valid_client(),
-            target,
-            quic_peer::crypto::tls::UNPINNED_SERVER_NAME,
-        )
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    let join = Request::Join(Join {
-        version: PROTOCOL_VERSION,
-        role,
-        listen_addrs: vec![],
-        capabilities: 0,
-        session: rand::random(),
-    });
-    send.write_all(&wire::encode(&join, MAX_CONTROL_FRAME).unwrap())
-        .await
-        .map_err(|e| e.to_string())?;
-    match quic_peer::proto::frame::read_frame::<Control, _>(&mut recv, MAX_CONTROL_FRAME).await {
-        Ok(Some(Control::Welcome(_))) => Ok(Joined {
-            conn,
-            _control: (send, recv),
-        }),
-        other => Err(format!("no WELCOME: {other:?}")),
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

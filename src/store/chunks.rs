@@ -59,34 +59,68 @@ impl Store {
     /// its name (or that is larger than any chunk can be) is deleted, and is
     /// reported as absent. Never returns bytes that fail verification.
     pub fn read_chunk(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(mut reader) = self.open_chunk(hash)? else {
+            return Ok(None);
+        };
+        let mut data = Vec::with_capacity(reader.len() as usize);
+        while reader.left() > 0 {
+            data.extend_from_slice(&reader.read_piece(usize::MAX)?);
+        }
+        Ok(reader.verify().then_some(data))
+    }
+
+    /// Opens a stored chunk to read it piece by piece ([`ChunkReader`]); a
+    /// chunk larger than any chunk can be is deleted and reported absent.
+    pub fn open_chunk(&self, hash: &Hash) -> Result<Option<ChunkReader>, StoreError> {
         let path = self.chunk_path(hash);
-        let mut file = match fs::File::open(&path) {
+        let file = match fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err("cannot read", &path)(e)),
         };
         let meta = file.metadata().map_err(io_err("cannot read", &path))?;
-        let max = u64::from(MAX_CHUNK_SIZE);
-        if meta.len() > max {
+        if meta.len() > u64::from(MAX_CHUNK_SIZE) {
             self.discard_chunk(hash, &path, &meta, "is larger than any chunk");
             return Ok(None);
         }
-        let mut data = Vec::with_capacity(meta.len() as usize);
-        (&mut file)
-            .take(max + 1)
-            .read_to_end(&mut data)
-            .map_err(io_err("cannot read", &path))?;
-        let actual = Hash::of(&data);
-        if actual != *hash {
-            self.discard_chunk(
-                hash,
-                &path,
-                &meta,
-                &format!("fails verification (its bytes hash to {actual})"),
-            );
+        Ok(Some(ChunkReader {
+            store: self.clone(),
+            hash: *hash,
+            left: meta.len(),
+            path,
+            meta,
+            file,
+            hasher: blake3::Hasher::new(),
+        }))
+    }
+
+    /// Starts receiving a chunk of `len` bytes named `hash`: its bytes go to
+    /// a temp file as they arrive ([`ChunkWriter`]), within the quota
+    /// reserved now. `None` if the chunk is stored already.
+    pub fn begin_chunk(&self, hash: &Hash, len: u64) -> Result<Option<ChunkWriter>, StoreError> {
+        if self.has_chunk(hash) {
             return Ok(None);
         }
-        Ok(Some(data))
+        if len > u64::from(MAX_CHUNK_SIZE) {
+            return Err(StoreError::TooLarge { len });
+        }
+        self.reserve(len)?;
+        self.inner.writing.fetch_add(1, Ordering::SeqCst);
+        let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.inner.tmp.join(format!("{}{n}", self.inner.tmp_prefix));
+        let mut writer = ChunkWriter {
+            store: self.clone(),
+            hash: *hash,
+            len,
+            written: 0,
+            tmp,
+            file: None,
+            hasher: blake3::Hasher::new(),
+            published: false,
+        };
+        let file = fs::File::create(&writer.tmp).map_err(io_err("cannot create", &writer.tmp))?;
+        writer.file = Some(file);
+        Ok(Some(writer))
     }
 
     /// Deletes a chunk found bad on reading (the file that was read, not a
@@ -167,23 +201,158 @@ impl Store {
             let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
             f.write_all(data).map_err(io_err("cannot write", &tmp))?;
             f.sync_data().map_err(io_err("cannot sync", &tmp))?;
-            let parent = path.parent().unwrap_or(&self.inner.chunks);
-            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
-            // A hard link publishes atomically and, unlike rename, fails if a
-            // concurrent upload of the same chunk got there first.
-            let published = match fs::hard_link(&tmp, path) {
-                Ok(()) => Stored::Written,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Stored::AlreadyHad,
-                Err(e) => return Err(io_err("cannot publish", path)(e)),
-            };
-            // Make the new name durable: an acknowledged chunk survives power loss.
-            if let Ok(dir) = fs::File::open(parent) {
-                let _ = dir.sync_all();
-            }
-            Ok(published)
+            self.publish(&tmp, path)
         })();
         let _ = fs::remove_file(&tmp);
         result
+    }
+
+    /// Links a synced temp file under its chunk name (atomically; fails if a
+    /// concurrent upload of the same chunk got there first) and makes the
+    /// name durable: an acknowledged chunk survives power loss.
+    fn publish(&self, tmp: &Path, path: &Path) -> Result<Stored, StoreError> {
+        let parent = path.parent().unwrap_or(&self.inner.chunks);
+        fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        let published = match fs::hard_link(tmp, path) {
+            Ok(()) => Stored::Written,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Stored::AlreadyHad,
+            Err(e) => return Err(io_err("cannot publish", path)(e)),
+        };
+        if let Ok(dir) = fs::File::open(parent) {
+            let _ = dir.sync_all();
+        }
+        Ok(published)
+    }
+}
+
+/// A stored chunk read piece by piece, hashed on the way: memory stays at
+/// one piece whatever the chunk's size. Its bytes are only known good once
+/// [`verify`](ChunkReader::verify) says so, so a reader that hands pieces on
+/// keeps the last one back until then.
+pub struct ChunkReader {
+    store: Store,
+    hash: Hash,
+    path: PathBuf,
+    meta: fs::Metadata,
+    file: fs::File,
+    hasher: blake3::Hasher,
+    left: u64,
+}
+
+impl ChunkReader {
+    /// The chunk's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.meta.len()
+    }
+
+    /// Whether the chunk is empty.
+    pub fn is_empty(&self) -> bool {
+        self.meta.len() == 0
+    }
+
+    /// Bytes not read yet.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// Reads the next piece of at most `max` bytes (fewer only at the end).
+    pub fn read_piece(&mut self, max: usize) -> Result<Vec<u8>, StoreError> {
+        let n = self.left.min(max as u64) as usize;
+        let mut piece = vec![0u8; n];
+        self.file
+            .read_exact(&mut piece)
+            .map_err(io_err("cannot read", &self.path))?;
+        self.hasher.update(&piece);
+        self.left -= n as u64;
+        Ok(piece)
+    }
+
+    /// Whether every byte was read and they hash to the chunk's name; a
+    /// chunk that fails is deleted and its files marked incomplete.
+    pub fn verify(self) -> bool {
+        let actual = Hash::from(self.hasher.finalize());
+        if self.left == 0 && actual == self.hash {
+            return true;
+        }
+        let why = if self.left > 0 {
+            "was not read to its end".to_string()
+        } else {
+            format!("fails verification (its bytes hash to {actual})")
+        };
+        if self.left == 0 {
+            self.store
+                .discard_chunk(&self.hash, &self.path, &self.meta, &why);
+        }
+        false
+    }
+}
+
+/// A chunk being received: its bytes go to a temp file as they arrive,
+/// hashed on the way, and [`finish`](ChunkWriter::finish) publishes it only
+/// if every byte came and they hash to its name. Dropped unfinished, it
+/// leaves nothing and gives its quota back.
+pub struct ChunkWriter {
+    store: Store,
+    hash: Hash,
+    len: u64,
+    written: u64,
+    tmp: PathBuf,
+    file: Option<fs::File>,
+    hasher: blake3::Hasher,
+    published: bool,
+}
+
+impl ChunkWriter {
+    /// Bytes still expected.
+    pub fn left(&self) -> u64 {
+        self.len - self.written
+    }
+
+    /// Appends a piece; more bytes than announced is an error.
+    pub fn write(&mut self, piece: &[u8]) -> Result<(), StoreError> {
+        let total = self.written + piece.len() as u64;
+        if total > self.len {
+            return Err(StoreError::TooLarge { len: total });
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(StoreError::TooLarge { len: total });
+        };
+        file.write_all(piece)
+            .map_err(io_err("cannot write", &self.tmp))?;
+        self.hasher.update(piece);
+        self.written = total;
+        Ok(())
+    }
+
+    /// Verifies what arrived and publishes it: fsync, link under its name,
+    /// sync the directory.
+    pub fn finish(mut self) -> Result<Stored, StoreError> {
+        let actual = Hash::from(self.hasher.finalize());
+        if actual != self.hash || self.written != self.len {
+            return Err(StoreError::BadHash {
+                expected: self.hash,
+                actual,
+            });
+        }
+        let Some(file) = self.file.take() else {
+            return Err(StoreError::TooLarge { len: self.written });
+        };
+        file.sync_data().map_err(io_err("cannot sync", &self.tmp))?;
+        drop(file);
+        let path = self.store.chunk_path(&self.hash);
+        let stored = self.store.publish(&self.tmp, &path)?;
+        self.published = stored == Stored::Written;
+        Ok(stored)
+    }
+}
+
+impl Drop for ChunkWriter {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.tmp);
+        if !self.published {
+            self.store.release(self.len);
+        }
+        self.store.inner.writing.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -298,5 +467,75 @@ mod tests {
             fs::read_dir(dir.path().join("store/tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn a_chunk_received_in_pieces_is_published_only_if_whole_and_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let h = Hash::of(&data);
+        let tmp_files = || fs::read_dir(dir.path().join("store/tmp")).unwrap().count();
+
+        // Wrong bytes: refused, nothing left, quota given back.
+        let mut w = store.begin_chunk(&h, data.len() as u64).unwrap().unwrap();
+        assert_eq!(store.used(), data.len() as u64, "reserved while receiving");
+        w.write(&data[..5000]).unwrap();
+        w.write(&vec![0u8; 5000]).unwrap();
+        assert!(matches!(w.finish(), Err(StoreError::BadHash { .. })));
+        assert!(!store.has_chunk(&h));
+        assert_eq!((store.used(), tmp_files()), (0, 0));
+
+        // More than announced: refused at once.
+        let mut w = store.begin_chunk(&h, 10).unwrap().unwrap();
+        assert!(matches!(
+            w.write(&data[..11]),
+            Err(StoreError::TooLarge { .. })
+        ));
+        drop(w);
+        // Cut off: dropped unfinished, nothing left.
+        let mut w = store.begin_chunk(&h, data.len() as u64).unwrap().unwrap();
+        w.write(&data[..100]).unwrap();
+        drop(w);
+        assert_eq!((store.used(), tmp_files()), (0, 0));
+
+        // Whole and right: published, and read back in pieces.
+        let mut w = store.begin_chunk(&h, data.len() as u64).unwrap().unwrap();
+        for piece in data.chunks(3000) {
+            w.write(piece).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), Stored::Written);
+        assert!(
+            store.begin_chunk(&h, 1).unwrap().is_none(),
+            "already stored"
+        );
+        let mut r = store.open_chunk(&h).unwrap().unwrap();
+        let mut back = Vec::new();
+        while r.left() > 0 {
+            back.extend(r.read_piece(4096).unwrap());
+        }
+        assert!(r.verify());
+        assert_eq!(back, data);
+        assert_eq!((store.used(), tmp_files()), (data.len() as u64, 0));
+    }
+
+    #[test]
+    fn a_corrupt_chunk_read_in_pieces_fails_verification_and_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let data = vec![7u8; 9000];
+        let h = Hash::of(&data);
+        store.put_chunk(&h, &data).unwrap();
+        let path = store.chunk_path(&h);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[8999] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let mut r = store.open_chunk(&h).unwrap().unwrap();
+        while r.left() > 0 {
+            r.read_piece(4096).unwrap();
+        }
+        assert!(!r.verify());
+        assert!(!store.has_chunk(&h), "deleted");
+        assert_eq!(store.used(), 0);
     }
 }

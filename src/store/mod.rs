@@ -60,7 +60,7 @@ mod dht; // the DHT's saved routing table and provider records
 mod files; // manifests and held files
 mod gc; // garbage passes
 
-pub use chunks::Stored;
+pub use chunks::{ChunkReader, ChunkWriter, Stored};
 pub use dht::SavedProvider;
 pub use files::{FileRecord, HeldFile, ImportError, MAX_TREE_MANIFESTS};
 pub use gc::GcReport;
@@ -107,6 +107,12 @@ pub enum StoreError {
         quota: u64,
         /// Bytes asked for.
         wanted: u64,
+    },
+    /// More bytes than any chunk can have, or than were announced.
+    #[error("{len} bytes: more than announced or than any chunk can have")]
+    TooLarge {
+        /// The bytes offered.
+        len: u64,
     },
     /// A manifest did not decode.
     #[error("invalid manifest: {0}")]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use quic_peer::config::Congestion;
 use quic_peer::crypto::netkey::NetworkKey;
@@ -145,6 +145,10 @@ pub struct NodeArgs {
     /// Most bytes of chunk data this node stores, e.g. 500M, 20G.
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size, global = true)]
     max_storage: u64,
+    /// Chunk data held in memory for peers at once, node-wide (pieces read
+    /// from disk for GETs, received for PUTs), e.g. 32M; at least 16M.
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size, global = true)]
+    chunk_memory: u64,
     /// QUIC congestion control: bbr copes with random loss, cubic and
     /// new-reno halve their rate on every loss.
     #[arg(long, value_enum, default_value_t = Congestion::Bbr, global = true)]
@@ -182,6 +186,8 @@ impl NodeArgs {
             max_requests_per_sec: self.max_requests_per_sec,
             request_burst: self.max_requests_per_sec.saturating_mul(2),
             max_storage: self.max_storage,
+            chunk_memory: usize::try_from(self.chunk_memory)
+                .context("--chunk-memory is too large")?,
             congestion: self.congestion,
             network_key: match &self.network_key {
                 Some(path) => Some(NetworkKey::load(path)?),

@@ -1,0 +1,187 @@
+//! What one stranger can make a node spend. The target is the real binary,
+//! in a process of its own with its default limits, so its memory and CPU
+//! are its own; the stranger is a raw QUIC peer (`common::adversary`).
+//!
+//! - Memory: 8 connections of 63 GET streams each for a stored 16 MiB
+//!   chunk, with huge flow-control windows, never read. Before chunk data
+//!   was streamed, each such GET read the whole chunk into memory and held
+//!   it until the stream deadline: about 1 GiB per connection.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::adversary::{ip, join, memory};
+use common::{get_to, parse_started, random_bytes, store_node_with, wait_until, Proc};
+use quic_peer::download::NoProgress;
+use quic_peer::proto::frame::write_frame;
+use quic_peer::proto::manifest::{Manifest, MAX_CHUNK_SIZE};
+use quic_peer::proto::wire::{Request, Role, MAX_CONTROL_FRAME};
+use quic_peer::proto::Hash;
+use quic_peer::PeerAddr;
+
+const MIB: usize = 1 << 20;
+/// Connections the stranger opens (the per-address limit).
+const CONNECTIONS: u8 = 8;
+/// GET streams per connection: the stream limit, less the control stream.
+const STREAMS: usize = 63;
+
+/// A client endpoint on `ip` that advertises windows far larger than any
+/// chunk, so that only the target's own limits bound what it buffers.
+fn greedy_endpoint(addr: std::net::IpAddr) -> quinn::Endpoint {
+    let mut t = quinn::TransportConfig::default();
+    t.receive_window(quinn::VarInt::from_u32(1 << 30));
+    t.stream_receive_window(quinn::VarInt::from_u32(64 << 20));
+    let mut client = common::adversary::valid_client();
+    client.transport_config(Arc::new(t));
+    let mut ep = quinn::Endpoint::client(std::net::SocketAddr::new(addr, 0)).expect("endpoint");
+    ep.set_default_client_config(client);
+    ep
+}
+
+/// Opens `STREAMS` GETs for `chunk` on one connection and never reads them;
+/// returns the streams (kept open) once all are sent.
+async fn never_read(
+    conn: &quinn::Connection,
+    chunk: Hash,
+    sent: &AtomicU64,
+) -> Vec<(quinn::SendStream, quinn::RecvStream)> {
+    let mut held = Vec::new();
+    for _ in 0..STREAMS {
+        let Ok((mut send, recv)) = conn.open_bi().await else {
+            break;
+        };
+        let get = Request::GetChunk { hash: chunk };
+        if write_frame(&mut send, &get, MAX_CONTROL_FRAME)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+        held.push((send, recv));
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_read_gets_cost_their_window_not_the_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_string_lossy().to_string();
+    let mut target = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &data_dir]);
+    let (addr, target_id) =
+        parse_started(&target.expect_line("[STARTED]", Duration::from_secs(30)));
+    let pid = target.child.id();
+
+    // One 16 MiB chunk on the target, put by an honest peer.
+    let src = tempfile::tempdir().unwrap();
+    let data = random_bytes(16 * MIB, 11);
+    let path = src.path().join("sixteen.bin");
+    std::fs::write(&path, &data).unwrap();
+    let good = store_node_with(&[], |c| {
+        c.bootstrap = vec![PeerAddr::pinned(target_id, addr)]
+    })
+    .await;
+    wait_until("honest peer joined", Duration::from_secs(10), || {
+        common::connected(&good.node, target_id)
+    })
+    .await;
+    let report = good
+        .node
+        .put(&path, 1, MAX_CHUNK_SIZE, Arc::new(NoProgress))
+        .await
+        .expect("put");
+    assert!(report.holders.iter().any(|h| h.id == target_id));
+    let chunk = match Manifest::decode(&report_manifest(&good.node, report.id)) {
+        Ok(Manifest::File(f)) => f.chunks[0],
+        other => panic!("a file manifest: {other:?}"),
+    };
+    let quiet = src.path().join("quiet.bin");
+    let t = Instant::now();
+    get_to(&good.node, report.ticket.clone(), &quiet)
+        .await
+        .expect("quiet get");
+    let quiet_time = t.elapsed();
+    std::fs::remove_file(&quiet).unwrap();
+
+    // The stranger: 8 connections from one address, 63 never-read GETs each.
+    let (rss0, _) = memory(pid);
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        attackers.push(tokio::spawn(async move {
+            let ep = greedy_endpoint(ip(5, 0, 1));
+            let Ok(joined) = join(&ep, addr, Role::Client).await else {
+                return;
+            };
+            let _held = never_read(&joined.conn, chunk, &sent).await;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    wait_until("the GETs are sent", Duration::from_secs(20), || {
+        sent.load(Ordering::Relaxed) >= u64::from(CONNECTIONS) * STREAMS as u64 / 2
+    })
+    .await;
+
+    // The honest get under attack, while the target's memory is sampled.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = tokio::spawn({
+        let (sampling, peak) = (sampling.clone(), peak.clone());
+        async move {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(memory(pid).0, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    // Let the never-read streams fill every window first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = src.path().join("under-attack.bin");
+    let t = Instant::now();
+    get_to(&good.node, report.ticket.clone(), &out)
+        .await
+        .expect("the honest get completes under the attack");
+    let attacked_time = t.elapsed();
+    assert!(std::fs::read(&out).unwrap() == data);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sampling.store(false, Ordering::Relaxed);
+    sampler.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        let _ = a.await;
+    }
+    let (_, hwm) = memory(pid);
+    let peak = peak.load(Ordering::Relaxed).max(hwm);
+    println!(
+        "never-read GETs: {} streams of a 16 MiB chunk on {CONNECTIONS} connections; \
+         target RSS {} MiB before, peak {} MiB; honest 16 MiB get {:.2} s quiet, {:.2} s under attack",
+        sent.load(Ordering::Relaxed),
+        rss0 / 1024,
+        peak / 1024,
+        quiet_time.as_secs_f64(),
+        attacked_time.as_secs_f64()
+    );
+    assert!(
+        peak < 200 * 1024,
+        "the target's peak RSS was {} MiB",
+        peak / 1024
+    );
+    good.node.shutdown().await;
+    target.send("exit");
+}
+
+/// The encoded manifest of `id` from `node`'s store.
+fn report_manifest(node: &quic_peer::Node, id: Hash) -> Vec<u8> {
+    node.store()
+        .expect("a store")
+        .manifest_bytes(&id)
+        .expect("store")
+        .expect("the manifest")
+}
