@@ -214,8 +214,10 @@ impl Service for Transfers {
         let on_hold = self.on_hold.clone();
         let budget = self.budget.clone();
         Box::pin(async move {
-            let held = match &stream.request {
-                Request::Hold { id } => Some(*id),
+            // Only a HOLD that makes the file held anew is news: a repeated
+            // HOLD costs one lookup in the store, nothing more.
+            let newly_held = match (&stream.request, &store) {
+                (Request::Hold { id }, Some(s)) => (!s.holds(id).unwrap_or(false)).then_some(*id),
                 _ => None,
             };
             let served = serve(
@@ -228,7 +230,7 @@ impl Service for Transfers {
             if tokio::time::timeout(STREAM_DEADLINE, served).await.is_err() {
                 debug!("transfer stream took too long: dropped");
             }
-            if let (Some(id), Some(store), Some(on_hold)) = (held, store, on_hold) {
+            if let (Some(id), Some(store), Some(on_hold)) = (newly_held, store, on_hold) {
                 if store.holds(&id).unwrap_or(false) {
                     on_hold.held(id).await;
                 }
@@ -314,6 +316,9 @@ pub async fn serve(
 }
 
 fn hold(store: &Store, id: &Hash) -> Result<Response, StoreError> {
+    if store.holds(id)? {
+        return Ok(Response::Ack);
+    }
     match store.missing_chunks(id)? {
         Some(missing) if missing.is_empty() => {}
         _ => return Ok(Response::Nack(NackReason::Incomplete)),

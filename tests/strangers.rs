@@ -6,6 +6,9 @@
 //!   chunk, with huge flow-control windows, never read. Before chunk data
 //!   was streamed, each such GET read the whole chunk into memory and held
 //!   it until the stream deadline: about 1 GiB per connection.
+//! - CPU: thousands of HOLDs of a file the target already holds. Before, each
+//!   walked the file's tree, committed a write transaction and started an
+//!   announce.
 
 mod common;
 
@@ -16,9 +19,9 @@ use std::time::{Duration, Instant};
 use common::adversary::{ip, join, memory};
 use common::{get_to, parse_started, random_bytes, store_node_with, wait_until, Proc};
 use quic_peer::download::NoProgress;
-use quic_peer::proto::frame::write_frame;
+use quic_peer::proto::frame::{read_frame, write_frame};
 use quic_peer::proto::manifest::{Manifest, MAX_CHUNK_SIZE};
-use quic_peer::proto::wire::{Request, Role, MAX_CONTROL_FRAME};
+use quic_peer::proto::wire::{Request, Response, Role, MAX_CONTROL_FRAME};
 use quic_peer::proto::Hash;
 use quic_peer::PeerAddr;
 
@@ -184,4 +187,85 @@ fn report_manifest(node: &quic_peer::Node, id: Hash) -> Vec<u8> {
         .manifest_bytes(&id)
         .expect("store")
         .expect("the manifest")
+}
+
+/// CPU seconds (user + system) the process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Sends HOLD for `id` on a stream of its own and reads the answer.
+async fn hold(conn: &quinn::Connection, id: Hash) -> Option<Response> {
+    let (mut send, mut recv) = conn.open_bi().await.ok()?;
+    write_frame(&mut send, &Request::Hold { id }, MAX_CONTROL_FRAME)
+        .await
+        .ok()?;
+    let _ = send.finish();
+    read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_flood_costs_a_store_lookup_each() {
+    const HOLDS: usize = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_string_lossy().to_string();
+    let mut target = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &data_dir]);
+    let (addr, target_id) =
+        parse_started(&target.expect_line("[STARTED]", Duration::from_secs(30)));
+    let pid = target.child.id();
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("held.bin");
+    std::fs::write(&path, random_bytes(3 * MIB, 12)).unwrap();
+    let good = store_node_with(&[], |c| {
+        c.bootstrap = vec![PeerAddr::pinned(target_id, addr)]
+    })
+    .await;
+    wait_until("honest peer joined", Duration::from_secs(10), || {
+        common::connected(&good.node, target_id)
+    })
+    .await;
+    let report = common::put(&good.node, &path, 1).await;
+    assert!(report.holders.iter().any(|h| h.id == target_id));
+    // Let the put's own announce settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let ep = common::adversary::endpoint(ip(6, 0, 1));
+    let joined = join(&ep, addr, Role::Client).await.expect("joined");
+    let cpu0 = cpu_seconds(pid);
+    let started = Instant::now();
+    let mut acks = 0;
+    for _ in 0..HOLDS {
+        if hold(&joined.conn, report.id).await == Some(Response::Ack) {
+            acks += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    // Detached work (announces) would still be running: give it time to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu = cpu_seconds(pid) - cpu0;
+    println!(
+        "HOLD flood: {HOLDS} HOLDs of a held file ({acks} acknowledged) in {:.2} s; \
+         target CPU {:.2} s ({:.0} us per HOLD)",
+        elapsed.as_secs_f64(),
+        cpu,
+        cpu * 1e6 / HOLDS as f64
+    );
+    assert_eq!(acks, HOLDS, "a held file is acknowledged");
+    assert!(cpu < 2.0, "{HOLDS} HOLDs cost the target {cpu:.2} s of CPU");
+    good.node.shutdown().await;
+    target.send("exit");
 }

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -119,7 +120,20 @@ struct Inner {
     /// Files this node holds are provided from here (full nodes).
     store: Option<Store>,
     state: Mutex<DhtState>,
+    /// When each file was last announced because a peer had it held here.
+    announced: Mutex<HashMap<Hash, Instant>>,
+    /// Announces a peer's HOLD may have under way at once, node-wide.
+    announcing: Arc<Semaphore>,
 }
+
+/// A file held anew is announced at most once per this long; the
+/// republish loop announces every held file anyway.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(60);
+/// Announces started by HOLDs at once, node-wide; more are left to the
+/// republish loop.
+const HOLD_ANNOUNCES: usize = 4;
+/// Files whose last HOLD announce is remembered at most.
+const ANNOUNCED_MAX: usize = 65_536;
 
 impl Dht {
     /// The DHT of the node behind `net`, with the routing table and provider
@@ -128,6 +142,8 @@ impl Dht {
         let dht = Dht {
             inner: Arc::new(Inner {
                 state: Mutex::new(DhtState::new(net.id())),
+                announced: Mutex::new(HashMap::new()),
+                announcing: Arc::new(Semaphore::new(HOLD_ANNOUNCES)),
                 net,
                 store,
             }),
@@ -490,12 +506,40 @@ impl PeerListener for Dht {
     }
 }
 
+impl Dht {
+    /// Whether a HOLD of `file` may start an announce now: not announced for
+    /// a HOLD within [`ANNOUNCE_EVERY`], and a slot free.
+    fn may_announce(&self, file: Hash) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let now = Instant::now();
+        let mut announced = self
+            .inner
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if announced
+            .get(&file)
+            .is_some_and(|t| now.saturating_duration_since(*t) < ANNOUNCE_EVERY)
+        {
+            return None;
+        }
+        let permit = self.inner.announcing.clone().try_acquire_owned().ok()?;
+        if announced.len() >= ANNOUNCED_MAX {
+            announced.retain(|_, t| now.saturating_duration_since(*t) < ANNOUNCE_EVERY);
+        }
+        announced.insert(file, now);
+        Some(permit)
+    }
+}
+
 impl HoldListener for Dht {
-    /// A new holder says so in the DHT.
+    /// A new holder says so in the DHT: once per file per [`ANNOUNCE_EVERY`],
+    /// a few at a time; the republish loop covers what this skips.
     fn held(&self, file: Hash) -> ServeFuture {
         let d = self.clone();
         Box::pin(async move {
-            d.announce(file).await;
+            if let Some(_permit) = d.may_announce(file) {
+                d.announce(file).await;
+            }
         })
     }
 }
