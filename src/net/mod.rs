@@ -53,6 +53,7 @@ use tracing::debug;
 
 pub use crate::proto::addr::{ParseAddrError, PeerAddr};
 pub use error::{ConnectError, EndpointError, JoinError};
+pub(crate) use limits::ip_key;
 pub use maintain::BootstrapError;
 pub use router::{RequestStream, Service};
 

@@ -10,12 +10,15 @@
 use std::sync::Arc;
 
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use bytes::Bytes;
 use quinn::Connection;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{debug, warn};
+
+mod budget;
+
+pub use budget::{Account, BudgetPermit, ChunkBudget};
 
 use crate::net::router::{RequestStream, ServeFuture};
 use crate::net::Service;
@@ -127,46 +130,6 @@ pub const PIECE: usize = 256 << 10;
 /// piece of the budget.
 pub const PIECE_DEADLINE: Duration = Duration::from_secs(20);
 
-/// Bytes of chunk and manifest data the node holds in memory for its peers
-/// at once, node-wide: a piece read from disk until quinn takes it, a piece
-/// received until it is on disk. What quinn itself buffers is bounded per
-/// connection by its send and receive windows.
-#[derive(Clone)]
-pub struct ChunkBudget {
-    kib: Arc<Semaphore>,
-    max_kib: u32,
-}
-
-/// A share of the [`ChunkBudget`], given back on drop.
-pub struct BudgetPermit {
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl ChunkBudget {
-    /// A budget of `bytes` (at least one largest manifest, so that any
-    /// single request can be served).
-    pub fn new(bytes: usize) -> Self {
-        let kib = (bytes.max(MAX_MANIFEST_SIZE) / 1024).min(u32::MAX as usize) as u32;
-        ChunkBudget {
-            kib: Arc::new(Semaphore::new(kib as usize)),
-            max_kib: kib,
-        }
-    }
-
-    /// Waits for `bytes` of the budget.
-    pub async fn take(&self, bytes: usize) -> BudgetPermit {
-        let kib = (bytes.div_ceil(1024) as u32).min(self.max_kib);
-        BudgetPermit {
-            _permit: self.kib.clone().acquire_many_owned(kib).await.ok(),
-        }
-    }
-
-    /// Bytes of the budget not taken now.
-    pub fn available(&self) -> usize {
-        self.kib.available_permits() * 1024
-    }
-}
-
 /// Hears that this node now holds a file a peer asked it to hold.
 pub trait HoldListener: Send + Sync + 'static {
     /// `file` is held, complete, from now on.
@@ -212,7 +175,9 @@ impl Service for Transfers {
     fn serve(&self, stream: RequestStream) -> ServeFuture {
         let store = self.store.clone();
         let on_hold = self.on_hold.clone();
-        let budget = self.budget.clone();
+        let account = self
+            .budget
+            .account(stream.peer, stream.conn.remote_address().ip());
         Box::pin(async move {
             // Only a HOLD that makes the file held anew is news: a repeated
             // HOLD costs one lookup in the store, nothing more.
@@ -222,7 +187,7 @@ impl Service for Transfers {
             };
             let served = serve(
                 store.clone(),
-                &budget,
+                &account,
                 stream.request,
                 stream.send,
                 stream.recv,
@@ -244,7 +209,7 @@ impl Service for Transfers {
 /// `store` is `None` on clients: GETs find nothing and PUTs are refused.
 pub async fn serve(
     store: Option<Store>,
-    budget: &ChunkBudget,
+    budget: &Account,
     request: Request,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -390,7 +355,7 @@ async fn send_found(
 
 async fn receive_chunk(
     store: Option<Store>,
-    budget: &ChunkBudget,
+    budget: &Account,
     hash: Hash,
     len: u32,
     recv: &mut quinn::RecvStream,
@@ -435,7 +400,7 @@ enum Received {
 /// counted against `budget`), then verifies and publishes it.
 async fn receive_pieces(
     mut writer: ChunkWriter,
-    budget: &ChunkBudget,
+    budget: &Account,
     recv: &mut quinn::RecvStream,
 ) -> Result<Stored, Received> {
     while writer.left() > 0 {
@@ -482,7 +447,7 @@ fn store_refusal(e: StoreError) -> Response {
 /// holder without blaming this one.
 async fn send_chunk(
     store: Option<Store>,
-    budget: &ChunkBudget,
+    budget: &Account,
     hash: Hash,
     send: &mut quinn::SendStream,
 ) -> Result<(), FrameError> {
@@ -553,7 +518,7 @@ async fn write_piece(
 
 async fn receive_manifest<R: AsyncRead + Unpin>(
     store: Option<Store>,
-    budget: &ChunkBudget,
+    budget: &Account,
     id: Hash,
     len: u32,
     recv: &mut R,
