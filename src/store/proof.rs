@@ -51,10 +51,7 @@ impl Store {
         let bytes = match self.chunk_range(piece, start, end)? {
             Some(bytes) => bytes,
             None => match self.manifest_bytes(piece)? {
-                Some(m) => match m.get(start as usize..end as usize) {
-                    Some(range) => Some(range.to_vec()),
-                    None => None,
-                },
+                Some(m) => m.get(start as usize..end as usize).map(<[u8]>::to_vec),
                 None => return Ok(Possession::NotHeld),
             },
         };
@@ -92,6 +89,16 @@ impl Store {
             at = hi;
         }
         Ok(reader.verify().then_some(Some(out)))
+    }
+
+    /// The length of a piece a challenge can name: a stored chunk, or a
+    /// manifest.
+    pub fn piece_len(&self, piece: &Hash) -> Result<Option<u64>, StoreError> {
+        match std::fs::metadata(self.chunk_path(piece)) {
+            Ok(m) if m.is_file() => return Ok(Some(m.len())),
+            _ => {}
+        }
+        Ok(self.manifest_bytes(piece)?.map(|m| m.len() as u64))
     }
 
     /// Stops holding the file or tree `id`: it is no longer listed, served
