@@ -13,14 +13,15 @@
 //! ```text
 //! node          composition root: builds the core and the services, registers them,
 //!               starts their loops, shuts down in order
-//! replication/  put to the R closest nodes, get, repair (one leader per file)
+//! replication/  put to the R closest nodes, get, repair (proven holders only, one
+//!               leader per file, copies beyond R+1 trimmed)
 //! download/     multi-peer verifying download: queue, workers, writer, end game;
 //!               peer scores (bans on proof, rank on denials and timeouts)
 //! dht/          Kademlia: pure k-buckets, lookup state machine, provider records,
 //!               simulator; behaviour (the Dht on the network, its own refresh and
 //!               republish loop) and handler (answers FIND_NODE, GET_PROVIDERS, ...)
 //! transfer      one bi stream per chunk: the Transfers service (GET, PUT, HOLD,
-//!               HAS) and the client half (fetch, push, hold)
+//!               HAS, PROVE) and the client half (fetch, push, hold, prove)
 //! store/        chunk files and manifests on disk (redb), crash-safe writes,
 //!               quota, garbage collection, DHT tables; chunker, data dir lock
 //! net/          the network core: endpoint, accept, dial, one handler per

@@ -27,7 +27,7 @@ use quic_peer::proto::ticket::{Target, Ticket, MAX_HOLDERS};
 use quic_peer::proto::wire::{
     self, Control, DhtRequest, ErrorCode, Join, LeaveReason, Message, NackReason, PeerRecord,
     Request, Response, Role, Welcome, WireError, LEN_PREFIX, MAX_ADDRS_PER_PEER, MAX_CONTROL_FRAME,
-    MAX_PEERS_PER_MESSAGE, PROTOCOL_VERSION,
+    MAX_PEERS_PER_MESSAGE, MAX_PROOF_LEN, PROTOCOL_VERSION,
 };
 use quic_peer::proto::Hash;
 use quic_peer::NodeId;
@@ -110,6 +110,20 @@ fn request() -> impl Strategy<Value = Request> {
         hash().prop_map(|id| Request::Hold { id }),
         hash().prop_map(|id| Request::Has { id }),
         dht_request().prop_map(Request::Dht),
+        (
+            hash(),
+            hash(),
+            any::<u32>(),
+            0..=MAX_PROOF_LEN,
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(id, piece, offset, len, nonce)| Request::Prove {
+                id,
+                piece,
+                offset,
+                len,
+                nonce
+            }),
     ]
 }
 
@@ -134,6 +148,7 @@ fn response() -> impl Strategy<Value = Response> {
         peers().prop_map(Response::Nodes),
         (peers(), peers())
             .prop_map(|(providers, closer)| Response::Providers { providers, closer }),
+        any::<[u8; 32]>().prop_map(Response::Proof),
     ]
 }
 
@@ -712,6 +727,7 @@ fn request_variant(r: &Request) -> usize {
         Request::Dht(DhtRequest::FindNode { .. }) => 8,
         Request::Dht(DhtRequest::GetProviders { .. }) => 9,
         Request::Dht(DhtRequest::AddProvider { .. }) => 10,
+        Request::Prove { .. } => 11,
     }
 }
 
@@ -729,6 +745,7 @@ fn response_variant(r: &Response) -> usize {
         Response::Nack(NackReason::Internal) => 9,
         Response::Nodes(_) => 10,
         Response::Providers { .. } => 11,
+        Response::Proof(_) => 12,
     }
 }
 
@@ -764,8 +781,8 @@ fn variants_seen<T: Debug>(s: impl Strategy<Value = T>, variant: fn(&T) -> usize
 
 #[test]
 fn strategies_cover_every_variant() {
-    assert_eq!(variants_seen(request(), request_variant), 11);
-    assert_eq!(variants_seen(response(), response_variant), 12);
+    assert_eq!(variants_seen(request(), request_variant), 12);
+    assert_eq!(variants_seen(response(), response_variant), 13);
     assert_eq!(variants_seen(control(), control_variant), 6);
     assert_eq!(variants_seen(manifest(), manifest_variant), 4);
     // Role is inside Join.

@@ -42,7 +42,17 @@
 //!   stream instead of reading the bytes.
 //! - [`Request::Hold`]: after a file's manifests and chunks were put, asks the
 //!   receiver to keep the file; Ack only if every piece is present.
-//! - [`Request::Has`]: whether the receiver holds a file.
+//! - [`Request::Has`]: whether the receiver holds a file. A claim, not a
+//!   proof: repair does not believe it.
+//! - [`Request::Prove`]: proof of possession. The asker, which holds the file
+//!   too, picks a piece of it (a chunk, or a manifest for a file without
+//!   chunks), a byte range of at most [`MAX_PROOF_LEN`] in it and a random
+//!   32-byte nonce; the receiver answers [`Response::Proof`] with the BLAKE3
+//!   keyed hash (key = nonce) of those bytes, [`Response::NotFound`] if it
+//!   does not hold the file or the piece, or [`Response::Nack`] with
+//!   [`NackReason::TooLarge`] for a range outside the piece. A fresh nonce
+//!   makes an old answer useless, so only a node that has the bytes can
+//!   answer right.
 //! - [`Request::Dht`]: one Kademlia RPC per stream (PING, FIND_NODE,
 //!   GET_PROVIDERS, ADD_PROVIDER), answered by one [`Response`] frame.
 //!
@@ -88,6 +98,9 @@ pub const MAX_PEERS_PER_MESSAGE: usize = 64;
 
 /// Most addresses listed for one peer.
 pub const MAX_ADDRS_PER_PEER: usize = 8;
+
+/// Longest byte range a [`Request::Prove`] may ask to be hashed.
+pub const MAX_PROOF_LEN: u32 = 64 * 1024;
 
 /// Capability bits announced in JOIN and WELCOME. None are defined in 1.0; unknown
 /// bits are ignored.
@@ -238,6 +251,24 @@ pub enum Request {
     },
     /// A DHT request, answered by one [`Response`].
     Dht(DhtRequest),
+    /// Asks for a proof that the receiver holds the file `id`: the BLAKE3
+    /// keyed hash, with `nonce` as the key, of bytes `offset..offset + len`
+    /// of `piece` (a chunk of the file, or one of its manifests). Answered
+    /// by [`Response::Proof`], [`Response::NotFound`], or
+    /// [`Response::Nack`] with [`NackReason::TooLarge`] when the range is not
+    /// inside the piece. `len` is at most [`MAX_PROOF_LEN`].
+    Prove {
+        /// The file id.
+        id: Hash,
+        /// A chunk or manifest of the file.
+        piece: Hash,
+        /// Where the range starts in the piece.
+        offset: u32,
+        /// How many bytes it covers.
+        len: u32,
+        /// The key of the keyed hash: random, chosen by the asker.
+        nonce: [u8; 32],
+    },
 }
 
 /// What a request asks for, without its arguments: the key a service
@@ -260,6 +291,8 @@ pub enum RequestKind {
     Has,
     /// [`Request::Dht`].
     Dht,
+    /// [`Request::Prove`].
+    Prove,
 }
 
 impl Request {
@@ -274,6 +307,7 @@ impl Request {
             Request::Hold { .. } => RequestKind::Hold,
             Request::Has { .. } => RequestKind::Has,
             Request::Dht(_) => RequestKind::Dht,
+            Request::Prove { .. } => RequestKind::Prove,
         }
     }
 }
@@ -327,6 +361,8 @@ pub enum Response {
         /// The answering node's closest contacts to the key.
         closer: Vec<PeerRecord>,
     },
+    /// The answer to [`Request::Prove`]: the keyed hash of the range.
+    Proof([u8; 32]),
 }
 
 /// Why a PUT or HOLD was refused.
@@ -522,12 +558,17 @@ impl Message for Request {
             Request::Dht(DhtRequest::AddProvider { provider, .. }) => {
                 check_peers(std::slice::from_ref(provider))
             }
+            Request::Prove { len, .. } if *len > MAX_PROOF_LEN => Err(WireError::FrameTooLarge {
+                len: *len as usize,
+                max: MAX_PROOF_LEN as usize,
+            }),
             Request::GetChunk { .. }
             | Request::PutChunk { .. }
             | Request::GetManifest { .. }
             | Request::PutManifest { .. }
             | Request::Hold { .. }
             | Request::Has { .. }
+            | Request::Prove { .. }
             | Request::Dht(_) => Ok(()),
         }
     }
@@ -701,6 +742,13 @@ mod tests {
                 key: NodeId::from_bytes([2; 32]),
                 provider: peer(4),
             }),
+            Request::Prove {
+                id: h,
+                piece: Hash::of(b"y"),
+                offset: 7,
+                len: MAX_PROOF_LEN,
+                nonce: [9; 32],
+            },
         ];
         for r in reqs {
             let f = encode(&r, MAX_CONTROL_FRAME).unwrap();
@@ -713,6 +761,7 @@ mod tests {
             Response::Found { len: 1 << 40 },
             Response::NotFound,
             Response::Ack,
+            Response::Proof([5; 32]),
         ];
         for reason in [
             NackReason::BadHash,
@@ -931,5 +980,51 @@ mod tests {
         ]
         .concat();
         assert_eq!(frame, expected);
+    }
+
+    /// Pins the proof-of-possession messages, appended after the rest.
+    #[test]
+    fn proof_messages_are_pinned() {
+        let frame = encode(
+            &Request::Prove {
+                id: Hash::from_bytes([0x11; 32]),
+                piece: Hash::from_bytes([0x22; 32]),
+                offset: 300,
+                len: 4096,
+                nonce: [0x33; 32],
+            },
+            MAX_CONTROL_FRAME,
+        )
+        .unwrap();
+        let expected: Vec<u8> = [
+            &[0, 0, 0, 101][..],
+            &[8],          // Request::Prove, after Dht
+            &[0x11; 32],   // id
+            &[0x22; 32],   // piece
+            &[0xac, 0x02], // offset 300
+            &[0x80, 0x20], // len 4096
+            &[0x33; 32],   // nonce
+        ]
+        .concat();
+        assert_eq!(frame, expected);
+        let frame = encode(&Response::Proof([0x44; 32]), MAX_CONTROL_FRAME).unwrap();
+        let expected: Vec<u8> = [&[0, 0, 0, 33][..], &[6], &[0x44; 32]].concat();
+        assert_eq!(frame, expected);
+    }
+
+    #[test]
+    fn oversized_proof_ranges_are_rejected() {
+        let body = postcard::to_allocvec(&Request::Prove {
+            id: Hash::of(b"x"),
+            piece: Hash::of(b"y"),
+            offset: 0,
+            len: MAX_PROOF_LEN + 1,
+            nonce: [0; 32],
+        })
+        .unwrap();
+        assert_eq!(
+            decode_body::<Request>(&body).unwrap_err().code(),
+            ErrorCode::FrameTooLarge
+        );
     }
 }

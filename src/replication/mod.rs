@@ -9,20 +9,26 @@
 //! - [`get`](Replication::get) finds the nodes that hold a file (the
 //!   ticket's holders, and the providers the DHT knows) and hands them to
 //!   the download engine.
-//! - repair: each full node checks that the R live nodes closest to each
-//!   file it holds have it, and the closest holder copies it where missing.
+//! - repair: each full node challenges the R live nodes closest to each
+//!   file it holds to prove they hold it (a keyed hash of a range it picks,
+//!   [`possession`]); the closest proven holder copies it where missing,
+//!   after a grace period, and copies beyond R+1 are trimmed.
 //!
 //! Placement follows Kademlia: the R live nodes closest to the file id hold
 //! it, each announces itself as a provider on the k closest nodes, and `get`
 //! finds them with a GET_PROVIDERS lookup.
 
 mod get;
+pub mod possession;
 mod put;
 mod repair;
 mod source;
 
 pub use put::{push_tree, CopyError, PushTreeError, PutError, PutReport, PUSH_IN_FLIGHT};
+pub use repair::grace;
 pub use source::{ChunkSource, SourceError};
+
+use std::sync::{Arc, Mutex};
 
 use crate::dht::behaviour::Dht;
 use crate::download::score::PeerScores;
@@ -38,6 +44,9 @@ pub struct Replication {
     /// Shared by every download this node makes: a peer banned in one is
     /// not asked in the next.
     scores: PeerScores,
+    /// What repair remembers between passes (files short of copies, peers
+    /// that failed a challenge).
+    repair: Arc<Mutex<repair::RepairMemory>>,
 }
 
 impl Replication {
@@ -49,6 +58,7 @@ impl Replication {
             dht,
             store,
             scores,
+            repair: Arc::default(),
         }
     }
 

@@ -59,11 +59,13 @@ mod chunks; // chunk files: the publish protocol, verified reads
 mod dht; // the DHT's saved routing table and provider records
 mod files; // manifests and held files
 mod gc; // garbage passes
+mod proof; // proof of possession; dropping a held file
 
 pub use chunks::{ChunkReader, ChunkWriter, Stored};
 pub use dht::SavedProvider;
 pub use files::{FileRecord, HeldFile, ImportError, MAX_TREE_MANIFESTS};
 pub use gc::GcReport;
+pub use proof::Possession;
 
 use std::collections::HashSet;
 use std::fs;

@@ -1,6 +1,6 @@
 //! Transfers: one bidirectional stream per chunk or manifest.
 //!
-//! [`Transfers`], the service the node registers for GET, PUT, HOLD and HAS,
+//! [`Transfers`], the service the node registers for GET, PUT, HOLD, HAS and PROVE,
 //! answers the requests a peer opens ([`serve`]) from the node's [`Store`],
 //! each within [`STREAM_DEADLINE`]; the client half ([`fetch_chunk`], [`push_chunk`], …) opens
 //! the streams. Every byte that arrives is checked against its BLAKE3 name before
@@ -28,7 +28,7 @@ use crate::proto::wire::{
     ErrorCode, NackReason, Request, RequestKind, Response, MAX_CONTROL_FRAME,
 };
 use crate::proto::Hash;
-use crate::store::{ChunkWriter, Store, StoreError, Stored};
+use crate::store::{ChunkWriter, Possession, Store, StoreError, Stored};
 
 /// Why fetching from a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -147,13 +147,14 @@ pub struct Transfers {
 
 impl Transfers {
     /// The requests this service answers.
-    pub const KINDS: [RequestKind; 6] = [
+    pub const KINDS: [RequestKind; 7] = [
         RequestKind::GetChunk,
         RequestKind::PutChunk,
         RequestKind::GetManifest,
         RequestKind::PutManifest,
         RequestKind::Hold,
         RequestKind::Has,
+        RequestKind::Prove,
     ];
 
     /// Serves from `store`, holding at most `budget` bytes of chunk data
@@ -243,6 +244,16 @@ pub async fn serve(
             };
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
+        Request::Prove {
+            id,
+            piece,
+            offset,
+            len,
+            nonce,
+        } => {
+            let resp = answer_proof(store, id, piece, offset, len, nonce).await;
+            write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
+        }
         Request::PutChunk { hash, len } => {
             let resp = receive_chunk(store, budget, hash, len, &mut recv).await;
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
@@ -278,6 +289,32 @@ pub async fn serve(
         return;
     }
     let _ = send.finish();
+}
+
+/// The answer to a PROVE: the keyed hash of the range from the store, or
+/// why there is none. The chunk read goes through `spawn_blocking`; the
+/// range is at most [`MAX_PROOF_LEN`](crate::proto::wire::MAX_PROOF_LEN) bytes and the pieces read to reach it
+/// are small.
+async fn answer_proof(
+    store: Option<Store>,
+    id: Hash,
+    piece: Hash,
+    offset: u32,
+    len: u32,
+    nonce: [u8; 32],
+) -> Response {
+    let Some(store) = store else {
+        return Response::NotFound;
+    };
+    match blocking(store, move |s| s.prove(&id, &piece, offset, len, &nonce)).await {
+        Ok(Possession::Proof(p)) => Response::Proof(p),
+        Ok(Possession::NotHeld) => Response::NotFound,
+        Ok(Possession::OutOfRange) => Response::Nack(NackReason::TooLarge),
+        Err(e) => {
+            warn!("store: {e}");
+            Response::NotFound
+        }
+    }
 }
 
 fn hold(store: &Store, id: &Hash) -> Result<Response, StoreError> {
@@ -687,6 +724,55 @@ pub async fn has(conn: &Connection, id: Hash, timeout: Duration) -> Result<bool,
     match resp {
         Response::Found { .. } => Ok(true),
         Response::NotFound => Ok(false),
+        other => Err(FetchError::Unexpected(other)),
+    }
+}
+
+/// A challenge for [`prove`]: which bytes of which file to hash, and the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Challenge {
+    /// The file id.
+    pub id: Hash,
+    /// A chunk or manifest of the file.
+    pub piece: Hash,
+    /// Where the range starts in the piece.
+    pub offset: u32,
+    /// Its length, at most [`MAX_PROOF_LEN`](crate::proto::wire::MAX_PROOF_LEN).
+    pub len: u32,
+    /// The key of the keyed hash.
+    pub nonce: [u8; 32],
+}
+
+/// Asks the peer to prove it holds a file: its answer to `challenge`, which
+/// the caller compares with its own. [`FetchError::NotFound`] if the peer
+/// says it does not hold the file; any other answer than a proof or a
+/// refusal is [`FetchError::Unexpected`].
+pub async fn prove(
+    conn: &Connection,
+    challenge: Challenge,
+    timeout: Duration,
+) -> Result<Possession, FetchError> {
+    let Challenge {
+        id,
+        piece,
+        offset,
+        len,
+        nonce,
+    } = challenge;
+    let req = Request::Prove {
+        id,
+        piece,
+        offset,
+        len,
+        nonce,
+    };
+    let (resp, _) = tokio::time::timeout(timeout, request(conn, &req, None))
+        .await
+        .map_err(|_| FetchError::Timeout)??;
+    match resp {
+        Response::Proof(p) => Ok(Possession::Proof(p)),
+        Response::NotFound => Ok(Possession::NotHeld),
+        Response::Nack(NackReason::TooLarge) => Ok(Possession::OutOfRange),
         other => Err(FetchError::Unexpected(other)),
     }
 }
