@@ -217,31 +217,9 @@ pub async fn serve(
 ) {
     let result = match request {
         Request::GetChunk { hash } => send_chunk(store, budget, hash, &mut send).await,
-        Request::GetManifest { id } => {
-            let data = match &store {
-                Some(s) => blocking(s.clone(), move |s| s.manifest_bytes(&id)).await,
-                None => Ok(None),
-            };
-            // Counted while it is in memory: a manifest may be 16 MiB.
-            let _permit = match &data {
-                Ok(Some(bytes)) => Some(budget.take(bytes.len()).await),
-                _ => None,
-            };
-            send_found(&mut send, data).await
-        }
+        Request::GetManifest { id } => send_manifest(store, budget, id, &mut send).await,
         Request::Has { id } => {
-            let held = match &store {
-                Some(s) => blocking(s.clone(), move |s| s.holds(&id)).await,
-                None => Ok(false),
-            };
-            let resp = match held {
-                Ok(true) => Response::Found { len: 0 },
-                Ok(false) => Response::NotFound,
-                Err(e) => {
-                    warn!("store: {e}");
-                    Response::NotFound
-                }
-            };
+            let resp = answer_has(store, id).await;
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
         Request::Prove {
@@ -289,6 +267,41 @@ pub async fn serve(
         return;
     }
     let _ = send.finish();
+}
+
+/// Serves a manifest from the store, counted against the budget while it
+/// is in memory (a manifest may be 16 MiB).
+async fn send_manifest(
+    store: Option<Store>,
+    budget: &Account,
+    id: Hash,
+    send: &mut quinn::SendStream,
+) -> Result<(), FrameError> {
+    let data = match &store {
+        Some(s) => blocking(s.clone(), move |s| s.manifest_bytes(&id)).await,
+        None => Ok(None),
+    };
+    let _permit = match &data {
+        Ok(Some(bytes)) => Some(budget.take(bytes.len()).await),
+        _ => None,
+    };
+    send_found(send, data).await
+}
+
+/// The answer to a HAS: found (length 0) if the file is held and complete.
+async fn answer_has(store: Option<Store>, id: Hash) -> Response {
+    let held = match &store {
+        Some(s) => blocking(s.clone(), move |s| s.holds(&id)).await,
+        None => Ok(false),
+    };
+    match held {
+        Ok(true) => Response::Found { len: 0 },
+        Ok(false) => Response::NotFound,
+        Err(e) => {
+            warn!("store: {e}");
+            Response::NotFound
+        }
+    }
 }
 
 /// The answer to a PROVE: the keyed hash of the range from the store, or
