@@ -132,10 +132,16 @@ async fn file_through_loss(loss: f64, seed: u64) {
         "the file crossed the relay: {s:?}"
     );
     for d in [s.forward, s.backward] {
+        // Each datagram is dropped with probability `loss`: the measured
+        // rate is within three standard deviations of it (the forward
+        // direction carries only a few hundred datagrams of requests and
+        // acknowledgements, so its rate wanders more than the data's).
         let rate = d.loss_rate();
+        let sigma = (loss * (1.0 - loss) / d.datagrams_in.max(1) as f64).sqrt();
         assert!(
-            (rate - loss).abs() <= 0.02 + loss * 0.1,
-            "drop rate {rate:.3} near the setting {loss}: {d}"
+            (rate - loss).abs() <= 3.0 * sigma + 0.01,
+            "drop rate {rate:.3} near the setting {loss} (3 sigma = {:.3}): {d}",
+            3.0 * sigma
         );
         assert!(d.duplicated > 0 && d.reordered > 0, "{d}");
     }
