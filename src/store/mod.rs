@@ -62,7 +62,7 @@ mod gc; // garbage passes
 
 pub use chunks::Stored;
 pub use dht::SavedProvider;
-pub use files::{FileRecord, HeldFile, ImportError, MAX_TREE_MANIFESTS};
+pub use files::{CheckedTree, FileRecord, HeldFile, ImportError};
 pub use gc::GcReport;
 
 use std::collections::HashSet;
@@ -111,6 +111,14 @@ pub enum StoreError {
     /// A manifest did not decode.
     #[error("invalid manifest: {0}")]
     BadManifest(#[from] crate::proto::wire::WireError),
+    /// A tree exceeds a limit of [`crate::proto::tree`].
+    #[error("the tree {id} is not held: {source}")]
+    Tree {
+        /// The tree's root.
+        id: Hash,
+        /// The limit exceeded.
+        source: crate::proto::tree::TreeError,
+    },
     /// Disk I/O failed.
     #[error("{action} {path}: {source}")]
     Io {
