@@ -68,8 +68,19 @@ pub(super) async fn fetch_tree(
 pub(super) enum Item<'a> {
     /// A directory to create.
     Dir(PathBuf),
-    /// A file to write: its path, id and manifest.
-    File(PathBuf, Hash, &'a FileManifest),
+    /// A file to write.
+    File {
+        /// Where.
+        path: PathBuf,
+        /// Its manifest's id.
+        id: Hash,
+        /// Its manifest.
+        manifest: &'a FileManifest,
+        /// Whether its name is the `.part` name of a file beside it in the
+        /// tree (`x.part` beside `x`): whatever is there may be that file's
+        /// download in progress, not someone else's file.
+        part_of_sibling: bool,
+    },
 }
 
 impl TreeManifests {
@@ -120,9 +131,19 @@ pub(super) struct Walk<'a> {
 
 impl<'a> Walk<'a> {
     /// The item at `path` for the manifest `id`, opening it if a directory.
-    fn item(&mut self, path: PathBuf, id: Hash) -> Result<Item<'a>, DownloadError> {
+    fn item(
+        &mut self,
+        path: PathBuf,
+        id: Hash,
+        part_of_sibling: bool,
+    ) -> Result<Item<'a>, DownloadError> {
         match self.tree.get(&id)? {
-            Manifest::File(f) => Ok(Item::File(path, id, f)),
+            Manifest::File(manifest) => Ok(Item::File {
+                path,
+                id,
+                manifest,
+                part_of_sibling,
+            }),
             Manifest::Dir(d) => {
                 self.open.push((path.clone(), &d.entries, 0));
                 Ok(Item::Dir(path))
@@ -133,6 +154,7 @@ impl<'a> Walk<'a> {
     /// The next entry of the innermost open directory, closing the
     /// directories that have none left.
     fn next_entry(&mut self) -> Option<Result<Item<'a>, DownloadError>> {
+        let tree = self.tree;
         loop {
             let (dir, entries, next) = self.open.last_mut()?;
             let Some(e) = entries.get(*next) else {
@@ -147,9 +169,24 @@ impl<'a> Walk<'a> {
                 return Some(Err(DownloadError::BadName { dir, source }));
             }
             let path = dir.join(&e.name);
-            return Some(self.item(path, e.id));
+            let part_of_sibling = is_part_of_file_in(tree, entries, &e.name);
+            return Some(self.item(path, e.id, part_of_sibling));
         }
     }
+}
+
+/// Whether `name` is `X.part` for a file `X` among `entries` (sorted) of
+/// `tree`.
+fn is_part_of_file_in(tree: &TreeManifests, entries: &[DirEntry], name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".part") else {
+        return false;
+    };
+    entries
+        .binary_search_by(|e| e.name.as_str().cmp(stem))
+        .ok()
+        .and_then(|i| entries.get(i))
+        .and_then(|e| tree.manifest(&e.id))
+        .is_some_and(|m| matches!(m, Manifest::File(_)))
 }
 
 impl<'a> Iterator for Walk<'a> {
@@ -158,7 +195,7 @@ impl<'a> Iterator for Walk<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(root) = self.root.take() {
             let id = self.tree.root;
-            return Some(self.item(root, id));
+            return Some(self.item(root, id, false));
         }
         self.next_entry()
     }
@@ -230,7 +267,15 @@ mod tests {
         t.walk(Path::new("out"))
             .map(|i| match i.unwrap() {
                 Item::Dir(p) => format!("{}/", p.display()),
-                Item::File(p, _, _) => p.display().to_string(),
+                Item::File {
+                    path,
+                    part_of_sibling,
+                    ..
+                } => format!(
+                    "{}{}",
+                    path.display(),
+                    if part_of_sibling { " (part)" } else { "" }
+                ),
             })
             .collect()
     }
@@ -239,13 +284,28 @@ mod tests {
     fn the_walk_gives_every_path_parents_first_shared_manifests_at_each() {
         let (x, y) = (file("x"), file("y"));
         let sub = dir(&[("x", x.id())]);
-        let root = dir(&[("a", sub.id()), ("b", sub.id()), ("y", y.id())]);
+        let root = dir(&[
+            ("a", sub.id()),
+            ("a.part", y.id()),
+            ("b", sub.id()),
+            ("y", y.id()),
+            ("y.part", y.id()),
+        ]);
         let t = tree(root.id(), vec![x, y, sub, root]);
         assert_eq!(
             paths(&t),
-            ["out/", "out/a/", "out/a/x", "out/b/", "out/b/x", "out/y"]
+            [
+                "out/",
+                "out/a/",
+                "out/a/x",
+                "out/a.part",
+                "out/b/",
+                "out/b/x",
+                "out/y",
+                "out/y.part (part)"
+            ]
         );
-        assert_eq!(t.stats.entries, 6);
+        assert_eq!(t.stats.entries, 8);
         let single = file("f");
         assert_eq!(paths(&tree(single.id(), vec![single])), ["out"]);
     }

@@ -8,9 +8,10 @@
 //!    total size, manifest bytes): past one, the download fails with
 //!    [`DownloadError::Tree`] naming it, before anything is written.
 //! 2. Before anything is written, a plan: a file an earlier attempt finished
-//!    is kept; a file manifest named by several paths is fetched to the first
-//!    and copied to the others; and the disk must have room for what is left
-//!    ([`DownloadError::NoSpace`]).
+//!    is kept; any other file in the way is refused ([`DownloadError::Exists`])
+//!    unless [`DownloadOptions::force`]; a file manifest named by several
+//!    paths is fetched to the first and copied to the others; and the disk
+//!    must have room for what is left ([`DownloadError::NoSpace`]).
 //! 3. Each file is written to `NAME.part` beside its final name. If that file is
 //!    already there (an interrupted download), every chunk in it is hashed and
 //!    the good ones are kept: only what is missing is fetched.
@@ -101,6 +102,14 @@ pub struct DownloadOptions {
     /// got the manifest but not every chunk (providers gone, the path dark),
     /// to find providers again and resume.
     pub retry_for: Duration,
+    /// Replace files that are in the way (`get --force`). Without it a
+    /// download writes no path where a file already is, unless that file is
+    /// exactly what the download would write (an earlier attempt finished
+    /// it), and fails naming the path before anything is written. A `.part`
+    /// file is the download's own and is resumed, never refused. Even forced,
+    /// a download never deletes a directory to write a file, nor a file to
+    /// make a directory.
+    pub force: bool,
 }
 
 impl Default for DownloadOptions {
@@ -111,6 +120,7 @@ impl Default for DownloadOptions {
             per_peer: 4,
             chunk_timeout: Duration::from_secs(30),
             retry_for: Duration::from_secs(60),
+            force: false,
         }
     }
 }
@@ -214,6 +224,20 @@ pub enum DownloadError {
         dir: PathBuf,
         /// What is wrong with it.
         source: WireError,
+    },
+    /// A file is where the download would write another, and
+    /// [`DownloadOptions::force`] is off; nothing was written.
+    #[error("refusing to overwrite {0}: it exists and is not the file being downloaded (--force replaces it)")]
+    Exists(PathBuf),
+    /// Something is where the download would write a file or directory of
+    /// another kind (a file where a directory goes, or the other way round),
+    /// which not even [`DownloadOptions::force`] removes; nothing was written.
+    #[error("{path} is in the way: the download has a {wanted} there")]
+    InTheWay {
+        /// The path.
+        path: PathBuf,
+        /// "file" or "directory": what the download has there.
+        wanted: &'static str,
     },
     /// The disk has less room than the download needs; nothing was written.
     #[error(
@@ -345,7 +369,8 @@ async fn write_tree(
 ) -> Result<(), DownloadError> {
     let plan = {
         let (tree, out) = (tree.clone(), out.to_path_buf());
-        blocking(out.clone(), move || plan::plan(&tree, &out)).await?
+        let force = opts.force;
+        blocking(out.clone(), move || plan::plan(&tree, &out, force)).await?
     };
     let name = out
         .file_name()
@@ -358,7 +383,9 @@ async fn write_tree(
                 std::fs::create_dir_all(&path).map_err(io(&path))?;
                 continue;
             }
-            Item::File(path, id, f) => (path, id, f),
+            Item::File {
+                path, id, manifest, ..
+            } => (path, id, manifest),
         };
         match plan.action(index, &path, &id) {
             Action::Keep => {

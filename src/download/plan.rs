@@ -1,6 +1,15 @@
 //! What a download writes, decided before it writes anything: for each file
 //! of the tree, whether it is kept (an earlier attempt finished it), fetched,
-//! or copied; and whether the disk has room for it all.
+//! or copied; that nothing else is in the way; and whether the disk has room
+//! for it all.
+//!
+//! A file already at a path of the tree is kept if it is exactly the file the
+//! download would write (every chunk verified): that is how a download
+//! resumes. Anything else there is someone's file, and is not overwritten
+//! unless the download is forced
+//! ([`DownloadOptions::force`](crate::download::DownloadOptions::force)). The `.part`
+//! files a download writes through are its own: they are resumed, and a
+//! tree's `x.part` beside its `x` may find `x`'s download there.
 //!
 //! A file manifest named by several paths (identical files of one name in two
 //! directories, or a bomb's hundred thousand entries) is fetched once, to its
@@ -64,24 +73,35 @@ impl Plan {
     }
 }
 
-/// Plans writing `tree` to `out` (blocking: it reads what is there, and
-/// hashes the files that look finished).
-pub(super) fn plan(tree: &TreeManifests, out: &Path) -> Result<Plan, DownloadError> {
+/// Plans writing `tree` to `out`, replacing files in the way if `force`
+/// (blocking: it reads what is there, and hashes the files that look
+/// finished).
+pub(super) fn plan(tree: &TreeManifests, out: &Path, force: bool) -> Result<Plan, DownloadError> {
     let mut plan = Plan::default();
     let mut to_write = 0u64;
     for (index, item) in tree.walk(out).enumerate() {
-        let Item::File(path, id, f) = item? else {
-            continue;
+        let (path, id, f, part_of_sibling) = match item? {
+            Item::Dir(path) => {
+                check_dir(&path)?;
+                continue;
+            }
+            Item::File {
+                path,
+                id,
+                manifest,
+                part_of_sibling,
+            } => (path, id, manifest, part_of_sibling),
         };
         if is_finished(&path, f).map_err(io(&path))? {
             plan.kept.insert(index);
             // A kept copy is the best source: nothing to fetch.
             plan.sources.insert(id, Source::Kept(path));
-        } else {
-            // At most the tree's checked total size.
-            to_write = to_write.saturating_add(f.size);
-            plan.sources.entry(id).or_insert(Source::Fetched(path));
+            continue;
         }
+        check_file(&path, force || part_of_sibling)?;
+        // At most the tree's checked total size.
+        to_write = to_write.saturating_add(f.size);
+        plan.sources.entry(id).or_insert(Source::Fetched(path));
     }
     // What the .part files of the fetched ones hold already is not written again.
     let resumed: u64 = plan
@@ -95,6 +115,35 @@ pub(super) fn plan(tree: &TreeManifests, out: &Path) -> Result<Plan, DownloadErr
     plan.needed = to_write.saturating_sub(resumed);
     check_space(out, plan.needed)?;
     Ok(plan)
+}
+
+/// Fails unless a directory can be at `path`: nothing is there, or a
+/// directory (or a link to one) is.
+fn check_dir(path: &Path) -> Result<(), DownloadError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(DownloadError::InTheWay {
+            path: path.to_path_buf(),
+            wanted: "directory",
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+/// Fails unless a file not finished yet may be written at `path`: nothing
+/// is there, or a file (or link) that may be `replaced`.
+fn check_file(path: &Path, replace: bool) -> Result<(), DownloadError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Err(DownloadError::InTheWay {
+            path: path.to_path_buf(),
+            wanted: "file",
+        }),
+        Ok(_) if replace => Ok(()),
+        Ok(_) => Err(DownloadError::Exists(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(path)(e)),
+    }
 }
 
 /// Bytes in the `.part` of `path` that a resume keeps (none if it is longer
@@ -195,7 +244,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let (t, xid, yid) = shared_tree();
-        let p = plan(&t, &out).unwrap();
+        let p = plan(&t, &out, false).unwrap();
         assert_eq!(actions(&p, &out, xid, yid), ["fetch", "copy a/x", "fetch"]);
         assert_eq!(p.needed, 5 + 5 + 3000);
     }
@@ -208,13 +257,70 @@ mod tests {
         std::fs::write(out.join("b/x"), b"hello").unwrap();
         std::fs::write(part_path(&out.join("y")), [7; 1024]).unwrap();
         let (t, xid, yid) = shared_tree();
-        let p = plan(&t, &out).unwrap();
+        let p = plan(&t, &out, false).unwrap();
         assert_eq!(actions(&p, &out, xid, yid), ["copy b/x", "keep", "fetch"]);
         assert_eq!(p.needed, 5 + 3000 - 1024);
-        // A file of the right length with other bytes is not finished.
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_refused_by_name_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(out.join("b")).unwrap();
+        // The right length, other bytes: someone's file, not the download's.
         std::fs::write(out.join("b/x"), b"HELLO").unwrap();
-        let p = plan(&t, &out).unwrap();
+        let (t, xid, yid) = shared_tree();
+        match plan(&t, &out, false) {
+            Err(e @ DownloadError::Exists(_)) => {
+                assert!(e
+                    .to_string()
+                    .contains(&format!("{}", out.join("b/x").display())))
+            }
+            other => panic!("{:?}", other.map(|p| p.needed)),
+        }
+        let p = plan(&t, &out, true).unwrap();
         assert_eq!(actions(&p, &out, xid, yid), ["fetch", "copy a/x", "fetch"]);
+        assert_eq!(
+            std::fs::read(out.join("b/x")).unwrap(),
+            b"HELLO",
+            "untouched"
+        );
+    }
+
+    #[test]
+    fn a_file_where_a_directory_goes_and_back_is_in_the_way_even_forced() {
+        let (t, _, _) = shared_tree();
+        for (what, wanted) in [("a", "directory"), ("y", "file")] {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("out");
+            std::fs::create_dir_all(&out).unwrap();
+            match wanted {
+                "directory" => std::fs::write(out.join(what), b"a file").unwrap(),
+                _ => std::fs::create_dir(out.join(what)).unwrap(),
+            }
+            for force in [false, true] {
+                match plan(&t, &out, force) {
+                    Err(DownloadError::InTheWay { path, wanted: w }) => {
+                        assert_eq!((path, w), (out.join(what), wanted));
+                    }
+                    other => panic!("{:?}", other.map(|p| p.needed)),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_part_of_a_file_beside_it_is_not_someone_elses_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let (x, xp) = (file("x", b"hello"), file("x.part", b"other"));
+        let root = dir(&[("x", x.id()), ("x.part", xp.id())]);
+        let t = TreeManifests::of(root.id(), vec![x, xp, root]).unwrap();
+        // An interrupted download of x left x.part: resumed, not refused.
+        std::fs::write(out.join("x.part"), b"hel").unwrap();
+        let p = plan(&t, &out, false).unwrap();
+        assert_eq!(p.needed, 5 + 5 - 3);
     }
 
     #[test]
