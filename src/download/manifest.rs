@@ -7,12 +7,13 @@
 //! directory bomb whose hundred thousand entries all name one manifest) is
 //! fetched and held once. The tree must keep the limits of
 //! [`crate::proto::tree`]: fetching stops at [`MAX_TREE_ENTRIES`] distinct
-//! manifests or [`MAX_TREE_MANIFEST_BYTES`] of them, and once all are in,
-//! the paths are counted (files and directories, depth, total size) before
-//! anything is written.
+//! manifests or [`MAX_TREE_MANIFEST_BYTES`] of them, or at a path deeper
+//! than [`MAX_TREE_DEPTH`], and once all are in, the paths are counted (files
+//! and directories, depth, total size) before anything is written.
 //!
 //! [`MAX_TREE_ENTRIES`]: crate::proto::tree::MAX_TREE_ENTRIES
 //! [`MAX_TREE_MANIFEST_BYTES`]: crate::proto::tree::MAX_TREE_MANIFEST_BYTES
+//! [`MAX_TREE_DEPTH`]: crate::proto::tree::MAX_TREE_DEPTH
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::download::shared::Shared;
 use crate::download::{DownloadError, DownloadOptions, Provider};
 use crate::proto::manifest::{check_name, DirEntry, FileManifest, Manifest};
-use crate::proto::tree::{TreeBudget, TreeError, TreeStats};
+use crate::proto::tree::{TreeBudget, TreeError, TreeStats, MAX_TREE_DEPTH};
 use crate::proto::Hash;
 use crate::transfer::{fetch_manifest, FetchError};
 
@@ -40,19 +41,26 @@ pub(super) async fn fetch_tree(
     id: Hash,
     opts: &DownloadOptions,
 ) -> Result<TreeManifests, DownloadError> {
-    let refused = |source: TreeError| DownloadError::Tree { id, source };
+    let refused = |reason: TreeError| DownloadError::Tree { id, reason };
     let mut manifests = HashMap::new();
     let mut budget = TreeBudget::default();
-    let mut stack = vec![id];
-    while let Some(next) = stack.pop() {
+    // Each with the number of directories above it on the path it was
+    // reached by: a path too deep is refused before what is below is fetched.
+    let mut stack = vec![(id, 0)];
+    while let Some((next, above)) = stack.pop() {
         if manifests.contains_key(&next) {
             continue;
         }
         let (len, m) = get_manifest(providers, shared, next, opts).await?;
         budget.take(len).map_err(refused)?;
         if let Manifest::Dir(d) = &m {
-            let new = d.entries.iter().rev().map(|e| e.id);
-            stack.extend(new.filter(|e| !manifests.contains_key(e)));
+            if above >= MAX_TREE_DEPTH {
+                return Err(refused(TreeError::TooDeep {
+                    max: MAX_TREE_DEPTH,
+                }));
+            }
+            let new = d.entries.iter().rev().map(|e| (e.id, above + 1));
+            stack.extend(new.filter(|(e, _)| !manifests.contains_key(e)));
         }
         manifests.insert(next, m);
     }
@@ -114,7 +122,7 @@ impl TreeManifests {
     fn get(&self, id: &Hash) -> Result<&Manifest, DownloadError> {
         self.manifest(id).ok_or(DownloadError::Tree {
             id: self.root,
-            source: TreeError::Missing(*id),
+            reason: TreeError::Missing(*id),
         })
     }
 }
@@ -166,7 +174,10 @@ impl<'a> Walk<'a> {
             // is checked again before it becomes a path to write.
             if let Err(source) = check_name(&e.name) {
                 let dir = dir.clone();
-                return Some(Err(DownloadError::BadName { dir, source }));
+                return Some(Err(DownloadError::BadName {
+                    dir,
+                    reason: source,
+                }));
             }
             let path = dir.join(&e.name);
             let part_of_sibling = is_part_of_file_in(tree, entries, &e.name);

@@ -210,20 +210,20 @@ pub enum DownloadError {
     },
     /// The tree exceeds a limit of [`crate::proto::tree`]; nothing was
     /// written.
-    #[error("refusing the tree {id}: {source}")]
+    #[error("refusing the tree {id}: {reason}")]
     Tree {
         /// The tree's root.
         id: Hash,
         /// The limit exceeded.
-        source: TreeError,
+        reason: TreeError,
     },
     /// A directory entry's name is not a plain file name.
-    #[error("{dir}: refusing an entry: {source}")]
+    #[error("{dir}: refusing an entry: {reason}")]
     BadName {
         /// The directory it would be written in.
         dir: PathBuf,
         /// What is wrong with it.
-        source: WireError,
+        reason: WireError,
     },
     /// A file is where the download would write another, and
     /// [`DownloadOptions::force`] is off; nothing was written.

@@ -230,7 +230,7 @@ impl Store {
     /// directory graph whose paths number in the billions from a few
     /// manifests. The walk stops at the limits of [`crate::proto::tree`].
     pub fn checked_tree(&self, id: &Hash) -> Result<Option<CheckedTree>, StoreError> {
-        let tree_err = |source| StoreError::Tree { id: *id, source };
+        let tree_err = |reason| StoreError::Tree { id: *id, reason };
         let mut out: Vec<(Hash, Manifest)> = Vec::new();
         let mut index: HashMap<Hash, usize> = HashMap::new();
         let mut budget = TreeBudget::default();
@@ -372,7 +372,7 @@ mod tests {
             matches!(
                 &err,
                 StoreError::Tree {
-                    source: TreeError::TooManyEntries {
+                    reason: TreeError::TooManyEntries {
                         max: MAX_TREE_ENTRIES
                     },
                     ..

@@ -112,12 +112,12 @@ pub enum StoreError {
     #[error("invalid manifest: {0}")]
     BadManifest(#[from] crate::proto::wire::WireError),
     /// A tree exceeds a limit of [`crate::proto::tree`].
-    #[error("the tree {id} is not held: {source}")]
+    #[error("the tree {id} is not held: {reason}")]
     Tree {
         /// The tree's root.
         id: Hash,
         /// The limit exceeded.
-        source: crate::proto::tree::TreeError,
+        reason: crate::proto::tree::TreeError,
     },
     /// Disk I/O failed.
     #[error("{action} {path}: {source}")]
