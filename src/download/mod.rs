@@ -70,6 +70,7 @@ use crate::download::manifest::{Item, TreeManifests};
 use crate::download::plan::Action;
 use crate::download::score::PeerScores;
 use crate::download::shared::{lock, Shared};
+use crate::proto::manifest::FileManifest;
 use crate::proto::tree::TreeError;
 use crate::proto::wire::WireError;
 use crate::proto::Hash;
@@ -378,37 +379,49 @@ async fn write_tree(
         .unwrap_or_default();
     progress.begin(&name, tree.stats.size);
     for (index, item) in tree.walk(out).enumerate() {
-        let (path, id, f) = match item? {
-            Item::Dir(path) => {
-                std::fs::create_dir_all(&path).map_err(io(&path))?;
-                continue;
-            }
+        match item? {
+            Item::Dir(path) => std::fs::create_dir_all(&path).map_err(io(&path))?,
             Item::File {
                 path, id, manifest, ..
-            } => (path, id, manifest),
-        };
-        match plan.action(index, &path, &id) {
-            Action::Keep => {
-                lock(&shared.stats).chunks_resumed += f.chunks.len();
-                progress.advance(f.size);
-            }
-            Action::Fetch => {
-                file::download_file(providers, shared, f, &path, opts, progress).await?;
-            }
-            Action::Copy(from) => {
-                let (from, to, size) = (from.to_path_buf(), path.clone(), f.size);
-                blocking(path, move || {
-                    writer::copy_file(&from, &to, size).map_err(io(&to))
-                })
-                .await?;
-                lock(&shared.stats).copies += 1;
-                progress.advance(f.size);
+            } => {
+                let action = plan.action(index, &path, &id);
+                write_file(providers, shared, action, manifest, &path, opts, progress).await?;
             }
         }
-        let mut s = lock(&shared.stats);
-        s.files += 1;
-        s.bytes += f.size;
     }
+    Ok(())
+}
+
+/// Writes the file `f` to `path` as `action` says: kept as it is, fetched,
+/// or copied from a file of the tree written before.
+async fn write_file(
+    providers: &[Provider],
+    shared: &Arc<Shared>,
+    action: Action<'_>,
+    f: &FileManifest,
+    path: &Path,
+    opts: &DownloadOptions,
+    progress: &Arc<dyn Progress>,
+) -> Result<(), DownloadError> {
+    match action {
+        Action::Keep => {
+            lock(&shared.stats).chunks_resumed += f.chunks.len();
+            progress.advance(f.size);
+        }
+        Action::Fetch => file::download_file(providers, shared, f, path, opts, progress).await?,
+        Action::Copy(from) => {
+            let (from, to, size) = (from.to_path_buf(), path.to_path_buf(), f.size);
+            blocking(to.clone(), move || {
+                writer::copy_file(&from, &to, size).map_err(io(&to))
+            })
+            .await?;
+            lock(&shared.stats).copies += 1;
+            progress.advance(f.size);
+        }
+    }
+    let mut s = lock(&shared.stats);
+    s.files += 1;
+    s.bytes += f.size;
     Ok(())
 }
 
