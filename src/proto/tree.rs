@@ -20,7 +20,7 @@
 //! | [`MAX_TREE_MANIFEST_BYTES`] | 256 MiB | encoded bytes of a tree's distinct manifests |
 //!
 //! The first three are what a get would write; honest trees stay far below
-//! them (a Linux kernel checkout has under 100,000 files, 20 levels). Past
+//! them (a Linux kernel checkout has under 100,000 files). Past
 //! [`MAX_TREE_DEPTH`] paths pass Linux's `PATH_MAX` of 4 KiB with names of
 //! 15 bytes. The last bounds memory: a walker holds a tree's distinct
 //! manifests, and 256 MiB holds a million small files' manifests or 8 million
