@@ -15,8 +15,10 @@
 //!               starts their loops, shuts down in order
 //! replication/  put to the R closest nodes, get, repair (proven holders only, one
 //!               leader per file, copies beyond R+1 trimmed)
-//! download/     multi-peer verifying download: queue, workers, writer, end game;
-//!               peer scores (bans on proof, rank on denials and timeouts)
+//! download/     multi-peer verifying download: the tree's manifests (each once,
+//!               within the tree limits), the plan (keep, fetch, copy, room),
+//!               queue, workers, writer, end game; peer scores (bans on proof,
+//!               rank on denials and timeouts)
 //! dht/          Kademlia: pure k-buckets, lookup state machine, provider records,
 //!               simulator; behaviour (the Dht on the network, its own refresh and
 //!               republish loop) and handler (answers FIND_NODE, GET_PROVIDERS, ...)
@@ -31,7 +33,7 @@
 //! crypto/       identity (Ed25519 key + rcgen certificate), netkey (private
 //!               networks), tls (rustls verifiers, id pinning, allow lists)
 //! proto/        sans-IO: Hash and NodeId, wire messages and error codes,
-//!               manifests, tickets, peer addresses, framed streams
+//!               manifests, tree limits, tickets, peer addresses, framed streams
 //! ```
 //!
 //! # Data flow

@@ -257,8 +257,22 @@ fn put_and_get_as_separate_processes() {
 
     // By ticket, with no bootstrap at all: the ticket says where to go.
     let dest = work.path().join("by-ticket.bin");
-    let stdout = run_ok(&["get", &ticket, "-o", &dest.display().to_string()]);
+    let dest_arg = dest.display().to_string();
+    let stdout = run_ok(&["get", &ticket, "-o", &dest_arg]);
     assert!(stdout.contains("[RECEIVED]"), "{stdout}");
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+
+    // Again: the file there is the one asked for, so it is kept. Another
+    // file there is not overwritten, unless with --force.
+    run_ok(&["get", &ticket, "-o", &dest_arg]);
+    std::fs::write(&dest, b"someone else's file").unwrap();
+    let err = run_fails(&["get", &ticket, "-o", &dest_arg]);
+    assert!(
+        err.contains(&format!("refusing to overwrite {dest_arg}")) && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), b"someone else's file");
+    run_ok(&["get", &ticket, "-o", &dest_arg, "--force"]);
     assert_eq!(std::fs::read(&dest).unwrap(), data);
 
     // By id, through the bootstrap node.
@@ -318,6 +332,14 @@ fn put_and_get_as_separate_processes() {
         .to_string();
     let back = work.path().join("second.back");
     a.send(&format!("get {id2} {}", back.display()));
+    a.expect_line("[RECEIVED]", T);
+    assert_eq!(std::fs::read(&back).unwrap(), b"typed at the prompt");
+    std::fs::write(&back, b"edited since").unwrap();
+    a.send(&format!("get {id2} {}", back.display()));
+    let refused = a.expect_line("[ERROR]", T);
+    assert!(refused.contains("refusing to overwrite"), "{refused}");
+    assert_eq!(std::fs::read(&back).unwrap(), b"edited since");
+    a.send(&format!("get {id2} {} --force", back.display()));
     a.expect_line("[RECEIVED]", T);
     assert_eq!(std::fs::read(&back).unwrap(), b"typed at the prompt");
 

@@ -209,11 +209,12 @@ impl AnyMsg {
     }
 }
 
-/// A plain file or directory name: no separators, not `.` or `..`, at most
-/// [`MAX_NAME_LEN`] bytes (60 chars of up to 4 bytes each, or exactly the limit).
+/// A plain file or directory name: no separators, no control characters, not
+/// `.` or `..`, at most [`MAX_NAME_LEN`] bytes (60 chars of up to 4 bytes
+/// each, or exactly the limit).
 fn name() -> impl Strategy<Value = String> {
     prop_oneof![
-        8 => "[^/\\\\\u{0}]{1,60}".prop_filter("not . or ..", |s| s != "." && s != ".."),
+        8 => "[^/\\\\\\p{Cc}]{1,60}".prop_filter("not . or ..", |s| s != "." && s != ".."),
         1 => Just("n".repeat(MAX_NAME_LEN)),
     ]
 }
@@ -598,6 +599,7 @@ proptest! {
             Just(".".to_string()),
             Just("..".to_string()),
             "[a-z]{0,8}[/\\\\\u{0}][a-z]{0,8}",
+            "[a-z]{0,8}\\p{Cc}[a-z]{0,8}",
             Just("n".repeat(MAX_NAME_LEN + 1)),
         ],
         bad_chunk_size in prop_oneof![0..MIN_CHUNK_SIZE, MAX_CHUNK_SIZE + 1..=u32::MAX],

@@ -1,7 +1,7 @@
-//! One file of a download, from start to end: kept as it is if an earlier
-//! attempt finished it, else resumed from its `.part` (or started), fetched by
-//! the workers of every provider, then checked, synced and given its final
-//! name.
+//! One file of a download, from start to end: resumed from its `.part` (or
+//! started), fetched by the workers of every provider, then checked, synced
+//! and given its final name. (Whether it needs fetching at all is the plan's
+//! call: the `plan` module's.)
 
 use std::fs::File;
 use std::path::Path;
@@ -15,7 +15,7 @@ use tracing::debug;
 use crate::download::queue::Queue;
 use crate::download::shared::{lock, Shared};
 use crate::download::worker::{worker, Job};
-use crate::download::writer::{finished_earlier, open_part, scan_part, Writer};
+use crate::download::writer::{open_part, scan_part, Writer};
 use crate::download::{io, part_path, DownloadError, DownloadOptions, Progress, Provider};
 use crate::proto::manifest::FileManifest;
 
@@ -30,11 +30,6 @@ pub(super) async fn download_file(
 ) -> Result<(), DownloadError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-    }
-    if finished_earlier(path, f).await? {
-        progress.advance(f.size);
-        lock(&shared.stats).chunks_resumed += f.chunks.len();
-        return Ok(());
     }
     let part = part_path(path);
     let (file, existing) = open_part(&part, f.size)?;

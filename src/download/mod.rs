@@ -2,11 +2,20 @@
 //! chunk by chunk, written in place, resumable.
 //!
 //! 1. The manifest (and, for a directory, every manifest below it) comes from the
-//!    first provider that answers with bytes that hash to the id.
-//! 2. Each file is written to `NAME.part` beside its final name. If that file is
+//!    first provider that answers with bytes that hash to the id. A manifest
+//!    named by many entries is fetched once, and the tree must keep the limits
+//!    of [`crate::proto::tree`] (files and directories counted by path, depth,
+//!    total size, manifest bytes): past one, the download fails with
+//!    [`DownloadError::Tree`] naming it, before anything is written.
+//! 2. Before anything is written, a plan: a file an earlier attempt finished
+//!    is kept; any other file in the way is refused ([`DownloadError::Exists`])
+//!    unless [`DownloadOptions::force`]; a file manifest named by several
+//!    paths is fetched to the first and copied to the others; and the disk
+//!    must have room for what is left ([`DownloadError::NoSpace`]).
+//! 3. Each file is written to `NAME.part` beside its final name. If that file is
 //!    already there (an interrupted download), every chunk in it is hashed and
 //!    the good ones are kept: only what is missing is fetched.
-//! 3. Each provider gets `per_peer` workers that take chunks from one shared
+//! 4. Each provider gets `per_peer` workers that take chunks from one shared
 //!    queue, with at most `max_in_flight` requests (and `max_in_flight_bytes`
 //!    of chunk data) in flight in all; a fast peer
 //!    comes back for more sooner, so it serves more. A chunk that fails (timeout,
@@ -17,29 +26,34 @@
 //!    that denies the manifest, or gives [`UNHELPFUL_LIMIT`] useless answers
 //!    (NOT_FOUND, another size than the manifest's), is not asked again. With
 //!    [`download_scored`] the scores (a node's) outlast the download.
-//! 4. Chunks are verified in memory and written at their offset; memory holds at
+//! 5. Chunks are verified in memory and written at their offset; memory holds at
 //!    most `max_in_flight_bytes` in flight, as much again waiting to be written
 //!    in order, and four chunks on their way to the writer thread, whatever
-//!    the file size.
-//! 5. The finished file is checked against the manifest (every chunk verified,
+//!    the file size. The tree's distinct manifests are held for the whole
+//!    download: at most [`MAX_TREE_MANIFEST_BYTES`] of them.
+//! 6. The finished file is checked against the manifest (every chunk verified,
 //!    the length right), synced, then renamed to its final name. A failed
 //!    download leaves only the `.part`, never a file under the final name.
 //!
 //! # Files
 //!
-//! - `manifest`: getting the manifests (step 1).
-//! - `file`: one file from start to end (steps 2 and 5).
-//! - `queue`: which chunk to ask of whom, and the end game (step 3).
+//! - `manifest`: getting the manifests, and walking the tree's paths (step 1).
+//! - `plan`: what is kept, fetched and copied, and the room for it (step 2).
+//! - `file`: one file from start to end (steps 3 and 6).
+//! - `queue`: which chunk to ask of whom, and the end game (step 4).
 //! - `worker`: one provider's loop that fetches chunks, verified, and hands
-//!   them to the writer (steps 3 and 4).
-//! - `writer`: the `.part` file, the resume scan, and the thread that writes
-//!   chunks in order (steps 2 and 4).
+//!   them to the writer (steps 4 and 5).
+//! - `writer`: the `.part` file, the resume scan, copies, and the thread that
+//!   writes chunks in order (steps 3 and 5).
 //! - `shared`: what the workers of one download share: the peers' standing,
 //!   the stats, the last error, the bytes in flight.
 //! - [`score`]: what a node remembers about peers across downloads.
+//!
+//! [`MAX_TREE_MANIFEST_BYTES`]: crate::proto::tree::MAX_TREE_MANIFEST_BYTES
 
 mod file;
 mod manifest;
+mod plan;
 mod queue;
 pub mod score;
 mod shared;
@@ -52,9 +66,13 @@ use std::time::{Duration, Instant};
 
 use quinn::Connection;
 
+use crate::download::manifest::{Item, TreeManifests};
+use crate::download::plan::Action;
 use crate::download::score::PeerScores;
 use crate::download::shared::{lock, Shared};
 use crate::proto::manifest::FileManifest;
+use crate::proto::tree::TreeError;
+use crate::proto::wire::WireError;
 use crate::proto::Hash;
 use crate::proto::NodeId;
 
@@ -85,6 +103,14 @@ pub struct DownloadOptions {
     /// got the manifest but not every chunk (providers gone, the path dark),
     /// to find providers again and resume.
     pub retry_for: Duration,
+    /// Replace files that are in the way (`get --force`). Without it a
+    /// download writes no path where a file already is, unless that file is
+    /// exactly what the download would write (an earlier attempt finished
+    /// it), and fails naming the path before anything is written. A `.part`
+    /// file is the download's own and is resumed, never refused. Even forced,
+    /// a download never deletes a directory to write a file, nor a file to
+    /// make a directory.
+    pub force: bool,
 }
 
 impl Default for DownloadOptions {
@@ -95,6 +121,7 @@ impl Default for DownloadOptions {
             per_peer: 4,
             chunk_timeout: Duration::from_secs(30),
             retry_for: Duration::from_secs(60),
+            force: false,
         }
     }
 }
@@ -130,6 +157,9 @@ pub struct DownloadStats {
     pub chunks_fetched: usize,
     /// Chunks found intact in a `.part` file and not fetched again.
     pub chunks_resumed: usize,
+    /// Files written as copies of another file of the tree with the same
+    /// manifest, which was fetched once.
+    pub copies: usize,
     /// Chunks that arrived with bad bytes (and were fetched again elsewhere).
     pub bad_chunks: usize,
     /// Providers skipped or dropped because they are banned for misbehaving.
@@ -179,6 +209,51 @@ pub enum DownloadError {
         /// The last error seen.
         last: String,
     },
+    /// The tree exceeds a limit of [`crate::proto::tree`]; nothing was
+    /// written.
+    #[error("refusing the tree {id}: {reason}")]
+    Tree {
+        /// The tree's root.
+        id: Hash,
+        /// The limit exceeded.
+        reason: TreeError,
+    },
+    /// A directory entry's name is not a plain file name.
+    #[error("{dir}: refusing an entry: {reason}")]
+    BadName {
+        /// The directory it would be written in.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: WireError,
+    },
+    /// A file is where the download would write another, and
+    /// [`DownloadOptions::force`] is off; nothing was written.
+    #[error("refusing to overwrite {0}: it exists and is not the file being downloaded (--force replaces it)")]
+    Exists(PathBuf),
+    /// Something is where the download would write a file or directory of
+    /// another kind (a file where a directory goes, or the other way round),
+    /// which not even [`DownloadOptions::force`] removes; nothing was written.
+    #[error("{path} is in the way: the download has a {wanted} there")]
+    InTheWay {
+        /// The path.
+        path: PathBuf,
+        /// "file" or "directory": what the download has there.
+        wanted: &'static str,
+    },
+    /// The disk has less room than the download needs; nothing was written.
+    #[error(
+        "{path}: the download needs {needed} bytes ({}), the disk has {available} free ({})",
+        gib(*needed),
+        gib(*available)
+    )]
+    NoSpace {
+        /// Where it was to be written.
+        path: PathBuf,
+        /// Bytes to write.
+        needed: u64,
+        /// Bytes free for this user.
+        available: u64,
+    },
     /// The finished file did not match the manifest on reading back.
     #[error("{0}: the written file does not match its manifest (disk error?)")]
     Verify(PathBuf),
@@ -190,6 +265,11 @@ pub enum DownloadError {
         /// What the OS said.
         source: std::io::Error,
     },
+}
+
+/// `bytes` in GiB, for messages.
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
 /// Maps an I/O error on `path` to [`DownloadError::Io`].
@@ -243,8 +323,8 @@ pub async fn download_scored(
     }
     providers.sort_by_cached_key(|p| scores.rank(&p.id));
     let shared = Arc::new(Shared::new(scores.clone(), stats));
-    let files = manifest::files_of(&providers, &shared, id, out, opts).await?;
-    fetch_files(&providers, &shared, &files, out, opts, &progress).await?;
+    let tree = Arc::new(manifest::fetch_tree(&providers, &shared, id, opts).await?);
+    write_tree(&providers, &shared, &tree, out, opts, &progress).await?;
     let mut stats = lock(&shared.stats).clone();
     stats.elapsed = start.elapsed();
     stats.attempts = 1;
@@ -277,29 +357,85 @@ fn all_banned(id: Hash, banned: &[NodeId]) -> DownloadError {
     }
 }
 
-/// Downloads `files` one after the other, the progress sized for them all
-/// and named for `out`.
-async fn fetch_files(
+/// Writes `tree` to `out` as planned, the progress sized for it all and
+/// named for `out`: kept files as they are, the others fetched or copied one
+/// after the other.
+async fn write_tree(
     providers: &[Provider],
     shared: &Arc<Shared>,
-    files: &[(PathBuf, FileManifest)],
+    tree: &Arc<TreeManifests>,
     out: &Path,
     opts: &DownloadOptions,
     progress: &Arc<dyn Progress>,
 ) -> Result<(), DownloadError> {
-    let total: u64 = files.iter().map(|(_, f)| f.size).sum();
+    let plan = {
+        let (tree, out) = (tree.clone(), out.to_path_buf());
+        let force = opts.force;
+        blocking(out.clone(), move || plan::plan(&tree, &out, force)).await?
+    };
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    progress.begin(&name, total);
-    for (path, f) in files {
-        file::download_file(providers, shared, f, path, opts, progress).await?;
-        let mut s = lock(&shared.stats);
-        s.files += 1;
-        s.bytes += f.size;
+    progress.begin(&name, tree.stats.size);
+    for (index, item) in tree.walk(out).enumerate() {
+        match item? {
+            Item::Dir(path) => std::fs::create_dir_all(&path).map_err(io(&path))?,
+            Item::File {
+                path, id, manifest, ..
+            } => {
+                let action = plan.action(index, &path, &id);
+                write_file(providers, shared, action, manifest, &path, opts, progress).await?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Writes the file `f` to `path` as `action` says: kept as it is, fetched,
+/// or copied from a file of the tree written before.
+async fn write_file(
+    providers: &[Provider],
+    shared: &Arc<Shared>,
+    action: Action<'_>,
+    f: &FileManifest,
+    path: &Path,
+    opts: &DownloadOptions,
+    progress: &Arc<dyn Progress>,
+) -> Result<(), DownloadError> {
+    match action {
+        Action::Keep => {
+            lock(&shared.stats).chunks_resumed += f.chunks.len();
+            progress.advance(f.size);
+        }
+        Action::Fetch => file::download_file(providers, shared, f, path, opts, progress).await?,
+        Action::Copy(from) => {
+            let (from, to, size) = (from.to_path_buf(), path.to_path_buf(), f.size);
+            blocking(to.clone(), move || {
+                writer::copy_file(&from, &to, size).map_err(io(&to))
+            })
+            .await?;
+            lock(&shared.stats).copies += 1;
+            progress.advance(f.size);
+        }
+    }
+    let mut s = lock(&shared.stats);
+    s.files += 1;
+    s.bytes += f.size;
+    Ok(())
+}
+
+/// Runs `work` (file system calls, hashing) off the async threads.
+async fn blocking<T: Send + 'static>(
+    path: PathBuf,
+    work: impl FnOnce() -> Result<T, DownloadError> + Send + 'static,
+) -> Result<T, DownloadError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| DownloadError::Io {
+            path,
+            source: std::io::Error::other(e),
+        })?
 }
 
 #[cfg(test)]

@@ -173,21 +173,33 @@ impl WriterThread {
     }
 }
 
-/// Whether `path` is a file finished by an earlier attempt (a directory
-/// download resumed): the manifest's length, every chunk verified.
-pub(super) async fn finished_earlier(path: &Path, f: &FileManifest) -> Result<bool, DownloadError> {
+/// Whether `path` is a file finished by an earlier attempt (a download
+/// resumed): the manifest's length, every chunk verified. Blocking.
+pub(super) fn is_finished(path: &Path, f: &FileManifest) -> std::io::Result<bool> {
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(false);
     };
     if !meta.is_file() || meta.len() != f.size {
         return Ok(false);
     }
-    let (p2, f2) = (path.to_path_buf(), f.clone());
-    blocking(path, move || {
-        let file = File::open(&p2)?;
-        Ok(scan(&file, &f2, f2.size)?.iter().all(|g| *g))
-    })
-    .await
+    let file = File::open(path)?;
+    Ok(scan(&file, f, f.size)?.iter().all(|g| *g))
+}
+
+/// Writes `to` as a copy of `from`, a file of this download already verified
+/// (written, or kept), of `size` bytes: through `to.part`, synced, then
+/// renamed, like a fetched file. Blocking.
+pub(super) fn copy_file(from: &Path, to: &Path, size: u64) -> std::io::Result<()> {
+    let part = super::part_path(to);
+    let copied = std::fs::copy(from, &part)?;
+    if copied != size {
+        return Err(std::io::Error::other(format!(
+            "{} changed while it was copied: {copied} bytes, not {size}",
+            from.display()
+        )));
+    }
+    File::open(&part)?.sync_all()?;
+    std::fs::rename(&part, to)
 }
 
 /// Opens (or creates) the `.part` file of a file of `size` bytes, and says
@@ -331,6 +343,22 @@ mod tests {
         let mut out = vec![0; 20];
         file.read_exact_at(&mut out, 0).unwrap();
         assert_eq!(out, [[1; 4], [2; 4], [3; 4], [4; 4], [5; 4]].concat());
+    }
+
+    #[test]
+    fn a_copy_arrives_whole_under_its_name_and_a_short_one_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&from, b"twelve bytes").unwrap();
+        copy_file(&from, &to, 12).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"twelve bytes");
+        assert!(!super::super::part_path(&to).exists());
+        let other = dir.path().join("c");
+        assert!(copy_file(&from, &other, 13).is_err());
+        assert!(!other.exists());
+        let f = manifest(b"twelve bytes", 1024);
+        assert!(is_finished(&to, &f).unwrap());
+        assert!(!is_finished(&other, &f).unwrap());
     }
 
     #[test]

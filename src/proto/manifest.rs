@@ -64,17 +64,31 @@ pub enum Manifest {
     Dir(DirManifest),
 }
 
-/// Refuses a name that cannot be used as a file name.
+/// Refuses a name that is not one plain path component: empty, longer than
+/// [`MAX_NAME_LEN`] bytes, `.` or `..`, holding a separator (`/`, `\\`) or
+/// any control character.
+///
+/// Control characters are C0 (NUL, ESC, newline...), DEL and C1 (U+0080 to
+/// U+009F): a name is printed on terminals and in logs, where ESC and C1
+/// controls are commands (clearing the screen, setting the title, rewriting
+/// what was printed), and written to disk, where a newline or NUL breaks
+/// every tool that reads a list of names.
 pub fn check_name(name: &str) -> Result<(), WireError> {
-    let bad = name.is_empty()
-        || name.len() > MAX_NAME_LEN
-        || name == "."
-        || name == ".."
-        || name.contains(['/', '\\', '\0']);
-    if bad {
-        return Err(WireError::Malformed(format!("bad name {name:?}")));
-    }
-    Ok(())
+    let why = if name.is_empty() {
+        "is empty"
+    } else if name.len() > MAX_NAME_LEN {
+        "is too long"
+    } else if name == "." || name == ".." {
+        "is not a file name"
+    } else if name.contains(['/', '\\']) {
+        "holds a path separator"
+    } else if name.chars().any(char::is_control) {
+        "holds a control character"
+    } else {
+        return Ok(());
+    };
+    // Debug formatting escapes the control characters: safe to print.
+    Err(WireError::Malformed(format!("the name {name:?} {why}")))
 }
 
 impl FileManifest {
@@ -213,6 +227,55 @@ mod tests {
             ],
         });
         assert_eq!(Manifest::decode(&d.encode()).unwrap(), d);
+    }
+
+    #[test]
+    fn names_are_single_plain_components_without_controls() {
+        for good in [
+            "a",
+            "report.pdf",
+            "é à ü",
+            "日本語",
+            "with space",
+            "x.part",
+            "...",
+        ] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+        let long = "n".repeat(MAX_NAME_LEN + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "nul\0",
+            "line\nbreak",
+            "tab\t",
+            "\x1b[2J\x1b[Hcleared",
+            "\x1b]0;title\x07",
+            "del\x7f",
+            "c1\u{9b}2J",
+            "nel\u{85}",
+            long.as_str(),
+        ] {
+            let err = check_name(bad).expect_err(bad).to_string();
+            assert!(!err.contains('\x1b') && !err.contains('\u{9b}'), "{err}");
+        }
+        assert!(check_name(&"n".repeat(MAX_NAME_LEN)).is_ok());
+    }
+
+    #[test]
+    fn a_directory_entry_with_a_control_character_does_not_decode() {
+        let d = Manifest::Dir(DirManifest {
+            name: "d".into(),
+            entries: vec![DirEntry {
+                name: "\x1b[31mred".into(),
+                id: Hash::of(b"1"),
+            }],
+        });
+        let err = Manifest::decode(&d.encode()).unwrap_err().to_string();
+        assert!(err.contains("control character"), "{err}");
     }
 
     #[test]

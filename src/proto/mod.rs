@@ -8,6 +8,8 @@
 //! - [`hash`]: BLAKE3 [`Hash`](struct@Hash)es and [`NodeId`]s, and their base32 text form.
 //! - [`wire`]: messages, frame caps, error codes; the module doc is the spec.
 //! - [`manifest`]: what a file id names (a file's chunks, a directory's entries).
+//! - [`tree`]: the limits a tree of manifests keeps (entries, depth, size),
+//!   checked once per distinct manifest.
 //! - [`ticket`]: a file id plus its holders in one copyable string.
 //! - [`addr`]: peer addresses as users write them (`ID@host:port`).
 //! - [`frame`]: bounded reads and writes of frames on async byte streams.
@@ -17,6 +19,7 @@ pub mod frame;
 pub mod hash;
 pub mod manifest;
 pub mod ticket;
+pub mod tree;
 pub mod wire;
 
 pub use addr::PeerAddr;

@@ -238,7 +238,9 @@ pub enum Request {
     },
     /// Asks the receiver to hold the file or tree `id` whose manifests and chunks
     /// it was just sent: [`Response::Ack`] if all are present, else
-    /// [`Response::Nack`] with [`NackReason::Incomplete`].
+    /// [`Response::Nack`] with [`NackReason::Incomplete`], or with
+    /// [`NackReason::TooLarge`] for a tree past the limits of
+    /// [`crate::proto::tree`].
     Hold {
         /// The file id.
         id: Hash,
@@ -372,7 +374,8 @@ pub enum NackReason {
     BadHash,
     /// The receiver's storage quota would be exceeded.
     OverQuota,
-    /// Larger than the protocol allows.
+    /// Larger than the protocol allows: a chunk or manifest over its cap, or
+    /// (for a HOLD) a tree past the limits of [`crate::proto::tree`].
     TooLarge,
     /// The receiver does not store data (a client) or not for this peer.
     NotAccepted,

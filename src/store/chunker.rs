@@ -20,8 +20,11 @@ pub enum ChunkError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The name cannot be represented.
-    #[error("{0}: the name is not valid UTF-8 or not a plain file name")]
+    /// The name cannot be represented: not UTF-8, or not a plain name (see
+    /// [`check_name`]). Printed escaped, as it may hold control characters.
+    #[error(
+        "{0:?}: the name is not valid UTF-8 or not a plain file name (no separators, no control characters)"
+    )]
     BadName(std::path::PathBuf),
 }
 

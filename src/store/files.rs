@@ -5,19 +5,25 @@
 //! all its pieces stored ([`Store::add_file`], [`Store::import`]); it stays
 //! held but is *incomplete* while a piece is missing, and then
 //! [`Store::holds`] says no.
+//!
+//! A tree is walked as a download walks it: each distinct manifest once,
+//! within the limits of [`crate::proto::tree`] (files and directories counted
+//! by path, depth, total size, manifest bytes). A tree past them is never
+//! complete, so it is not held, served as held or announced: no getter would
+//! accept it.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
+
+use std::collections::HashMap;
 
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{lock, Store, StoreError, FILES, MANIFESTS};
 use crate::proto::manifest::Manifest;
+use crate::proto::tree::{TreeBudget, TreeStats};
 use crate::proto::Hash;
-
-/// Most distinct manifests in one file tree.
-pub const MAX_TREE_MANIFESTS: usize = 1_000_000;
 
 /// What the store knows about a file it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +34,15 @@ pub struct FileRecord {
     pub size: u64,
     /// Whether it is a directory.
     pub is_dir: bool,
+}
+
+/// A tree walked within the limits, as [`Store::checked_tree`] gives it.
+#[derive(Debug, Clone)]
+pub struct CheckedTree {
+    /// Every distinct manifest with its id, the root first.
+    pub manifests: Vec<(Hash, Manifest)>,
+    /// Its figures, every path counted.
+    pub stats: TreeStats,
 }
 
 /// A held file, as listed by [`Store::files`].
@@ -109,7 +124,7 @@ impl Store {
         tx.commit()?;
         // A garbage pass that ended just before may have taken a piece the
         // caller saw: held, but marked incomplete until it is stored again.
-        let complete = self.missing_chunks(id)?.is_some_and(|m| m.is_empty());
+        let complete = self.is_complete(id)?;
         let mut incomplete = lock(&self.inner.incomplete);
         if complete {
             incomplete.remove(id);
@@ -156,7 +171,7 @@ impl Store {
         let held = records
             .into_iter()
             .map(|(id, record)| {
-                let complete = self.missing_chunks(&id)?.is_some_and(|m| m.is_empty());
+                let complete = self.is_complete(&id)?;
                 Ok(HeldFile {
                     id,
                     record,
@@ -168,8 +183,21 @@ impl Store {
         Ok(held)
     }
 
+    /// Whether every manifest and chunk of the file or tree `id` is stored,
+    /// and the tree keeps the limits.
+    fn is_complete(&self, id: &Hash) -> Result<bool, StoreError> {
+        match self.missing_chunks(id) {
+            Ok(missing) => Ok(missing.is_some_and(|m| m.is_empty())),
+            Err(e @ StoreError::Tree { .. }) => {
+                tracing::debug!("{e}");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The chunks of file or tree `id` not yet stored, or `None` if a manifest
-    /// in it is missing.
+    /// in it is missing; [`StoreError::Tree`] if it exceeds a limit.
     pub fn missing_chunks(&self, id: &Hash) -> Result<Option<Vec<Hash>>, StoreError> {
         let Some(tree) = self.tree(id)? else {
             return Ok(None);
@@ -188,32 +216,48 @@ impl Store {
         Ok(Some(missing))
     }
 
-    /// Every file manifest in the tree `id`, with the manifests' ids (the root
-    /// first). `None` if one is missing.
-    ///
-    /// Each distinct manifest is visited once (a hostile peer can make a
-    /// directory graph whose paths number in the billions), and a tree of more
-    /// than [`MAX_TREE_MANIFESTS`] manifests counts as incomplete.
+    /// Every manifest in the tree `id`, with the manifests' ids (the root
+    /// first). `None` if one is missing; [`StoreError::Tree`] if the tree
+    /// exceeds a limit.
     pub fn tree(&self, id: &Hash) -> Result<Option<Vec<(Hash, Manifest)>>, StoreError> {
-        let mut out = Vec::new();
+        Ok(self.checked_tree(id)?.map(|t| t.manifests))
+    }
+
+    /// [`Store::tree`] with the tree's figures (files and directories counted
+    /// by path, total size).
+    ///
+    /// Each distinct manifest is visited once: a hostile peer can make a
+    /// directory graph whose paths number in the billions from a few
+    /// manifests. The walk stops at the limits of [`crate::proto::tree`].
+    pub fn checked_tree(&self, id: &Hash) -> Result<Option<CheckedTree>, StoreError> {
+        let tree_err = |reason| StoreError::Tree { id: *id, reason };
+        let mut out: Vec<(Hash, Manifest)> = Vec::new();
+        let mut index: HashMap<Hash, usize> = HashMap::new();
+        let mut budget = TreeBudget::default();
         let mut stack = vec![*id];
-        let mut seen = std::collections::HashSet::new();
-        while let Some(id) = stack.pop() {
-            if !seen.insert(id) {
+        while let Some(next) = stack.pop() {
+            if index.contains_key(&next) {
                 continue;
             }
-            if seen.len() > MAX_TREE_MANIFESTS {
-                return Ok(None);
-            }
-            let Some(m) = self.manifest(&id)? else {
+            let Some(bytes) = self.manifest_bytes(&next)? else {
                 return Ok(None);
             };
+            budget.take(bytes.len()).map_err(tree_err)?;
+            let m = Manifest::decode(&bytes)?;
             if let Manifest::Dir(d) = &m {
                 stack.extend(d.entries.iter().rev().map(|e| e.id));
             }
-            out.push((id, m));
+            index.insert(next, out.len());
+            out.push((next, m));
         }
-        Ok(Some(out))
+        let stats = TreeStats::of(*id, |h| {
+            index.get(h).and_then(|&i| out.get(i)).map(|(_, m)| m)
+        })
+        .map_err(tree_err)?;
+        Ok(Some(CheckedTree {
+            manifests: out,
+            stats,
+        }))
     }
 
     /// Imports a local file or directory: chunks and manifests are stored and
@@ -270,23 +314,24 @@ mod tests {
     use super::*;
     use std::fs;
 
-    #[test]
-    fn a_directory_graph_with_billions_of_paths_is_walked_once() {
-        use crate::proto::manifest::{DirEntry, DirManifest, FileManifest};
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 30).unwrap();
-        let file = Manifest::File(FileManifest {
+    /// A file manifest whose one chunk is never stored, and its id.
+    fn unstored_file(store: &Store) -> Hash {
+        let file = Manifest::File(crate::proto::manifest::FileManifest {
             name: "f".into(),
             size: 5,
             chunk_size: 1024,
             chunks: vec![Hash::of(b"never stored")],
         });
-        let (mut below, _) = store.put_manifest(&file.encode()).unwrap();
-        // Five levels of 1000 entries that all point to the level below: 10^15 paths.
-        for level in 0..5 {
+        store.put_manifest(&file.encode()).unwrap().0
+    }
+
+    /// `levels` directories of `width` entries that all name the level below.
+    fn nested(store: &Store, mut below: Hash, levels: usize, width: usize) -> Hash {
+        use crate::proto::manifest::{DirEntry, DirManifest};
+        for level in 0..levels {
             let d = Manifest::Dir(DirManifest {
                 name: format!("d{level}"),
-                entries: (0..1000)
+                entries: (0..width)
                     .map(|i| DirEntry {
                         name: format!("e{i:04}"),
                         id: below,
@@ -295,10 +340,58 @@ mod tests {
             });
             below = store.put_manifest(&d.encode()).unwrap().0;
         }
+        below
+    }
+
+    #[test]
+    fn a_directory_graph_is_walked_once_per_manifest_and_counted_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30).unwrap();
+        let file = unstored_file(&store);
+        // Two levels of 500 entries naming the level below: 250,000 files.
+        let root = nested(&store, file, 2, 500);
+        let CheckedTree { manifests, stats } = store.checked_tree(&root).unwrap().unwrap();
+        assert_eq!(manifests.len(), 3);
+        assert_eq!((stats.entries, stats.files), (1 + 500 + 250_000, 250_000));
+        assert_eq!(stats.size, 5 * 250_000);
+        assert_eq!(store.missing_chunks(&root).unwrap().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_tree_past_the_limits_is_refused_and_never_held() {
+        use crate::proto::tree::{TreeError, MAX_TREE_ENTRIES};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 30).unwrap();
+        let (file, _) = super::super::tests::held_file(&store, dir.path());
+        // Five levels of 1000 entries: 10^15 paths from six manifests.
+        let bomb = nested(&store, file, 5, 1000);
         let start = std::time::Instant::now();
-        assert_eq!(store.tree(&below).unwrap().unwrap().len(), 6);
-        assert_eq!(store.missing_chunks(&below).unwrap().unwrap().len(), 1);
+        let err = store.tree(&bomb).unwrap_err();
         assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert!(
+            matches!(
+                &err,
+                StoreError::Tree {
+                    reason: TreeError::TooManyEntries {
+                        max: MAX_TREE_ENTRIES
+                    },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("more than 1000000 files"), "{err}");
+        // Every piece is stored, yet it is not held, and listing the held
+        // files still works.
+        let record = FileRecord {
+            name: "bomb".into(),
+            size: 0,
+            is_dir: true,
+        };
+        assert!(!store.add_file(&bomb, &record).unwrap());
+        assert!(!store.holds(&bomb).unwrap());
+        let files = store.files().unwrap();
+        assert_eq!(files.iter().filter(|f| f.complete).count(), 1, "{files:?}");
     }
 
     #[test]

@@ -63,7 +63,7 @@ mod proof; // proof of possession; dropping a held file
 
 pub use chunks::{ChunkReader, ChunkWriter, Stored};
 pub use dht::SavedProvider;
-pub use files::{FileRecord, HeldFile, ImportError, MAX_TREE_MANIFESTS};
+pub use files::{CheckedTree, FileRecord, HeldFile, ImportError};
 pub use gc::GcReport;
 pub use proof::Possession;
 
@@ -119,6 +119,14 @@ pub enum StoreError {
     /// A manifest did not decode.
     #[error("invalid manifest: {0}")]
     BadManifest(#[from] crate::proto::wire::WireError),
+    /// A tree exceeds a limit of [`crate::proto::tree`].
+    #[error("the tree {id} is not held: {reason}")]
+    Tree {
+        /// The tree's root.
+        id: Hash,
+        /// The limit exceeded.
+        reason: crate::proto::tree::TreeError,
+    },
     /// Disk I/O failed.
     #[error("{action} {path}: {source}")]
     Io {

@@ -330,32 +330,34 @@ async fn answer_proof(
     }
 }
 
+/// Answers HOLD: ACK once every piece of the file or tree `id` is stored and
+/// it is recorded as held; NACK `Incomplete` while a piece is missing, and
+/// `TooLarge` for a tree past the limits of [`crate::proto::tree`] (which no
+/// getter would accept).
 fn hold(store: &Store, id: &Hash) -> Result<Response, StoreError> {
+    let stats = match store.checked_tree(id) {
+        Ok(Some(tree)) => tree.stats,
+        Ok(None) => return Ok(Response::Nack(NackReason::Incomplete)),
+        Err(e @ StoreError::Tree { .. }) => {
+            debug!("HOLD refused: {e}");
+            return Ok(Response::Nack(NackReason::TooLarge));
+        }
+        Err(e) => return Err(e),
+    };
     if store.holds(id)? {
         return Ok(Response::Ack);
     }
-    match store.missing_chunks(id)? {
-        Some(missing) if missing.is_empty() => {}
-        _ => return Ok(Response::Nack(NackReason::Incomplete)),
+    if !store.missing_chunks(id)?.is_some_and(|m| m.is_empty()) {
+        return Ok(Response::Nack(NackReason::Incomplete));
     }
     let Some(m) = store.manifest(id)? else {
         return Ok(Response::Nack(NackReason::Incomplete));
-    };
-    let size = match store.tree(id)? {
-        Some(tree) => tree
-            .iter()
-            .map(|(_, m)| match m {
-                Manifest::File(f) => f.size,
-                Manifest::Dir(_) => 0,
-            })
-            .sum(),
-        None => 0,
     };
     let complete = store.add_file(
         id,
         &crate::store::FileRecord {
             name: m.name().to_string(),
-            size,
+            size: stats.size,
             is_dir: matches!(m, Manifest::Dir(_)),
         },
     )?;

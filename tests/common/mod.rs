@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod adversary;
+pub mod bomb;
 pub mod liar;
 
 use std::io::{BufRead, BufReader};

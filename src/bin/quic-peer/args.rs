@@ -71,6 +71,11 @@ pub enum Command {
         /// download's memory.
         #[arg(long, value_name = "SIZE", default_value = "24M", value_parser = parse_size)]
         max_in_flight: u64,
+        /// Replace files already at the output path (or in the output
+        /// directory) that differ from the download; without it, get refuses
+        /// and names the file. Directories are never replaced.
+        #[arg(long)]
+        force: bool,
     },
     /// Measure put and get throughput against a bare quinn stream.
     Bench {

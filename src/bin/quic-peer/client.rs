@@ -34,13 +34,15 @@ pub async fn put(args: &NodeArgs, path: &Path, replicas: usize, chunk_size: u64)
     Ok(())
 }
 
-/// Fetches `target` into `out`, verified, and prints what it got.
+/// Fetches `target` into `out`, verified, and prints what it got; files in
+/// the way are replaced only if `force`.
 pub async fn get(
     args: &NodeArgs,
     target: &Target,
     out: &Path,
     retry_for: Duration,
     max_in_flight: u64,
+    force: bool,
 ) -> Result<()> {
     check_writable(out)?;
     // A ticket names holders to ask; an id alone finds them through the network.
@@ -50,6 +52,7 @@ pub async fn get(
     let opts = DownloadOptions {
         retry_for,
         max_in_flight_bytes: max_in_flight,
+        force,
         ..DownloadOptions::default()
     };
     let result = node.get(target, out, &opts, progress.clone()).await;

@@ -67,7 +67,7 @@ pub fn print_put(report: &PutReport) {
 pub fn print_get(out: &Path, stats: &DownloadStats) {
     let secs = stats.elapsed.as_secs_f64().max(1e-6);
     say!(
-        "[RECEIVED] {} ({} bytes in {} file{}) in {:.2} s, {:.1} MB/s from {} peer{}; chunks fetched {}, resumed {}, bad {}",
+        "[RECEIVED] {} ({} bytes in {} file{}) in {:.2} s, {:.1} MB/s from {} peer{}; chunks fetched {}, resumed {}, bad {}{}",
         out.display(),
         stats.bytes,
         stats.files,
@@ -78,7 +78,11 @@ pub fn print_get(out: &Path, stats: &DownloadStats) {
         if stats.per_peer.len() == 1 { "" } else { "s" },
         stats.chunks_fetched,
         stats.chunks_resumed,
-        stats.bad_chunks
+        stats.bad_chunks,
+        match stats.copies {
+            0 => String::new(),
+            n => format!("; {n} file{} copied from an identical one", plural(n)),
+        }
     );
     if !stats.banned_peers.is_empty() {
         say!(
@@ -90,6 +94,15 @@ pub fn print_get(out: &Path, stats: &DownloadStats) {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+}
+
+/// "s" unless `n` is one.
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 

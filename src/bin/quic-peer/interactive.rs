@@ -1,6 +1,6 @@
 //! The commands a running node reads on standard input, one a line:
-//! `put PATH [REPLICAS]`, `get ID|TICKET OUT`, `files`, `peers`, `id`, `help`
-//! and `exit`.
+//! `put PATH [REPLICAS]`, `get ID|TICKET OUT [--force]`, `files`, `peers`,
+//! `id`, `help` and `exit`.
 //!
 //! A command never blocks the loop that reads them: transfers run as tasks
 //! and print their report when they finish.
@@ -16,7 +16,8 @@ use quic_peer::{Node, PeerState};
 
 use crate::display::{human, print_get, print_put, say, TransferProgress};
 
-const HELP: &str = "commands: put PATH [REPLICAS], get ID|TICKET OUT, files, peers, id, exit";
+const HELP: &str =
+    "commands: put PATH [REPLICAS], get ID|TICKET OUT [--force], files, peers, id, exit";
 
 /// Runs one interactive command; false means exit. Transfers run in the
 /// background and print when they finish.
@@ -72,10 +73,21 @@ async fn put_in_background(node: Node, path: PathBuf, replicas: usize) {
     }
 }
 
-/// `get ID|TICKET OUT`.
-fn get(node: &Node, mut words: SplitWhitespace<'_>) {
-    let (Some(target), Some(out)) = (words.next(), words.next()) else {
-        say!("usage: get ID|TICKET OUT");
+/// `get ID|TICKET OUT [--force]`: `--force` (anywhere) replaces files in
+/// the way, as `quic-peer get --force` does.
+fn get(node: &Node, words: SplitWhitespace<'_>) {
+    const USAGE: &str = "usage: get ID|TICKET OUT [--force]";
+    let (flags, rest): (Vec<&str>, Vec<&str>) = words.partition(|w| w.starts_with("--"));
+    let force = match flags[..] {
+        [] => false,
+        ["--force"] => true,
+        _ => {
+            say!("{USAGE}");
+            return;
+        }
+    };
+    let [target, out] = rest[..] else {
+        say!("{USAGE}");
         return;
     };
     let target: Target = match target.parse() {
@@ -85,18 +97,29 @@ fn get(node: &Node, mut words: SplitWhitespace<'_>) {
             return;
         }
     };
-    tokio::spawn(get_in_background(node.clone(), target, PathBuf::from(out)));
+    let opts = DownloadOptions {
+        force,
+        ..DownloadOptions::default()
+    };
+    tokio::spawn(get_in_background(
+        node.clone(),
+        target,
+        PathBuf::from(out),
+        opts,
+    ));
 }
 
-async fn get_in_background(node: Node, target: Target, out: PathBuf) {
+async fn get_in_background(node: Node, target: Target, out: PathBuf, opts: DownloadOptions) {
     let progress = TransferProgress::new("get");
-    let opts = DownloadOptions::default();
     match node.get(&target, &out, &opts, progress.clone()).await {
         Ok(stats) => {
             progress.finish();
             print_get(&out, &stats);
         }
-        Err(e) => say!("[ERROR] get {}: {e}", target.id()),
+        Err(e) => {
+            progress.finish();
+            say!("[ERROR] get {}: {e}", target.id());
+        }
     }
 }
 

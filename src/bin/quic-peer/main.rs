@@ -78,7 +78,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
             out,
             retry_for,
             max_in_flight,
-        }) => client::get(&cli.node, &target, &out, retry_for, max_in_flight).await,
+            force,
+        }) => client::get(&cli.node, &target, &out, retry_for, max_in_flight, force).await,
         None => run::run_node(&cli.node).await,
     }
 }
