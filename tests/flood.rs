@@ -4,8 +4,9 @@
 //! per-peer request rate each answer with their own refusal.
 //!
 //! Linux routes all of 127.0.0.0/8 to the loopback interface, so attackers
-//! bind 127.0.x.y addresses of their own: the per-address limit applies to
-//! each as it would to hosts on a network.
+//! bind 127.0.x.y addresses of their own, and the target counts loopback
+//! against the per-address limit (`--limit-loopback`, off by default): the
+//! limit applies to each as it would to hosts on a network.
 
 mod common;
 
@@ -413,7 +414,15 @@ async fn a_flooded_node_still_serves_a_well_behaved_peer_in_bounded_memory() {
     // here.
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_string_lossy().to_string();
-    let mut target = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &data_dir]);
+    // The attackers are on 127.x.y.z, which is exempt from the per-address
+    // limit unless --limit-loopback.
+    let mut target = Proc::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--limit-loopback",
+        "--data-dir",
+        &data_dir,
+    ]);
     let (addr, target_id) =
         parse_started(&target.expect_line("[STARTED]", Duration::from_secs(30)));
     let pid = target.child.id();
@@ -588,6 +597,7 @@ async fn the_ninth_connection_from_one_address_is_refused() {
     common::init_logs();
     let a = Node::start(NodeConfig {
         max_connections_per_ip: 8,
+        limit_loopback: true,
         ..NodeConfig::local_test()
     })
     .await

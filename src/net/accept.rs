@@ -1,8 +1,8 @@
-//! Accepting: a permit before the handshake (total, per address, a QUIC
-//! Retry under a handshake flood), the handshake, then JOIN / WELCOME on
-//! the first stream the peer opens.
+//! Accepting: a permit before the handshake (total, per address with
+//! loopback exempt, a QUIC Retry under a handshake flood), the handshake,
+//! then JOIN / WELCOME on the first stream the peer opens.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
 use quinn::{Connection, Incoming, RecvStream, SendStream};
@@ -10,7 +10,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::connection::{close, ConnMeta};
 use super::limits::{
-    held_back, ip_key, ConnPermit, Counted, IpSlot, LogKey, RETRY_ABOVE_HANDSHAKES,
+    exempt_from_per_ip, held_back, ip_key, ConnPermit, Counted, IpSlot, LogKey,
+    RETRY_ABOVE_HANDSHAKES,
 };
 use super::{lock, Network};
 use crate::crypto::tls;
@@ -45,8 +46,7 @@ impl Network {
     }
 
     /// A connection's place under the limits, taken before its handshake is
-    /// processed (refusing costs one small packet); `None` once the
-    /// connection is refused or asked to retry.
+    /// processed; `None` once the connection is refused or asked to retry.
     fn admit(&self, incoming: Incoming) -> Option<(Incoming, ConnPermit)> {
         let remote = incoming.remote_address();
         // Under a handshake flood, an address must first show it receives
@@ -60,31 +60,52 @@ impl Network {
             }
             return None;
         }
-        let key = ip_key(remote.ip());
-        let max_per_ip = self.inner.config.max_connections_per_ip;
-        let Some(slot) = IpSlot::take(&self.inner.per_ip, key, max_per_ip) else {
-            if let Some(held) = self.gate(LogKey::PerIp(key)) {
+        let ip = match self.ip_slot(remote.ip()) {
+            Ok(slot) => slot,
+            Err(max) => {
+                if let Some(held) = self.gate(LogKey::PerIp(ip_key(remote.ip()))) {
+                    warn!(
+                        %remote,
+                        "address at its limit of {max} connections \
+                         (--max-connections-per-ip): refusing{}",
+                        held_back(held)
+                    );
+                }
+                incoming.refuse();
+                return None;
+            }
+        };
+        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+            let max = self.inner.config.max_connections;
+            if let Some(held) = self.gate(LogKey::Total) {
                 warn!(
                     %remote,
-                    "address over its limit of {max_per_ip} connections: refusing{}",
+                    "at the limit of {max} connections in all (--max-connections): refusing{}",
                     held_back(held)
                 );
             }
             incoming.refuse();
             return None;
         };
-        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
-            if let Some(held) = self.gate(LogKey::Total) {
-                warn!(%remote, "connection limit reached: refusing{}", held_back(held));
-            }
-            incoming.refuse();
-            return None;
-        };
         let permit = ConnPermit {
             _total: permit,
-            _ip: Some(slot),
+            _ip: ip,
         };
         Some((incoming, permit))
+    }
+
+    /// A slot under the per-address limit for `ip`: `Ok(None)` for a
+    /// loopback address (exempt unless `limit_loopback`), `Err(limit)` when
+    /// the address has none left.
+    fn ip_slot(&self, ip: IpAddr) -> Result<Option<IpSlot>, usize> {
+        let cfg = &self.inner.config;
+        if exempt_from_per_ip(ip, cfg.limit_loopback) {
+            return Ok(None);
+        }
+        let max = cfg.max_connections_per_ip;
+        IpSlot::take(&self.inner.per_ip, ip_key(ip), max)
+            .map(Some)
+            .ok_or(max)
     }
 
     async fn handle_incoming(self, incoming: Incoming, permit: ConnPermit) {

@@ -13,7 +13,8 @@
 //! - [`endpoint`]: UDP socket, transport settings, TLS configs.
 //! - `accept` and `dial`: the two ways a connection starts; dials to one
 //!   peer are deduplicated, and every incoming connection takes a permit
-//!   (total and per address, see `limits`) before its handshake.
+//!   (total and per address, loopback exempt, see `limits`) before its
+//!   handshake.
 //! - `connection`: one handler per connection (control reader and writer,
 //!   clean-up when it closes).
 //! - [`router`]: request streams, rate-limited per peer, dispatched to
