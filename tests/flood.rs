@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{get_to, node, parse_started, put, random_bytes, store_node_with, wait_until, Proc};
+use quic_peer::net::PeerLimit;
 use quic_peer::proto::wire::{
-    self, Control, ErrorCode, Join, Request, Response, Role, ALPN, MAX_CONTROL_FRAME,
+    self, Control, ErrorCode, Join, LimitHit, Request, Response, Role, ALPN, MAX_CONTROL_FRAME,
     PROTOCOL_VERSION,
 };
 use quic_peer::proto::Hash;
@@ -610,16 +611,28 @@ async fn the_ninth_connection_from_one_address_is_refused() {
             .unwrap_or_else(|e| panic!("connection {i} is within the limit: {e}"));
         held.push(j);
     }
-    // The ninth from 127.0.0.1, a real node dialing: refused before the
-    // handshake, and the dialer says so.
+    // The ninth from 127.0.0.1, a real node dialing: refused without a
+    // slot, and told which limit it hit.
     let d = node(&[]).await;
     let err = d.connect(&a.addr()).await.unwrap_err();
-    assert!(matches!(err, ConnectError::Handshake { .. }), "{err:?}");
-    assert!(err.to_string().contains("refused"), "{err}");
+    assert!(
+        matches!(
+            err,
+            ConnectError::AtLimit {
+                limit: PeerLimit::Said(LimitHit::PerAddress { max: 8 }),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("--max-connections-per-ip"),
+        "{err}"
+    );
     println!("ninth connection from 127.0.0.1: {err}");
-    // A raw one likewise, with QUIC's CONNECTION_REFUSED.
+    // A raw one likewise, closed with ConnectionLimit and the limit.
     match join(&here, a.local_addr(), Role::Client).await {
-        Err(e) => assert!(e.to_lowercase().contains("refused"), "{e}"),
+        Err(e) => assert!(e.contains("connection limit: per-address 8"), "{e}"),
         Ok(_) => panic!("a ninth connection from 127.0.0.1 got in"),
     }
     // Another address is not affected.
@@ -645,6 +658,62 @@ async fn the_ninth_connection_from_one_address_is_refused() {
     assert!(held.iter().all(|j| j.conn.close_reason().is_none()));
     d.shutdown().await;
     a.shutdown().await;
+}
+
+/// A real node refusing at each of its connection limits tells the dialer
+/// which limit it hit and which flag governs it; so does `put` through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dialer_is_told_the_limit_and_its_flag() {
+    common::init_logs();
+    let t = Duration::from_secs(30);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("small.bin");
+    std::fs::write(&file, random_bytes(1000, 3)).unwrap();
+    let file = file.to_string_lossy().to_string();
+    let cases: [(&[&str], LimitHit, &str); 2] = [
+        (
+            &["--limit-loopback", "--max-connections-per-ip", "1"],
+            LimitHit::PerAddress { max: 1 },
+            "limit of 1 connection from one address (--max-connections-per-ip",
+        ),
+        (
+            &["--max-connections", "1"],
+            LimitHit::Total { max: 1 },
+            "limit of 1 connection in all (--max-connections on that node)",
+        ),
+    ];
+    for (flags, hit, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = common::dir_arg(&dir);
+        let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", &data_dir];
+        args.extend_from_slice(flags);
+        let mut target = Proc::spawn(&args);
+        let (addr, id) = parse_started(&target.expect_line("[STARTED]", t));
+        let first = node(&[]).await;
+        first
+            .connect(&PeerAddr::pinned(id, addr))
+            .await
+            .expect("the first connection is within the limit");
+        let second = node(&[]).await;
+        let started = Instant::now();
+        let err = second
+            .connect(&PeerAddr::pinned(id, addr))
+            .await
+            .unwrap_err();
+        println!("{flags:?}, a second dial ({:?}): {err}", started.elapsed());
+        assert!(
+            matches!(err, ConnectError::AtLimit { limit: PeerLimit::Said(h), .. } if h == hit),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(says), "{err}");
+        // What the user of `put` reads.
+        let stderr = common::run_fails(&["put", &file, "--bootstrap", &addr.to_string()]);
+        println!("{flags:?}, put: {}", stderr.trim());
+        assert!(stderr.contains(says), "{stderr}");
+        second.shutdown().await;
+        first.shutdown().await;
+        drop(target);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

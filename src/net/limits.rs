@@ -1,6 +1,6 @@
 //! What one source may make the node spend: connections per address
 //! (loopback exempt unless told otherwise), request streams per second per
-//! peer, and log lines per source.
+//! peer, refusals explained per second, and log lines per source.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,6 +18,12 @@ use super::lock;
 /// echo a QUIC Retry token: a spoofed source address cannot, so it costs the
 /// node no handshake and takes no per-address slot.
 pub(crate) const RETRY_ABOVE_HANDSHAKES: usize = 64;
+/// Refusals per second, node-wide, that may cost a handshake to tell the
+/// refused side which limit it hit (see `Network::refuse`); beyond these,
+/// and their burst, a refusal is QUIC's bare CONNECTION_REFUSED.
+pub(crate) const EXPLAINED_REFUSALS_PER_SEC: u32 = 16;
+/// The burst of explained refusals.
+pub(crate) const EXPLAINED_REFUSALS_BURST: u32 = 32;
 /// A limit hit by one source (an address, a peer) is logged at most once per
 /// this long; the repeats in between are counted in the next line.
 const LOG_WINDOW: Duration = Duration::from_secs(60);

@@ -125,8 +125,7 @@ pub struct NodeArgs {
     max_connections: usize,
 
     /// Incoming connections (handshakes included) from one address at once;
-    /// an IPv6 address counts by its /64. More are refused before their
-    /// handshake.
+    /// an IPv6 address counts by its /64. More are refused, and told so.
     /// Loopback (127.0.0.0/8, ::1) is exempt unless --limit-loopback.
     #[arg(long, value_name = "N", default_value_t = 8, global = true)]
     max_connections_per_ip: usize,
