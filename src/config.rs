@@ -41,8 +41,14 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// Incoming connections, handshakes in progress included, from one
     /// address (an IPv6 address counts by its /64) at once; more are refused
-    /// before their handshake is processed.
+    /// before their handshake is processed. Loopback addresses are exempt
+    /// unless `limit_loopback` is set.
     pub max_connections_per_ip: usize,
+    /// Counts loopback addresses (127.0.0.0/8, ::1) against
+    /// `max_connections_per_ip` too (`--limit-loopback`). Off by default:
+    /// every node of a network on one machine dials from 127.0.0.1, and
+    /// they are friends, not strangers.
+    pub limit_loopback: bool,
     /// Request streams (GET, PUT, HAS, HOLD, DHT) one connection may open per
     /// second on average; a stream over the rate is refused with
     /// [`ErrorCode::RateLimited`](crate::proto::wire::ErrorCode::RateLimited). 0 means no limit.
@@ -122,6 +128,7 @@ impl Default for NodeConfig {
             target_peers: 32,
             max_connections: 256,
             max_connections_per_ip: 8,
+            limit_loopback: false,
             max_requests_per_sec: 1000,
             request_burst: 2000,
             max_streams: 64,
@@ -159,8 +166,6 @@ impl NodeConfig {
             repair_interval: Duration::from_secs(2),
             rpc_timeout: Duration::from_secs(2),
             repair_rate: 256 << 20,
-            // Every test node is on 127.0.0.1.
-            max_connections_per_ip: 1024,
             ..NodeConfig::default()
         }
     }

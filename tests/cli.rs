@@ -234,6 +234,67 @@ fn field(stdout: &str, key: &str) -> String {
         .to_string()
 }
 
+/// `put` says why it placed fewer copies than asked: a network with fewer
+/// nodes is success, said so; nodes that refused are an error, after the
+/// report, naming the refusal.
+#[test]
+fn put_says_why_it_placed_fewer_copies() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &dir_arg(&dirs[0])]);
+    let (addr, a_id) = parse_started(&a.expect_line("[STARTED]", T));
+    let boot = format!("{a_id}@{addr}");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("f.bin");
+    std::fs::write(&src, common::random_bytes(100_000, 5)).unwrap();
+    let src_arg = src.display().to_string();
+    let put = ["put", &src_arg, "--bootstrap", &boot, "--replicas", "3"];
+
+    // One node: one copy, and why.
+    let stdout = run_ok(&put);
+    assert!(
+        stdout.contains("[PUT] 1 of 3 copies stored on other nodes (only 1 other full node found)"),
+        "{stdout}"
+    );
+
+    // Three nodes, one of them at its connection limit (its two peers).
+    let mut b = Proc::spawn(&["--bootstrap", &boot, "--data-dir", &dir_arg(&dirs[1])]);
+    b.expect_line("[JOIN]", T);
+    let full = ["--max-connections", "2", "--data-dir", &dir_arg(&dirs[2])];
+    let mut c = Proc::spawn(&[&["--bootstrap", &boot][..], &full].concat());
+    c.expect_line("(2 peers)", T);
+    a.expect_line("(2 peers)", T);
+    let out = binary()
+        .args(put)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    println!("{stdout}{stderr}");
+    assert!(!out.status.success(), "a refusal is a failure");
+    assert!(
+        stdout.contains(
+            "[PUT] 2 of 3 copies stored on other nodes: 1 of the 3 nodes found did not take one"
+        ) && stdout.contains("limit of 2 connections in all (--max-connections on that node)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ticket: "),
+        "the report comes first: {stdout}"
+    );
+    assert!(
+        stderr.contains("put stored only 2 of 3 copies: 1 node refused or failed"),
+        "{stderr}"
+    );
+    for p in [&mut a, &mut b, &mut c] {
+        p.send("exit");
+        assert!(p.wait(T).success());
+    }
+}
+
 #[test]
 fn put_and_get_as_separate_processes() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -4,8 +4,9 @@
 //! per-peer request rate each answer with their own refusal.
 //!
 //! Linux routes all of 127.0.0.0/8 to the loopback interface, so attackers
-//! bind 127.0.x.y addresses of their own: the per-address limit applies to
-//! each as it would to hosts on a network.
+//! bind 127.0.x.y addresses of their own, and the target counts loopback
+//! against the per-address limit (`--limit-loopback`, off by default): the
+//! limit applies to each as it would to hosts on a network.
 
 mod common;
 
@@ -16,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use common::adversary::{endpoint, ip, join, memory, valid_client};
 use common::{get_to, node, parse_started, put, random_bytes, store_node_with, wait_until, Proc};
-use quic_peer::proto::wire::{self, ErrorCode, Request, Response, Role, ALPN, MAX_CONTROL_FRAME};
+use quic_peer::net::PeerLimit;
+use quic_peer::proto::wire::{
+    self, ErrorCode, LimitHit, Request, Response, Role, ALPN, MAX_CONTROL_FRAME,
+};
 use quic_peer::proto::Hash;
 use quic_peer::{ConnectError, Node, NodeConfig, NodeId, PeerAddr};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -344,7 +348,15 @@ async fn a_flooded_node_still_serves_a_well_behaved_peer_in_bounded_memory() {
     // here.
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_string_lossy().to_string();
-    let mut target = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &data_dir]);
+    // The attackers are on 127.x.y.z, which is exempt from the per-address
+    // limit unless --limit-loopback.
+    let mut target = Proc::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--limit-loopback",
+        "--data-dir",
+        &data_dir,
+    ]);
     let (addr, target_id) =
         parse_started(&target.expect_line("[STARTED]", Duration::from_secs(30)));
     let pid = target.child.id();
@@ -519,6 +531,7 @@ async fn the_ninth_connection_from_one_address_is_refused() {
     common::init_logs();
     let a = Node::start(NodeConfig {
         max_connections_per_ip: 8,
+        limit_loopback: true,
         ..NodeConfig::local_test()
     })
     .await
@@ -531,16 +544,28 @@ async fn the_ninth_connection_from_one_address_is_refused() {
             .unwrap_or_else(|e| panic!("connection {i} is within the limit: {e}"));
         held.push(j);
     }
-    // The ninth from 127.0.0.1, a real node dialing: refused before the
-    // handshake, and the dialer says so.
+    // The ninth from 127.0.0.1, a real node dialing: refused without a
+    // slot, and told which limit it hit.
     let d = node(&[]).await;
     let err = d.connect(&a.addr()).await.unwrap_err();
-    assert!(matches!(err, ConnectError::Handshake { .. }), "{err:?}");
-    assert!(err.to_string().contains("refused"), "{err}");
+    assert!(
+        matches!(
+            err,
+            ConnectError::AtLimit {
+                limit: PeerLimit::Said(LimitHit::PerAddress { max: 8 }),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("--max-connections-per-ip"),
+        "{err}"
+    );
     println!("ninth connection from 127.0.0.1: {err}");
-    // A raw one likewise, with QUIC's CONNECTION_REFUSED.
+    // A raw one likewise, closed with ConnectionLimit and the limit.
     match join(&here, a.local_addr(), Role::Client).await {
-        Err(e) => assert!(e.to_lowercase().contains("refused"), "{e}"),
+        Err(e) => assert!(e.contains("connection limit: per-address 8"), "{e}"),
         Ok(_) => panic!("a ninth connection from 127.0.0.1 got in"),
     }
     // Another address is not affected.
@@ -566,6 +591,62 @@ async fn the_ninth_connection_from_one_address_is_refused() {
     assert!(held.iter().all(|j| j.conn.close_reason().is_none()));
     d.shutdown().await;
     a.shutdown().await;
+}
+
+/// A real node refusing at each of its connection limits tells the dialer
+/// which limit it hit and which flag governs it; so does `put` through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dialer_is_told_the_limit_and_its_flag() {
+    common::init_logs();
+    let t = Duration::from_secs(30);
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("small.bin");
+    std::fs::write(&file, random_bytes(1000, 3)).unwrap();
+    let file = file.to_string_lossy().to_string();
+    let cases: [(&[&str], LimitHit, &str); 2] = [
+        (
+            &["--limit-loopback", "--max-connections-per-ip", "1"],
+            LimitHit::PerAddress { max: 1 },
+            "limit of 1 connection from one address (--max-connections-per-ip",
+        ),
+        (
+            &["--max-connections", "1"],
+            LimitHit::Total { max: 1 },
+            "limit of 1 connection in all (--max-connections on that node)",
+        ),
+    ];
+    for (flags, hit, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = common::dir_arg(&dir);
+        let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", &data_dir];
+        args.extend_from_slice(flags);
+        let mut target = Proc::spawn(&args);
+        let (addr, id) = parse_started(&target.expect_line("[STARTED]", t));
+        let first = node(&[]).await;
+        first
+            .connect(&PeerAddr::pinned(id, addr))
+            .await
+            .expect("the first connection is within the limit");
+        let second = node(&[]).await;
+        let started = Instant::now();
+        let err = second
+            .connect(&PeerAddr::pinned(id, addr))
+            .await
+            .unwrap_err();
+        println!("{flags:?}, a second dial ({:?}): {err}", started.elapsed());
+        assert!(
+            matches!(err, ConnectError::AtLimit { limit: PeerLimit::Said(h), .. } if h == hit),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(says), "{err}");
+        // What the user of `put` reads.
+        let stderr = common::run_fails(&["put", &file, "--bootstrap", &addr.to_string()]);
+        println!("{flags:?}, put: {}", stderr.trim());
+        assert!(stderr.contains(says), "{stderr}");
+        second.shutdown().await;
+        first.shutdown().await;
+        drop(target);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{connected, node, wait_event, wait_until};
+use quic_peer::net::PeerLimit;
 use quic_peer::proto::wire::{
-    self, ErrorCode, Join, Request, Role, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
+    self, ErrorCode, Join, LimitHit, Request, Role, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
 };
 use quic_peer::{ConnectError, Identity, LeftReason, Node, NodeConfig, PeerAddr, PeerEvent};
 
@@ -310,8 +311,20 @@ async fn connection_limit_refuses_extra_peers() {
     wait_until("two peers", CONVERGE, || a.connected_peers().len() == 2).await;
     let d = node(&[]).await;
     let err = d.connect(&a.addr()).await.unwrap_err();
-    assert!(matches!(err, ConnectError::Handshake { .. }), "{err:?}");
-    assert!(err.to_string().contains("refused"), "{err}");
+    assert!(
+        matches!(
+            err,
+            ConnectError::AtLimit {
+                limit: PeerLimit::Said(LimitHit::Total { max: 2 }),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("(--max-connections on that node)"),
+        "{err}"
+    );
     assert_eq!(a.connected_peers().len(), 2);
     for n in [a, b, c, d] {
         n.shutdown().await;

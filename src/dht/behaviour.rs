@@ -69,6 +69,9 @@ pub enum RpcError {
     /// The peer closed the stream without answering.
     #[error("no answer")]
     NoAnswer,
+    /// The peer answered with a message of another kind.
+    #[error("an answer of the wrong kind")]
+    WrongAnswer,
 }
 
 /// What a lookup found.
@@ -76,6 +79,9 @@ pub enum RpcError {
 pub struct LookupOutcome {
     /// The closest nodes that answered, closest first.
     pub closest: Vec<Contact>,
+    /// The nodes among the closest asked that did not answer, closest first,
+    /// with why (a refusal at a connection limit shows here).
+    pub failed: Vec<(Contact, Arc<RpcError>)>,
     /// Providers found (GET_PROVIDERS lookups).
     pub providers: Vec<PeerRecord>,
     /// Hops.
@@ -226,6 +232,7 @@ impl Dht {
         };
         let mut lookup = Lookup::new(target, seeds, cfg);
         let mut found: HashMap<NodeId, PeerRecord> = HashMap::new();
+        let mut errors: HashMap<NodeId, RpcError> = HashMap::new();
         let mut calls: JoinSet<(Contact, Result<Response, RpcError>)> = JoinSet::new();
         let request = match providers {
             Some(_) => DhtRequest::GetProviders { key: target },
@@ -252,12 +259,21 @@ impl Dht {
                 _ = tokio::time::sleep(cfg.slow_after) => None,
             };
             if let Some(Ok((c, result))) = next {
-                self.on_answer(&mut lookup, &mut found, c, result);
+                let id = c.id;
+                if let Err(e) = self.on_answer(&mut lookup, &mut found, c, result) {
+                    errors.insert(id, e);
+                }
             }
         }
         calls.abort_all();
+        let failed = lookup
+            .failed(K)
+            .into_iter()
+            .filter_map(|c| Some((c.clone(), Arc::new(errors.remove(&c.id)?))))
+            .collect();
         LookupOutcome {
             closest: lookup.closest(K),
+            failed,
             providers: found.into_values().collect(),
             rounds: lookup.rounds(),
             requests: lookup.requests(),
@@ -265,14 +281,15 @@ impl Dht {
         }
     }
 
-    /// Feeds one answer (or failure) of contact `c` to a lookup.
+    /// Feeds one answer (or failure) of contact `c` to a lookup; gives back
+    /// why it failed, if it did.
     fn on_answer(
         &self,
         lookup: &mut Lookup,
         found: &mut HashMap<NodeId, PeerRecord>,
         c: Contact,
         result: Result<Response, RpcError>,
-    ) {
+    ) -> Result<(), RpcError> {
         match result {
             Ok(Response::Nodes(nodes)) => {
                 self.seen(c.id, c.addrs.clone());
@@ -288,13 +305,16 @@ impl Dht {
             Ok(other) => {
                 debug!(peer = %c.id.fmt_short(), "unexpected DHT answer {other:?}");
                 lookup.on_failure(&c.id);
+                return Err(RpcError::WrongAnswer);
             }
             Err(e) => {
                 debug!(peer = %c.id.fmt_short(), "DHT request failed: {e}");
                 lookup.on_failure(&c.id);
                 self.state().table.record_failure(&c.id);
+                return Err(e);
             }
         }
+        Ok(())
     }
 
     /// Contacts from an answer, minus this node.
@@ -344,17 +364,47 @@ impl Dht {
     /// The live nodes closest to `file` (this node included if it is a full
     /// node), closest first.
     pub async fn closest_nodes(&self, file: Hash, n: usize) -> Vec<Contact> {
+        self.closest_asked(file)
+            .await
+            .into_iter()
+            .filter_map(|(c, failed)| failed.is_none().then_some(c))
+            .take(n)
+            .collect()
+    }
+
+    /// The `n` nodes closest to `file` (this node included if it is a full
+    /// node), closest first, whether they answered or not, with why not: a
+    /// put says why a node it would have used holds no copy.
+    pub async fn closest_or_failed(
+        &self,
+        file: Hash,
+        n: usize,
+    ) -> Vec<(Contact, Option<Arc<RpcError>>)> {
+        let mut nodes = self.closest_asked(file).await;
+        nodes.truncate(n);
+        nodes
+    }
+
+    /// A lookup's answering and failed nodes, and this node if it is a full
+    /// node, closest to `file` first.
+    async fn closest_asked(&self, file: Hash) -> Vec<(Contact, Option<Arc<RpcError>>)> {
         let key = key_of(&file);
-        let mut nodes = self.lookup(key, None).await.closest;
+        let outcome = self.lookup(key, None).await;
+        let mut nodes: Vec<(Contact, Option<Arc<RpcError>>)> = outcome
+            .closest
+            .into_iter()
+            .map(|c| (c, None))
+            .chain(outcome.failed.into_iter().map(|(c, e)| (c, Some(e))))
+            .collect();
         let net = &self.inner.net;
         if net.config().role == Role::Peer {
-            nodes.push(Contact {
+            let me = Contact {
                 id: net.id(),
                 addrs: net.listen_addrs(),
-            });
+            };
+            nodes.push((me, None));
         }
-        nodes.sort_by_key(|c| distance(&c.id, &key));
-        nodes.truncate(n);
+        nodes.sort_by_key(|(c, _)| distance(&c.id, &key));
         nodes
     }
 

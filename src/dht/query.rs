@@ -194,6 +194,19 @@ impl Lookup {
             .collect()
     }
 
+    /// The contacts that failed among the `n` closest that were asked
+    /// (answered or failed), closest first: those [`Lookup::closest`] would
+    /// hold had they answered.
+    pub fn failed(&self, n: usize) -> Vec<Contact> {
+        self.candidates
+            .iter()
+            .filter(|c| matches!(c.state, State::Succeeded | State::Failed))
+            .take(n)
+            .filter(|c| c.state == State::Failed)
+            .map(|c| c.contact.clone())
+            .collect()
+    }
+
     /// Hops: the deepest level at which an answering node was learned, plus one.
     pub fn rounds(&self) -> u32 {
         self.candidates
@@ -287,6 +300,16 @@ mod tests {
         let mut l = Lookup::new(target, seeds, LookupConfig::default());
         run(&mut l, &tables, &dead);
         assert_eq!(l.closest(1)[0].id, target);
+        // The dead it asked are told apart, closest first, among the 20
+        // closest asked.
+        let failed = l.failed(20);
+        assert!(!failed.is_empty());
+        assert!(failed.iter().all(|f| dead.contains(&f.id)));
+        let answered = l.closest(20);
+        let asked = |n: &NodeId| distance(n, &target);
+        assert!(failed.windows(2).all(|w| asked(&w[0].id) < asked(&w[1].id)));
+        assert!(failed.len() + answered.len() >= 20);
+        assert!(answered.iter().all(|a| !dead.contains(&a.id)));
     }
 
     #[test]

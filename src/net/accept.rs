@@ -1,27 +1,37 @@
-//! Accepting: a permit before the handshake (total, per address, a QUIC
-//! Retry under a handshake flood), the handshake, then JOIN / WELCOME on
-//! the first stream the peer opens.
+//! Accepting: a permit before the handshake (total, per address with
+//! loopback exempt, a QUIC Retry under a handshake flood), the handshake,
+//! then JOIN / WELCOME on the first stream the peer opens.
+//!
+//! A connection over a limit is refused, and told which limit when that is
+//! affordable (see `Network::refuse`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use quinn::{Connection, Incoming, RecvStream, SendStream};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::connection::{close, ConnMeta};
 use super::limits::{
-    held_back, ip_key, ConnPermit, Counted, IpSlot, LogKey, RETRY_ABOVE_HANDSHAKES,
+    exempt_from_per_ip, held_back, ip_key, ConnPermit, Counted, IpSlot, LogKey,
+    RETRY_ABOVE_HANDSHAKES,
 };
 use super::{lock, Network};
 use crate::crypto::tls;
 use crate::proto::frame::{read_frame, write_frame};
 use crate::proto::wire::{
-    Control, ErrorCode, Join, Request, Welcome, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
+    Control, ErrorCode, Join, LimitHit, Request, Welcome, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
 };
 use crate::proto::NodeId;
 
 /// Peers per WELCOME.
 pub(super) const GOSSIP_SAMPLE: usize = 32;
+
+/// A configured limit as the wire carries it.
+fn as_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
 
 impl Network {
     pub(super) async fn accept_loop(self) {
@@ -45,8 +55,7 @@ impl Network {
     }
 
     /// A connection's place under the limits, taken before its handshake is
-    /// processed (refusing costs one small packet); `None` once the
-    /// connection is refused or asked to retry.
+    /// processed; `None` once the connection is refused or asked to retry.
     fn admit(&self, incoming: Incoming) -> Option<(Incoming, ConnPermit)> {
         let remote = incoming.remote_address();
         // Under a handshake flood, an address must first show it receives
@@ -60,31 +69,110 @@ impl Network {
             }
             return None;
         }
-        let key = ip_key(remote.ip());
-        let max_per_ip = self.inner.config.max_connections_per_ip;
-        let Some(slot) = IpSlot::take(&self.inner.per_ip, key, max_per_ip) else {
-            if let Some(held) = self.gate(LogKey::PerIp(key)) {
+        let ip = match self.ip_slot(remote.ip()) {
+            Ok(slot) => slot,
+            Err(max) => {
+                if let Some(held) = self.gate(LogKey::PerIp(ip_key(remote.ip()))) {
+                    warn!(
+                        %remote,
+                        "address at its limit of {max} connections \
+                         (--max-connections-per-ip): refusing{}",
+                        held_back(held)
+                    );
+                }
+                self.refuse(incoming, LimitHit::PerAddress { max: as_u32(max) });
+                return None;
+            }
+        };
+        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+            let max = self.inner.config.max_connections;
+            if let Some(held) = self.gate(LogKey::Total) {
                 warn!(
                     %remote,
-                    "address over its limit of {max_per_ip} connections: refusing{}",
+                    "at the limit of {max} connections in all (--max-connections): refusing{}",
                     held_back(held)
                 );
             }
-            incoming.refuse();
-            return None;
-        };
-        let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
-            if let Some(held) = self.gate(LogKey::Total) {
-                warn!(%remote, "connection limit reached: refusing{}", held_back(held));
-            }
-            incoming.refuse();
+            self.refuse(incoming, LimitHit::Total { max: as_u32(max) });
             return None;
         };
         let permit = ConnPermit {
             _total: permit,
-            _ip: Some(slot),
+            _ip: ip,
         };
         Some((incoming, permit))
+    }
+
+    /// A slot under the per-address limit for `ip`: `Ok(None)` for a
+    /// loopback address (exempt unless `limit_loopback`), `Err(limit)` when
+    /// the address has none left.
+    fn ip_slot(&self, ip: IpAddr) -> Result<Option<IpSlot>, usize> {
+        let cfg = &self.inner.config;
+        if exempt_from_per_ip(ip, cfg.limit_loopback) {
+            return Ok(None);
+        }
+        let max = cfg.max_connections_per_ip;
+        IpSlot::take(&self.inner.per_ip, ip_key(ip), max)
+            .map(Some)
+            .ok_or(max)
+    }
+
+    /// Refuses a connection over `hit`, telling the dialer which limit when
+    /// that is affordable.
+    ///
+    /// QUIC's own refusal (CONNECTION_REFUSED, one packet, no handshake)
+    /// carries no reason, and an application close can carry one only once
+    /// the handshake is done. So an address not yet validated is first asked
+    /// to echo a Retry token (stateless, one packet: a spoofed source never
+    /// comes back, and a slot freed meanwhile admits the retry). A validated
+    /// one, while the node-wide budget of explained refusals lasts, gets the
+    /// handshake and then at once a [`ErrorCode::ConnectionLimit`] close
+    /// naming the limit. Past the budget, or under a handshake flood, the
+    /// refusal is bare; the dialer still reports a connection limit.
+    fn refuse(&self, incoming: Incoming, hit: LimitHit) {
+        if !incoming.remote_address_validated() && incoming.may_retry() {
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            return;
+        }
+        let affordable = self.inner.handshaking.load(Ordering::Relaxed) < RETRY_ABOVE_HANDSHAKES
+            && lock(&self.inner.explained).take(Instant::now());
+        if !affordable {
+            incoming.refuse();
+            return;
+        }
+        let span = info_span!("refused", remote = %incoming.remote_address());
+        let n = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { n.explain_refusal(incoming, hit).await }.instrument(span));
+    }
+
+    /// Completes the handshake of a refused connection only to close it with
+    /// the limit it hit; bounded by the handshake timeout and shutdown.
+    async fn explain_refusal(self, incoming: Incoming, hit: LimitHit) {
+        let _handshake = Counted::new(&self.inner.handshaking);
+        let Ok(connecting) = incoming.accept() else {
+            return;
+        };
+        let handshake = tokio::time::timeout(self.inner.config.handshake_timeout, connecting);
+        let done = tokio::select! {
+            _ = self.inner.cancel.cancelled() => return,
+            done = handshake => done,
+        };
+        let conn = match done {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                debug!("handshake of a refused connection failed: {e}");
+                return;
+            }
+            Err(_) => {
+                debug!("handshake of a refused connection timed out");
+                return;
+            }
+        };
+        conn.close(ErrorCode::ConnectionLimit.var_int(), &hit.encode());
     }
 
     async fn handle_incoming(self, incoming: Incoming, permit: ConnPermit) {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, Instrument};
 
 use super::connection::{close, ConnMeta};
-use super::error::JoinError;
+use super::error::{JoinError, PeerLimit};
 use super::limits::ConnPermit;
 use super::{lock, ConnectError, Network, PeerAddr};
 use crate::crypto::tls;
@@ -63,7 +63,24 @@ fn join_failed(
     if let Some(refusal) = conn.close_reason().as_ref().and_then(tls::Refusal::of) {
         return Err(ConnectError::Refused { addr, refusal });
     }
+    // A peer over a limit completes the handshake only to close the
+    // connection saying which limit it hit.
+    if let Some(limit) = conn.close_reason().as_ref().and_then(PeerLimit::of) {
+        return Err(ConnectError::AtLimit { addr, limit });
+    }
     Err(err)
+}
+
+/// What a failed handshake means: a refusal by the peer's verifier or at
+/// its connection limit, or another failure.
+fn handshake_failed(addr: SocketAddr, source: ConnectionError) -> ConnectError {
+    if let Some(refusal) = tls::Refusal::of(&source) {
+        return ConnectError::Refused { addr, refusal };
+    }
+    if let Some(limit) = PeerLimit::of(&source) {
+        return ConnectError::AtLimit { addr, limit };
+    }
+    ConnectError::Handshake { addr, source }
 }
 
 /// What claiming a dial to a known peer found.
@@ -247,12 +264,7 @@ impl Network {
         let conn = match tokio::time::timeout(self.inner.config.handshake_timeout, connecting).await
         {
             Err(_) => return Err(ConnectError::Timeout { addr }),
-            Ok(Err(source)) => {
-                return Err(match tls::Refusal::of(&source) {
-                    Some(refusal) => ConnectError::Refused { addr, refusal },
-                    None => ConnectError::Handshake { addr, source },
-                })
-            }
+            Ok(Err(source)) => return Err(handshake_failed(addr, source)),
             Ok(Ok(conn)) => conn,
         };
         let Some(id) = tls::peer_node_id(&conn) else {

@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 
-use quinn::ConnectionError;
+use quinn::{ConnectionError, TransportErrorCode};
 
 use crate::crypto::tls;
 use crate::proto::frame::FrameError;
+use crate::proto::wire::{ErrorCode, LimitHit};
 use crate::proto::{NodeId, PeerAddr};
 
 /// Why the endpoint could not be set up.
@@ -65,8 +66,8 @@ pub enum ConnectError {
         /// Why.
         source: quinn::ConnectError,
     },
-    /// The handshake failed: unreachable, refused, or a certificate the
-    /// verifier rejected (this is where a pinned-id mismatch shows).
+    /// The handshake failed: unreachable, or a certificate the verifier
+    /// rejected (this is where a pinned-id mismatch shows).
     #[error("connection to {addr} failed: {}", handshake_reason(source))]
     Handshake {
         /// The address.
@@ -98,8 +99,16 @@ pub enum ConnectError {
         reason: JoinError,
     },
     /// This node is at its connection limit.
-    #[error("connection limit of {0} reached")]
+    #[error("this node is at its limit of {0} connections (--max-connections)")]
     Limit(usize),
+    /// The peer refused this node at one of its connection limits.
+    #[error("{addr} refused this node: {limit}")]
+    AtLimit {
+        /// The address.
+        addr: SocketAddr,
+        /// Which limit, if the peer said.
+        limit: PeerLimit,
+    },
     /// The peer refused this node inside the handshake: another private
     /// network, or not on its allow list.
     #[error("{addr} refused this node: {refusal}")]
@@ -123,6 +132,65 @@ pub enum ConnectError {
     ShuttingDown,
 }
 
+/// Which of a peer's connection limits refused this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerLimit {
+    /// The peer said which: an [`ErrorCode::ConnectionLimit`] close carrying
+    /// a [`LimitHit`].
+    Said(LimitHit),
+    /// A bare refusal, QUIC's CONNECTION_REFUSED (a peer past its budget of
+    /// explained refusals, or one not accepting connections), or a
+    /// [`ErrorCode::ConnectionLimit`] close without a reason we read.
+    Unsaid,
+}
+
+impl PeerLimit {
+    /// The limit a connection's end names, if it ended at a peer's limit.
+    pub fn of(err: &ConnectionError) -> Option<PeerLimit> {
+        match err {
+            ConnectionError::ApplicationClosed(c)
+                if c.error_code == ErrorCode::ConnectionLimit.var_int() =>
+            {
+                Some(LimitHit::decode(&c.reason).map_or(PeerLimit::Unsaid, PeerLimit::Said))
+            }
+            ConnectionError::ConnectionClosed(c)
+                if c.error_code == TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                Some(PeerLimit::Unsaid)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PeerLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let conns = |max: u32| match max {
+            1 => "1 connection".to_string(),
+            n => format!("{n} connections"),
+        };
+        match self {
+            PeerLimit::Said(LimitHit::PerAddress { max }) => write!(
+                f,
+                "it is at its limit of {} from one address \
+                 (--max-connections-per-ip on that node)",
+                conns(*max)
+            ),
+            PeerLimit::Said(LimitHit::Total { max }) => write!(
+                f,
+                "it is at its limit of {} in all (--max-connections on that node)",
+                conns(*max)
+            ),
+            PeerLimit::Unsaid => write!(
+                f,
+                "it is at a connection limit (--max-connections in all, or \
+                 --max-connections-per-ip from one address, on that node) \
+                 or not accepting connections"
+            ),
+        }
+    }
+}
+
 /// What went wrong in a JOIN / WELCOME exchange.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -141,4 +209,61 @@ pub enum JoinError {
     /// The peer closed the control stream before WELCOME.
     #[error("control stream closed before WELCOME")]
     Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn::{ApplicationClose, ConnectionClose, VarInt};
+
+    fn app_closed(code: ErrorCode, reason: &[u8]) -> ConnectionError {
+        ConnectionError::ApplicationClosed(ApplicationClose {
+            error_code: code.var_int(),
+            reason: reason.to_vec().into(),
+        })
+    }
+
+    #[test]
+    fn a_refusal_at_a_limit_names_it_and_its_flag() {
+        let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let text = |err: &ConnectionError| {
+            let limit = PeerLimit::of(err).expect("a limit");
+            ConnectError::AtLimit { addr, limit }.to_string()
+        };
+        let per = app_closed(
+            ErrorCode::ConnectionLimit,
+            &LimitHit::PerAddress { max: 1 }.encode(),
+        );
+        assert_eq!(
+            text(&per),
+            "127.0.0.1:5000 refused this node: it is at its limit of 1 connection \
+             from one address (--max-connections-per-ip on that node)"
+        );
+        let total = app_closed(
+            ErrorCode::ConnectionLimit,
+            &LimitHit::Total { max: 256 }.encode(),
+        );
+        assert!(text(&total).contains("limit of 256 connections in all (--max-connections"));
+        // QUIC's bare refusal, and a limit close without a reason we read,
+        // name both limits.
+        let bare = ConnectionError::ConnectionClosed(ConnectionClose {
+            error_code: TransportErrorCode::CONNECTION_REFUSED,
+            frame_type: None,
+            reason: Default::default(),
+        });
+        let unsaid = app_closed(ErrorCode::ConnectionLimit, b"connection limit");
+        for err in [bare, unsaid] {
+            assert_eq!(PeerLimit::of(&err), Some(PeerLimit::Unsaid));
+            let t = text(&err);
+            assert!(t.contains("--max-connections ") && t.contains("--max-connections-per-ip"));
+        }
+        // Other ends are not refusals at a limit.
+        assert_eq!(PeerLimit::of(&app_closed(ErrorCode::Shutdown, b"")), None);
+        assert_eq!(PeerLimit::of(&ConnectionError::TimedOut), None);
+        let other = ConnectionError::ApplicationClosed(ApplicationClose {
+            error_code: VarInt::from_u32(999),
+            reason: Default::default(),
+        });
+        assert_eq!(PeerLimit::of(&other), None);
+    }
 }

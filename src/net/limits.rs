@@ -1,5 +1,6 @@
-//! What one source may make the node spend: connections per address,
-//! request streams per second per peer, and log lines per source.
+//! What one source may make the node spend: connections per address
+//! (loopback exempt unless told otherwise), request streams per second per
+//! peer, refusals explained per second, and log lines per source.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,8 +14,16 @@ use crate::proto::NodeId;
 
 use super::lock;
 
+/// Handshakes in progress above which a new, unvalidated address must first
+/// echo a QUIC Retry token: a spoofed source address cannot, so it costs the
 /// node no handshake and takes no per-address slot.
 pub(crate) const RETRY_ABOVE_HANDSHAKES: usize = 64;
+/// Refusals per second, node-wide, that may cost a handshake to tell the
+/// refused side which limit it hit (see `Network::refuse`); beyond these,
+/// and their burst, a refusal is QUIC's bare CONNECTION_REFUSED.
+pub(crate) const EXPLAINED_REFUSALS_PER_SEC: u32 = 16;
+/// The burst of explained refusals.
+pub(crate) const EXPLAINED_REFUSALS_BURST: u32 = 32;
 /// A limit hit by one source (an address, a peer) is logged at most once per
 /// this long; the repeats in between are counted in the next line.
 const LOG_WINDOW: Duration = Duration::from_secs(60);
@@ -35,6 +44,14 @@ pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
         }
         v4 => v4,
     }
+}
+
+/// Whether connections from `ip` are free of the per-address limit: a
+/// loopback address (127.0.0.0/8, ::1, also IPv4-mapped) is, unless
+/// `limit_loopback`. Nodes on one machine all dial from 127.0.0.1, and a
+/// stranger cannot send from there.
+pub(crate) fn exempt_from_per_ip(ip: IpAddr, limit_loopback: bool) -> bool {
+    !limit_loopback && ip.to_canonical().is_loopback()
 }
 
 /// One of an address's connection slots, given back on drop.
@@ -238,6 +255,25 @@ mod tests {
         drop(held);
         assert!(lock(&counts).is_empty(), "nothing left behind");
         assert!(IpSlot::take(&counts, a, 3).is_some());
+    }
+
+    #[test]
+    fn loopback_is_exempt_unless_limited() {
+        for ip in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(exempt_from_per_ip(ip, false), "{ip}");
+            assert!(!exempt_from_per_ip(ip, true), "{ip} with --limit-loopback");
+        }
+        for ip in [
+            "10.0.0.1",
+            "192.168.1.2",
+            "2001:db8::1",
+            "::ffff:10.1.2.3",
+            "0.0.0.0",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(!exempt_from_per_ip(ip, false), "{ip}");
+        }
     }
 
     #[test]

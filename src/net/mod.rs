@@ -13,7 +13,9 @@
 //! - [`endpoint`]: UDP socket, transport settings, TLS configs.
 //! - `accept` and `dial`: the two ways a connection starts; dials to one
 //!   peer are deduplicated, and every incoming connection takes a permit
-//!   (total and per address, see `limits`) before its handshake.
+//!   (total and per address, loopback exempt, see `limits`) before its
+//!   handshake. A refusal tells the dialer which limit it hit
+//!   ([`ConnectError::AtLimit`]).
 //! - `connection`: one handler per connection (control reader and writer,
 //!   clean-up when it closes).
 //! - [`router`]: request streams, rate-limited per peer, dispatched to
@@ -52,7 +54,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 pub use crate::proto::addr::{ParseAddrError, PeerAddr};
-pub use error::{ConnectError, EndpointError, JoinError};
+pub use error::{ConnectError, EndpointError, JoinError, PeerLimit};
 pub(crate) use limits::ip_key;
 pub use maintain::BootstrapError;
 pub use router::{RequestStream, Service};
@@ -61,7 +63,9 @@ use crate::config::NodeConfig;
 use crate::crypto::identity::Identity;
 use crate::proto::wire::{Control, ErrorCode, LeaveReason, RequestKind, Role};
 use crate::proto::NodeId;
-use limits::{IpCounts, LogGate, LogKey};
+use limits::{
+    IpCounts, LogGate, LogKey, TokenBucket, EXPLAINED_REFUSALS_BURST, EXPLAINED_REFUSALS_PER_SEC,
+};
 use maintain::BootstrapState;
 use membership::{dialable, PeerEvent, PeerInfo, PeerState, PeerTable};
 use router::Router;
@@ -107,6 +111,8 @@ struct Inner {
     per_ip: IpCounts,
     /// Incoming handshakes in progress.
     handshaking: AtomicUsize,
+    /// Refusals that may still spend a handshake to say which limit was hit.
+    explained: Mutex<TokenBucket>,
     /// Keeps repeated limit and failure logs down to one line per source.
     log_gate: Mutex<LogGate>,
     /// Cancelled first on shutdown: no new connections, no maintenance.
@@ -142,6 +148,11 @@ impl Network {
                 permits: Arc::new(Semaphore::new(config.max_connections)),
                 per_ip: Default::default(),
                 handshaking: AtomicUsize::new(0),
+                explained: Mutex::new(TokenBucket::new(
+                    EXPLAINED_REFUSALS_PER_SEC,
+                    EXPLAINED_REFUSALS_BURST,
+                    Instant::now(),
+                )),
                 log_gate: Mutex::new(LogGate::default()),
                 peers: Mutex::new(PeerTable::new(identity.node_id())),
                 observed: Mutex::new(None),

@@ -67,6 +67,13 @@
 //! Streams are reset or stopped, and connections closed, with an [`ErrorCode`].
 //! Reasons sent to the peer are short and never carry internal details.
 //!
+//! A node over a connection limit refuses a new connection before its
+//! handshake (QUIC's CONNECTION_REFUSED, which carries no reason) or, when
+//! the dialer's address is validated and the node can afford it, completes
+//! the handshake and closes at once with [`ErrorCode::ConnectionLimit`] and a
+//! reason naming the limit: `connection limit: per-address N` or
+//! `connection limit: total N` ([`LimitHit`]).
+//!
 //! # Compatibility
 //!
 //! Enum variants are only ever appended; the `wire_format_is_pinned` test fixes
@@ -122,7 +129,8 @@ pub enum ErrorCode {
     UnsupportedVersion = 4,
     /// A second connection between the same two nodes; the other one is kept.
     DuplicateConnection = 5,
-    /// The node has reached its connection limit.
+    /// The node has reached a connection limit; the close reason says which
+    /// ([`LimitHit`]).
     ConnectionLimit = 6,
     /// The peer took too long to send what the protocol requires.
     Timeout = 7,
@@ -188,6 +196,51 @@ impl ErrorCode {
             ErrorCode::NotAllowed => b"not allowed",
             ErrorCode::Internal => b"internal error",
             ErrorCode::RateLimited => b"rate limited",
+        }
+    }
+}
+
+/// Which connection limit a node hit when it refused a connection: the
+/// reason of its [`ErrorCode::ConnectionLimit`] close, `connection limit:
+/// per-address N` or `connection limit: total N`, so that the refused side
+/// can say which limit, and which setting governs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    /// The node's connections in all (`--max-connections`).
+    Total {
+        /// The limit.
+        max: u32,
+    },
+    /// Connections from the dialer's address, an IPv6 address by its /64
+    /// (`--max-connections-per-ip`).
+    PerAddress {
+        /// The limit.
+        max: u32,
+    },
+}
+
+impl LimitHit {
+    /// What every such reason starts with (also [`ErrorCode::reason`]).
+    const PREFIX: &'static str = "connection limit: ";
+
+    /// The close reason that carries this limit.
+    pub fn encode(self) -> Vec<u8> {
+        let (kind, max) = match self {
+            LimitHit::Total { max } => ("total", max),
+            LimitHit::PerAddress { max } => ("per-address", max),
+        };
+        format!("{}{kind} {max}", Self::PREFIX).into_bytes()
+    }
+
+    /// The limit a close reason names, if it names one.
+    pub fn decode(reason: &[u8]) -> Option<LimitHit> {
+        let text = std::str::from_utf8(reason).ok()?;
+        let (kind, max) = text.strip_prefix(Self::PREFIX)?.split_once(' ')?;
+        let max = max.parse().ok()?;
+        match kind {
+            "total" => Some(LimitHit::Total { max }),
+            "per-address" => Some(LimitHit::PerAddress { max }),
+            _ => None,
         }
     }
 }
@@ -943,6 +996,31 @@ mod tests {
         assert_eq!(ErrorCode::ConnectionLimit.code(), 6);
         assert_eq!(ErrorCode::RateLimited.code(), 12);
         assert_eq!(ErrorCode::RateLimited.reason(), b"rate limited");
+    }
+
+    #[test]
+    fn limit_reasons_are_pinned_and_checked() {
+        let per = LimitHit::PerAddress { max: 8 };
+        assert_eq!(per.encode(), b"connection limit: per-address 8");
+        assert_eq!(
+            LimitHit::Total { max: 256 }.encode(),
+            b"connection limit: total 256"
+        );
+        for hit in [per, LimitHit::Total { max: u32::MAX }] {
+            assert_eq!(LimitHit::decode(&hit.encode()), Some(hit));
+        }
+        // The bare code's reason, garbage, other kinds and numbers: none.
+        for bad in [
+            ErrorCode::ConnectionLimit.reason(),
+            b"connection limit: per-address",
+            b"connection limit: per-address -1",
+            b"connection limit: per-address 99999999999",
+            b"connection limit: streams 8",
+            b"\xff\xfe",
+            b"",
+        ] {
+            assert_eq!(LimitHit::decode(bad), None, "{bad:?}");
+        }
     }
 
     /// Pins the encoding: if this fails, the wire changed.

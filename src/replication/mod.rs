@@ -24,7 +24,9 @@ mod put;
 mod repair;
 mod source;
 
-pub use put::{push_tree, CopyError, PushTreeError, PutError, PutReport, PUSH_IN_FLIGHT};
+pub use put::{
+    push_tree, CopyError, PushTreeError, PutError, PutReport, Shortfall, PUSH_IN_FLIGHT,
+};
 pub use repair::grace;
 pub use source::{ChunkSource, SourceError};
 

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use super::source::{ChunkSource, SourceError};
 use super::Replication;
+use crate::dht::behaviour::RpcError;
 use crate::dht::kbucket::Contact;
 use crate::download::Progress;
 use crate::net::ConnectError;
@@ -54,6 +55,9 @@ pub enum CopyError {
     /// It could not be reached.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// It did not answer the lookup that found it (and was not asked again).
+    #[error("{0}")]
+    Lookup(Arc<RpcError>),
     /// The push failed.
     #[error(transparent)]
     Push(#[from] PushTreeError),
@@ -100,6 +104,10 @@ pub struct PutReport {
     pub wanted: usize,
     /// Copies acknowledged by other nodes.
     pub remote_copies: usize,
+    /// Other full nodes found to hold a copy: the closest to the file id (or,
+    /// in a network too young for lookups, the connected ones), tried in
+    /// order until enough copies were placed.
+    pub found: usize,
     /// Nodes that acknowledged a complete copy (this node first, if it stores).
     pub holders: Vec<PeerRecord>,
     /// Targets that failed, with why.
@@ -110,6 +118,42 @@ pub struct PutReport {
     pub elapsed: Duration,
 }
 
+/// Why a put placed fewer copies than asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortfall {
+    /// Every other full node found took a copy: there were only `found`.
+    FewerNodes {
+        /// Other full nodes found.
+        found: usize,
+    },
+    /// Nodes that could have held the missing copies refused or failed
+    /// ([`PutReport::failures`] says why).
+    Failed {
+        /// Nodes that did not take a copy.
+        failed: usize,
+        /// Other full nodes found.
+        found: usize,
+    },
+}
+
+impl PutReport {
+    /// Why fewer copies than asked were placed; `None` if all were.
+    pub fn shortfall(&self) -> Option<Shortfall> {
+        if self.remote_copies >= self.wanted {
+            return None;
+        }
+        let found = self.found;
+        Some(match self.failures.len() {
+            0 => Shortfall::FewerNodes { found },
+            failed => Shortfall::Failed { failed, found },
+        })
+    }
+}
+
+/// A node a copy may go to, and why it did not answer the lookup, if it
+/// did not.
+type Candidate = (Contact, Option<Arc<RpcError>>);
+
 /// The copies a put has placed so far, and the targets that failed.
 struct Placement {
     holders: Vec<PeerRecord>,
@@ -118,7 +162,8 @@ struct Placement {
 
 impl Replication {
     /// Stores `path` (when this node has a store) and pushes it to `replicas`
-    /// other full nodes. Fewer are used when fewer are connected.
+    /// other full nodes. Fewer are used when fewer are found, or when some
+    /// refuse or fail: [`PutReport::shortfall`] says which.
     pub async fn put(
         &self,
         path: &Path,
@@ -136,11 +181,13 @@ impl Replication {
             placement.holders.push(self.me());
         }
         let candidates = self.candidates(tree.root).await;
+        let found = candidates.len();
         let name = tree
             .root_manifest()
             .map(|m| m.name().to_string())
             .unwrap_or_default();
-        progress.begin(&name, tree.size * replicas.min(candidates.len()) as u64);
+        let answered = candidates.iter().filter(|(_, failed)| failed.is_none());
+        progress.begin(&name, tree.size * replicas.min(answered.count()) as u64);
         let tree = Arc::new(tree);
         self.place(
             &tree,
@@ -171,6 +218,7 @@ impl Replication {
             size: tree.size,
             wanted: replicas,
             remote_copies,
+            found,
             holders,
             failures,
             ticket,
@@ -213,25 +261,28 @@ impl Replication {
         Ok((tree, ChunkSource::Files(Arc::new(map))))
     }
 
-    /// The live nodes closest to the file id, closest first (if one fails,
-    /// the next in line is tried); in a network too young for lookups,
-    /// whoever is connected.
-    async fn candidates(&self, root: Hash) -> Vec<Contact> {
+    /// The nodes closest to the file id, closest first (if one fails, the
+    /// next in line is tried), with why for those that did not answer the
+    /// lookup; in a network too young for lookups, whoever is connected.
+    async fn candidates(&self, root: Hash) -> Vec<Candidate> {
         let me = self.net.id();
-        let closest: Vec<Contact> = self
+        let closest: Vec<Candidate> = self
             .dht
-            .closest_nodes(root, crate::dht::K)
+            .closest_or_failed(root, crate::dht::K)
             .await
             .into_iter()
-            .filter(|c| c.id != me)
+            .filter(|(c, _)| c.id != me)
             .collect();
-        if !closest.is_empty() {
+        if closest.iter().any(|(_, failed)| failed.is_none()) {
             return closest;
         }
-        self.net
-            .connected_peers()
+        let connected = self.net.connected_peers();
+        if connected.is_empty() {
+            return closest;
+        }
+        connected
             .into_iter()
-            .map(|id| Contact { id, addrs: vec![] })
+            .map(|id| (Contact { id, addrs: vec![] }, None))
             .collect()
     }
 
@@ -241,7 +292,7 @@ impl Replication {
         &self,
         tree: &Arc<Tree>,
         source: &ChunkSource,
-        candidates: Vec<Contact>,
+        candidates: Vec<Candidate>,
         replicas: usize,
         progress: &Arc<dyn Progress>,
         placement: &mut Placement,
@@ -252,7 +303,14 @@ impl Replication {
         loop {
             let acked = placement.holders.iter().filter(|h| h.id != me).count();
             while acked + tasks.len() < replicas {
-                let Some(c) = next.next() else { break };
+                let Some((c, failed)) = next.next() else {
+                    break;
+                };
+                if let Some(e) = failed {
+                    // Asked a moment ago: its refusal or silence is the answer.
+                    placement.failures.push((c.id, CopyError::Lookup(e)));
+                    continue;
+                }
                 let Some(conn) = self.target(&c, placement).await else {
                     continue;
                 };
@@ -287,13 +345,18 @@ impl Replication {
         }
     }
 
-    /// The connection to a candidate, dialed if need be; a failed dial is
-    /// recorded.
+    /// The connection to a candidate, dialed if need be; a failed dial (or
+    /// none to make) is recorded.
     async fn target(&self, c: &Contact, placement: &mut Placement) -> Option<Connection> {
         if let Some(conn) = self.net.connection(&c.id) {
             return Some(conn);
         }
-        let first = c.addrs.first()?;
+        let Some(first) = c.addrs.first() else {
+            placement
+                .failures
+                .push((c.id, ConnectError::NoAddress(c.id).into()));
+            return None;
+        };
         match self.net.connection_to(c.id, &[*first]).await {
             Ok(conn) => Some(conn),
             Err(ConnectError::Replaced(_)) => None,

@@ -130,10 +130,15 @@ pub struct NodeArgs {
     max_connections: usize,
 
     /// Incoming connections (handshakes included) from one address at once;
-    /// an IPv6 address counts by its /64. More are refused before their
-    /// handshake.
+    /// an IPv6 address counts by its /64. More are refused, and told so.
+    /// Loopback (127.0.0.0/8, ::1) is exempt unless --limit-loopback.
     #[arg(long, value_name = "N", default_value_t = 8, global = true)]
     max_connections_per_ip: usize,
+
+    /// Apply --max-connections-per-ip to loopback addresses too (by default
+    /// nodes on this machine, which all dial from 127.0.0.1, are exempt).
+    #[arg(long, global = true)]
+    limit_loopback: bool,
 
     /// Requests (get, put, has, hold, DHT) one peer may make per second, in
     /// bursts of up to twice that; more are refused with a rate-limited
@@ -187,6 +192,7 @@ impl NodeArgs {
             target_peers: self.target_peers,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            limit_loopback: self.limit_loopback,
             max_streams: self.max_streams,
             max_requests_per_sec: self.max_requests_per_sec,
             request_burst: self.max_requests_per_sec.saturating_mul(2),

@@ -12,6 +12,7 @@ use quic_peer::download::DownloadOptions;
 use quic_peer::proto::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use quic_peer::proto::ticket::Target;
 use quic_peer::proto::wire::Role;
+use quic_peer::replication::Shortfall;
 use quic_peer::store::datadir::DataDir;
 use quic_peer::{Identity, Node, NodeConfig};
 
@@ -20,6 +21,11 @@ use crate::display::{print_get, print_put, TransferProgress};
 
 /// Stores the file or directory at `path` with `replicas` copies on other
 /// nodes, and prints its id and ticket.
+///
+/// Fewer copies because the network has fewer nodes is success, said in the
+/// report. Fewer because nodes that could hold them refused or failed is an
+/// error, after the report (the copies placed stay, and the id and ticket
+/// work): the file is less safe than asked, and a script must hear it.
 pub async fn put(args: &NodeArgs, path: &Path, replicas: usize, chunk_size: u64) -> Result<()> {
     anyhow::ensure!(replicas >= 1, "--replicas must be at least 1");
     let chunk_size = checked_chunk_size(chunk_size)?;
@@ -31,6 +37,16 @@ pub async fn put(args: &NodeArgs, path: &Path, replicas: usize, chunk_size: u64)
     node.shutdown().await;
     let report = result?;
     print_put(&report);
+    if let Some(Shortfall::Failed { failed, .. }) = report.shortfall() {
+        anyhow::bail!(
+            "put stored only {} of {} copies: {failed} {} refused or failed (see the \
+             [WARN] lines); the id and ticket above work, and running put again places \
+             the missing copies",
+            report.remote_copies,
+            report.wanted,
+            if failed == 1 { "node" } else { "nodes" },
+        );
+    }
     Ok(())
 }
 

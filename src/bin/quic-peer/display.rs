@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use quic_peer::download::{DownloadStats, Progress};
-use quic_peer::replication::PutReport;
+use quic_peer::replication::{PutReport, Shortfall};
 
 /// Prints a line for the user, flushing so that pipes see it at once.
 macro_rules! say {
@@ -47,19 +47,42 @@ pub fn print_put(report: &PutReport) {
     for (id, why) in &report.failures {
         say!("[WARN] {id} did not take a copy: {why}");
     }
-    let copies = report.remote_copies;
-    say!(
-        "[PUT] {copies} of {} cop{} stored on other nodes{}",
-        report.wanted,
-        if report.wanted == 1 { "y" } else { "ies" },
-        if copies < report.wanted {
-            " (the network has fewer nodes to give)"
-        } else {
-            ""
-        }
-    );
+    say!("[PUT] {}", copies_line(report));
     say!("id: {}", report.id);
     say!("ticket: {}", report.ticket);
+}
+
+/// `N of M copies stored on other nodes`, and why not all when not all: too
+/// few nodes found, or nodes that refused or failed (the first one's reason).
+fn copies_line(report: &PutReport) -> String {
+    let wanted = report.wanted;
+    let head = format!(
+        "{} of {wanted} cop{} stored on other nodes",
+        report.remote_copies,
+        if wanted == 1 { "y" } else { "ies" }
+    );
+    let nodes = |n: usize| if n == 1 { "node" } else { "nodes" };
+    match report.shortfall() {
+        None => head,
+        Some(Shortfall::FewerNodes { found: 0 }) => format!("{head} (no other full node found)"),
+        Some(Shortfall::FewerNodes { found }) => {
+            format!("{head} (only {found} other full {} found)", nodes(found))
+        }
+        Some(Shortfall::Failed { failed, found }) => {
+            let first = report
+                .failures
+                .first()
+                .map(|(id, why)| match failed {
+                    1 => format!(": {}: {why}", id.fmt_short()),
+                    _ => format!("; the first, {}: {why}", id.fmt_short()),
+                })
+                .unwrap_or_default();
+            format!(
+                "{head}: {failed} of the {found} {} found did not take one{first}",
+                nodes(found)
+            )
+        }
+    }
 }
 
 /// Prints what a get wrote to `out`, how fast, from how many peers, and any
