@@ -5,8 +5,11 @@
 //! [`crate::dht`]; [`Dht`] feeds them. Every RPC is one short bi stream with a
 //! timeout ([`handler`](super::handler) answers them). A contact enters the
 //! routing table only when a connection's handshake proved its id (the
-//! network core reports it through [`PeerListener`]); an ADD_PROVIDER is
-//! accepted only for the id of the connection it came on.
+//! network core reports it through [`PeerListener`], with the addresses of
+//! the connection and of the peer's JOIN). A lookup answer never changes a
+//! known contact's addresses: the lookup asks it where the table says it is,
+//! and an answer from it only refreshes it. An ADD_PROVIDER is accepted only
+//! for the id of the connection it came on.
 //!
 //! The DHT runs its own loop: a lookup of its own id on joining, a refresh
 //! of quiet buckets, expiry of provider records, and (full nodes) a periodic
@@ -84,6 +87,10 @@ pub struct LookupOutcome {
     /// Wall time.
     pub elapsed: Duration,
 }
+
+/// What one request of a lookup came to: the contact asked, and its
+/// answer with the address the connection reached it at.
+type Answer = (Contact, Result<(Response, SocketAddr), RpcError>);
 
 pub(super) fn record(c: &Contact) -> PeerRecord {
     PeerRecord {
@@ -173,16 +180,49 @@ impl Dht {
             .table
             .insert(Contact { id, addrs }, Instant::now());
         if let Insert::Ping(old) = result {
-            let d = self.clone();
-            self.inner.net.spawn(async move {
-                let alive = d.rpc(&old, DhtRequest::Ping).await.is_ok();
-                d.state().table.ping_result(&old.id, alive, Instant::now());
-            });
+            self.ping_later(old);
         }
+    }
+
+    /// A contact answered over a connection proven to be its id, reached at
+    /// `remote`. Its liveness is refreshed; a known contact keeps the
+    /// addresses it gave itself, whoever named it in this lookup, and an
+    /// unknown one is added at the address the connection proved.
+    fn answered(&self, id: NodeId, remote: SocketAddr) {
+        let contact = Contact {
+            id,
+            addrs: vec![remote],
+        };
+        let result = self
+            .state()
+            .table
+            .insert_keeping_addrs(contact, Instant::now());
+        if let Insert::Ping(old) = result {
+            self.ping_later(old);
+        }
+    }
+
+    /// Pings a least-recently-seen contact a full bucket asked about.
+    fn ping_later(&self, old: Contact) {
+        let d = self.clone();
+        self.inner.net.spawn(async move {
+            let alive = d.rpc(&old, DhtRequest::Ping).await.is_ok();
+            d.state().table.ping_result(&old.id, alive, Instant::now());
+        });
     }
 
     /// Sends one DHT request to `c` and waits (bounded) for the answer.
     pub async fn rpc(&self, c: &Contact, request: DhtRequest) -> Result<Response, RpcError> {
+        self.rpc_at(c, request).await.map(|(r, _)| r)
+    }
+
+    /// Like [`rpc`](Self::rpc), also returning the address the connection
+    /// that answered reached the peer at.
+    async fn rpc_at(
+        &self,
+        c: &Contact,
+        request: DhtRequest,
+    ) -> Result<(Response, SocketAddr), RpcError> {
         let net = &self.inner.net;
         let call = async {
             let first = &c.addrs[..c.addrs.len().min(1)];
@@ -190,9 +230,10 @@ impl Dht {
             let (mut send, mut recv) = conn.open_bi().await?;
             write_frame(&mut send, &Request::Dht(request), MAX_CONTROL_FRAME).await?;
             let _ = send.finish();
-            read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
+            let resp = read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
                 .await?
-                .ok_or(RpcError::NoAnswer)
+                .ok_or(RpcError::NoAnswer)?;
+            Ok((resp, conn.remote_address()))
         };
         tokio::time::timeout(net.config().rpc_timeout, call)
             .await
@@ -210,7 +251,7 @@ impl Dht {
         };
         let mut lookup = Lookup::new(target, seeds, cfg);
         let mut found: HashMap<NodeId, PeerRecord> = HashMap::new();
-        let mut calls: JoinSet<(Contact, Result<Response, RpcError>)> = JoinSet::new();
+        let mut calls: JoinSet<Answer> = JoinSet::new();
         let request = match providers {
             Some(_) => DhtRequest::GetProviders { key: target },
             None => DhtRequest::FindNode { target },
@@ -225,7 +266,7 @@ impl Dht {
                     for c in to {
                         let (d, req) = (self.clone(), request.clone());
                         calls.spawn(async move {
-                            let r = d.rpc(&c, req).await;
+                            let r = d.rpc_at(&c, req).await;
                             (c, r)
                         });
                     }
@@ -255,21 +296,21 @@ impl Dht {
         lookup: &mut Lookup,
         found: &mut HashMap<NodeId, PeerRecord>,
         c: Contact,
-        result: Result<Response, RpcError>,
+        result: Result<(Response, SocketAddr), RpcError>,
     ) {
         match result {
-            Ok(Response::Nodes(nodes)) => {
-                self.seen(c.id, c.addrs.clone());
+            Ok((Response::Nodes(nodes), remote)) => {
+                self.answered(c.id, remote);
                 lookup.on_success(&c.id, self.fresh(nodes));
             }
-            Ok(Response::Providers { providers, closer }) => {
-                self.seen(c.id, c.addrs.clone());
+            Ok((Response::Providers { providers, closer }, remote)) => {
+                self.answered(c.id, remote);
                 for r in providers {
                     found.entry(r.id).or_insert(r);
                 }
                 lookup.on_success(&c.id, self.fresh(closer));
             }
-            Ok(other) => {
+            Ok((other, _)) => {
                 debug!(peer = %c.id.fmt_short(), "unexpected DHT answer {other:?}");
                 lookup.on_failure(&c.id);
             }
@@ -281,13 +322,19 @@ impl Dht {
         }
     }
 
-    /// Contacts from an answer, minus this node.
+    /// Contacts from an answer, minus this node. A contact the routing
+    /// table knows is taken at the addresses it gave itself, not at those
+    /// the answer claims.
     fn fresh(&self, records: Vec<PeerRecord>) -> Vec<Contact> {
         let me = self.inner.net.id();
+        let state = self.state();
         records
             .into_iter()
             .filter(|r| r.id != me)
-            .map(contact)
+            .map(|r| match state.table.get(&r.id) {
+                Some(known) => known.clone(),
+                None => contact(r),
+            })
             .filter(|c| !c.addrs.is_empty())
             .collect()
     }

@@ -2,6 +2,7 @@
 //! for conditions and events, and driving the real binary.
 #![allow(dead_code)]
 
+pub mod dht_liar;
 pub mod liar;
 
 use std::io::{BufRead, BufReader};
