@@ -1,6 +1,7 @@
 //! DHT denial and poisoning on real nodes, with a lying DHT node
 //! (`tests/common/dht_liar.rs`): a third party names a known node at an
-//! address where nobody is.
+//! address where nobody is, and twenty identities from one address prefix
+//! announce themselves for a key.
 
 mod common;
 
@@ -9,7 +10,11 @@ use std::time::Duration;
 
 use common::dht_liar::{DhtLiar, Lies};
 use common::{store_network, wait_until, StoreNode};
-use quic_peer::{Node, NodeId};
+use quic_peer::dht::kbucket::Contact;
+use quic_peer::dht::key_of;
+use quic_peer::proto::wire::{DhtRequest, PeerRecord, Response};
+use quic_peer::proto::Hash;
+use quic_peer::{Node, NodeConfig, NodeId};
 
 /// Whether `node`'s routing table holds `id`.
 fn knows(node: &Node, id: NodeId) -> bool {
@@ -87,5 +92,64 @@ async fn a_third_party_does_not_move_a_known_contact() {
         "named node: proven {real:?}, after the liar's answers {after:?}, relearned {relearned:?}"
     );
     liar.shutdown().await;
+    shutdown(net).await;
+}
+
+/// Twenty identities, each a full node of its own, from twenty addresses of
+/// one /24 announce themselves as providers of a key after an honest
+/// provider did: the honest record stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_identities_from_one_prefix_do_not_evict_an_honest_record() {
+    let net = store_network(2).await;
+    let (keeper, honest) = (&net[0].node, &net[1].node);
+    let file = Hash::of(b"a popular file");
+    let key = key_of(&file);
+    let to_keeper = Contact {
+        id: keeper.id(),
+        addrs: vec![keeper.local_addr()],
+    };
+    let announce = |from: Node| {
+        let (to, addr) = (to_keeper.clone(), keeper.addr());
+        async move {
+            from.connect(&addr).await.expect("connects to the keeper");
+            let provider = PeerRecord {
+                id: from.id(),
+                addrs: vec![from.local_addr()],
+            };
+            from.dht()
+                .rpc(&to, DhtRequest::AddProvider { key, provider })
+                .await
+        }
+    };
+    let ack = announce(honest.clone()).await.expect("announce");
+    assert_eq!(ack, Response::Ack);
+
+    let mut sybils = Vec::new();
+    for i in 1..=20u8 {
+        let node = Node::start(NodeConfig {
+            listen: SocketAddr::from(([127, 1, 2, i], 0)),
+            ..NodeConfig::local_test()
+        })
+        .await
+        .expect("a sybil starts");
+        let answer = announce(node.clone()).await.expect("sybil announce");
+        assert_eq!(answer, Response::Ack, "records are not refused");
+        sybils.push(node);
+    }
+    let kept: Vec<NodeId> = keeper
+        .dht()
+        .local_providers(file)
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let from_sybils = kept.iter().filter(|id| **id != honest.id()).count();
+    println!(
+        "after 20 sybils from 127.1.2.0/24: {} records kept, {from_sybils} theirs",
+        kept.len()
+    );
+    assert!(kept.contains(&honest.id()), "the honest record was evicted");
+    for s in sybils {
+        s.shutdown().await;
+    }
     shutdown(net).await;
 }

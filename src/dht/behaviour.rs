@@ -16,7 +16,7 @@
 //! re-announcement of every file this node holds.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -438,7 +438,12 @@ impl Dht {
         }
         for (key, id, addrs, expires) in providers {
             let left = expires.duration_since(wall).unwrap_or_default();
-            d.providers.add(key, PeerRecord { id, addrs }, now + left);
+            // The source is not saved: the record's own address stands in.
+            let source = addrs
+                .first()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+            d.providers
+                .add(key, PeerRecord { id, addrs }, source, now + left);
         }
     }
 

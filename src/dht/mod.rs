@@ -10,7 +10,8 @@
 //! - [`query`]: an iterative lookup, `alpha` requests in flight, converging on the
 //!   `k` closest nodes; slow nodes stop counting against `alpha` so they cannot
 //!   stall it.
-//! - [`providers`]: provider records with expiry.
+//! - [`providers`]: provider records with expiry, bounded per key and per
+//!   source address prefix, evicting rather than refusing when full.
 //! - [`sim`]: a simulator that drives the routing table and lookup above
 //!   over thousands of in-memory nodes.
 //!
