@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use crate::dht::kbucket::{Contact, Insert, RoutingTable};
 use crate::dht::providers::ProviderStore;
 use crate::dht::query::{Lookup, LookupConfig, Poll};
-use crate::dht::{distance, key_of, K};
+use crate::dht::{distance, key_of, K, PATHS};
 use crate::net::router::ServeFuture;
 use crate::net::{ConnectError, Network, PeerListener};
 use crate::proto::frame::{read_frame, write_frame, FrameError};
@@ -245,8 +245,11 @@ impl Dht {
     pub async fn lookup(&self, target: NodeId, providers: Option<usize>) -> LookupOutcome {
         let start = Instant::now();
         let seeds = self.state().table.closest(&target, K);
+        // Provider lookups on disjoint paths: a liar closest to the key
+        // poisons one of them only.
         let cfg = LookupConfig {
             slow_after: self.inner.net.config().rpc_timeout / 3,
+            paths: if providers.is_some() { PATHS } else { 1 },
             ..LookupConfig::default()
         };
         let mut lookup = Lookup::new(target, seeds, cfg);

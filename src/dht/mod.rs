@@ -7,9 +7,10 @@
 //!
 //! - [`kbucket`]: the routing table, 256 buckets of `k` contacts, least-recently
 //!   seen first, with a ping before a live contact is replaced.
-//! - [`query`]: an iterative lookup, `alpha` requests in flight, converging on the
-//!   `k` closest nodes; slow nodes stop counting against `alpha` so they cannot
-//!   stall it.
+//! - [`query`]: an iterative lookup on disjoint paths, `alpha` requests in
+//!   flight on each, converging on the `k` closest nodes; slow nodes stop
+//!   counting against `alpha` so they cannot stall it, and a node whose
+//!   referrals keep failing is no longer believed.
 //! - [`providers`]: provider records with expiry, bounded per key and per
 //!   source address prefix, evicting rather than refusing when full.
 //! - [`sim`]: a simulator that drives the routing table and lookup above
@@ -31,8 +32,11 @@ use crate::proto::NodeId;
 
 /// Bucket size and the number of closest nodes a lookup converges on.
 pub const K: usize = 20;
-/// Requests a lookup keeps in flight.
+/// Requests a lookup keeps in flight on each of its paths.
 pub const ALPHA: usize = 3;
+/// Disjoint paths a lookup runs on (S/Kademlia's d): a liar closest to a key
+/// poisons one of them, and the others still reach the honest nodes.
+pub const PATHS: usize = 3;
 
 /// The XOR distance between two keys, comparable as a 256-bit big-endian number.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
