@@ -9,13 +9,13 @@
 //! the connection and of the peer's JOIN). A lookup answer never changes a
 //! known contact's addresses: the lookup asks it where the table says it is,
 //! and an answer from it only refreshes it. An ADD_PROVIDER is accepted only
-//! for the id of the connection it came on.
+//! for the id of the connection it came on. Provider lookups are in
+//! [`find`](super::find).
 //!
 //! The DHT runs its own loop: a lookup of its own id on joining, a refresh
 //! of quiet buckets, expiry of provider records, and (full nodes) a periodic
 //! re-announcement of every file this node holds.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use crate::dht::kbucket::{Contact, Insert, RoutingTable};
 use crate::dht::providers::ProviderStore;
 use crate::dht::query::{Lookup, LookupConfig, Poll};
-use crate::dht::{distance, key_of, K, PATHS};
+use crate::dht::{distance, key_of, K};
 use crate::net::router::ServeFuture;
 use crate::net::{ConnectError, Network, PeerListener};
 use crate::proto::frame::{read_frame, write_frame, FrameError};
@@ -78,7 +78,8 @@ pub enum RpcError {
 pub struct LookupOutcome {
     /// The closest nodes that answered, closest first.
     pub closest: Vec<Contact>,
-    /// Providers found (GET_PROVIDERS lookups).
+    /// Providers that proved they hold the file by answering HAS
+    /// (GET_PROVIDERS lookups, [`Dht::find_providers`]).
     pub providers: Vec<PeerRecord>,
     /// Hops.
     pub rounds: u32,
@@ -90,7 +91,38 @@ pub struct LookupOutcome {
 
 /// What one request of a lookup came to: the contact asked, and its
 /// answer with the address the connection reached it at.
-type Answer = (Contact, Result<(Response, SocketAddr), RpcError>);
+pub(super) type Answer = (Contact, Result<(Response, SocketAddr), RpcError>);
+
+/// One lookup under way: the state machine and its requests in flight.
+pub(super) struct Running {
+    pub(super) lookup: Lookup,
+    calls: JoinSet<Answer>,
+    request: DhtRequest,
+    slow_after: Duration,
+}
+
+impl Running {
+    /// The next answer, or `None` if none came within `slow_after` (the
+    /// lookup may want to send more by then). Cancel-safe.
+    pub(super) async fn next_answer(&mut self) -> Option<Answer> {
+        tokio::select! {
+            r = self.calls.join_next(), if !self.calls.is_empty() => r.and_then(Result::ok),
+            _ = tokio::time::sleep(self.slow_after) => None,
+        }
+    }
+
+    /// What the lookup found, with `providers` (those proven), from `start`.
+    pub(super) fn outcome(mut self, start: Instant, providers: Vec<PeerRecord>) -> LookupOutcome {
+        self.calls.abort_all();
+        LookupOutcome {
+            closest: self.lookup.closest(K),
+            providers,
+            rounds: self.lookup.rounds(),
+            requests: self.lookup.requests(),
+            elapsed: start.elapsed(),
+        }
+    }
+}
 
 pub(super) fn record(c: &Contact) -> PeerRecord {
     PeerRecord {
@@ -240,87 +272,86 @@ impl Dht {
             .map_err(|_| RpcError::Timeout)?
     }
 
-    /// An iterative lookup of `target`. With `providers`, asks GET_PROVIDERS
-    /// and stops early once `want` providers are known.
-    pub async fn lookup(&self, target: NodeId, providers: Option<usize>) -> LookupOutcome {
+    /// An iterative FIND_NODE lookup of `target`, on one path.
+    pub async fn lookup(&self, target: NodeId) -> LookupOutcome {
         let start = Instant::now();
-        let seeds = self.state().table.closest(&target, K);
-        // Provider lookups on disjoint paths: a liar closest to the key
-        // poisons one of them only.
-        let cfg = LookupConfig {
-            slow_after: self.inner.net.config().rpc_timeout / 3,
-            paths: if providers.is_some() { PATHS } else { 1 },
-            ..LookupConfig::default()
-        };
-        let mut lookup = Lookup::new(target, seeds, cfg);
-        let mut found: HashMap<NodeId, PeerRecord> = HashMap::new();
-        let mut calls: JoinSet<Answer> = JoinSet::new();
-        let request = match providers {
-            Some(_) => DhtRequest::GetProviders { key: target },
-            None => DhtRequest::FindNode { target },
-        };
-        loop {
-            if providers.is_some_and(|want| found.len() >= want) {
-                break;
-            }
-            match lookup.poll(Instant::now()) {
-                Poll::Finished => break,
-                Poll::Query(to) => {
-                    for c in to {
-                        let (d, req) = (self.clone(), request.clone());
-                        calls.spawn(async move {
-                            let r = d.rpc_at(&c, req).await;
-                            (c, r)
-                        });
-                    }
-                }
-            }
-            let next = tokio::select! {
-                r = calls.join_next(), if !calls.is_empty() => r,
-                _ = tokio::time::sleep(cfg.slow_after) => None,
-            };
-            if let Some(Ok((c, result))) = next {
-                self.on_answer(&mut lookup, &mut found, c, result);
+        let mut run = self.start_lookup(target, DhtRequest::FindNode { target }, 1);
+        while self.send_due(&mut run) {
+            if let Some((c, result)) = run.next_answer().await {
+                self.on_answer(&mut run.lookup, c, result);
             }
         }
-        calls.abort_all();
-        LookupOutcome {
-            closest: lookup.closest(K),
-            providers: found.into_values().collect(),
-            rounds: lookup.rounds(),
-            requests: lookup.requests(),
-            elapsed: start.elapsed(),
+        run.outcome(start, Vec::new())
+    }
+
+    /// A lookup of `target` asking `request`, on `paths` disjoint paths,
+    /// seeded with the routing table's closest contacts.
+    pub(super) fn start_lookup(
+        &self,
+        target: NodeId,
+        request: DhtRequest,
+        paths: usize,
+    ) -> Running {
+        let seeds = self.state().table.closest(&target, K);
+        let cfg = LookupConfig {
+            slow_after: self.inner.net.config().rpc_timeout / 3,
+            paths,
+            ..LookupConfig::default()
+        };
+        Running {
+            lookup: Lookup::new(target, seeds, cfg),
+            calls: JoinSet::new(),
+            request,
+            slow_after: cfg.slow_after,
         }
     }
 
-    /// Feeds one answer (or failure) of contact `c` to a lookup.
-    fn on_answer(
+    /// Sends the requests the lookup asks for; false once it is over.
+    pub(super) fn send_due(&self, run: &mut Running) -> bool {
+        match run.lookup.poll(Instant::now()) {
+            Poll::Finished => false,
+            Poll::Query(to) => {
+                for c in to {
+                    let (d, req) = (self.clone(), run.request.clone());
+                    run.calls.spawn(async move {
+                        let r = d.rpc_at(&c, req).await;
+                        (c, r)
+                    });
+                }
+                true
+            }
+        }
+    }
+
+    /// Feeds one answer (or failure) of contact `c` to a lookup; returns
+    /// the provider records the answer held, unchecked.
+    pub(super) fn on_answer(
         &self,
         lookup: &mut Lookup,
-        found: &mut HashMap<NodeId, PeerRecord>,
         c: Contact,
         result: Result<(Response, SocketAddr), RpcError>,
-    ) {
+    ) -> Vec<PeerRecord> {
         match result {
             Ok((Response::Nodes(nodes), remote)) => {
                 self.answered(c.id, remote);
                 lookup.on_success(&c.id, self.fresh(nodes));
+                Vec::new()
             }
             Ok((Response::Providers { providers, closer }, remote)) => {
                 self.answered(c.id, remote);
-                for r in providers {
-                    found.entry(r.id).or_insert(r);
-                }
                 lookup.on_success(&c.id, self.fresh(closer));
+                providers
             }
             Ok((other, _)) => {
                 debug!(peer = %c.id.fmt_short(), "unexpected DHT answer {other:?}");
                 lookup.on_failure(&c.id);
+                Vec::new()
             }
             Err(e) => {
                 debug!(peer = %c.id.fmt_short(), "DHT request failed: {e}");
                 lookup.on_failure(&c.id);
                 self.state().table.record_failure(&c.id);
+                Vec::new()
             }
         }
     }
@@ -350,7 +381,7 @@ impl Dht {
             id: self.inner.net.id(),
             addrs: self.inner.net.listen_addrs(),
         };
-        let closest = self.lookup(key, None).await.closest;
+        let closest = self.lookup(key).await.closest;
         let mut calls = JoinSet::new();
         for c in closest {
             let (d, me) = (self.clone(), me.clone());
@@ -369,17 +400,11 @@ impl Dht {
         stored
     }
 
-    /// Provider records of `file`, found by a GET_PROVIDERS lookup that
-    /// stops once `want` are known.
-    pub async fn lookup_providers(&self, file: Hash, want: usize) -> LookupOutcome {
-        self.lookup(key_of(&file), Some(want)).await
-    }
-
     /// The live nodes closest to `file` (this node included if it is a full
     /// node), closest first.
     pub async fn closest_nodes(&self, file: Hash, n: usize) -> Vec<Contact> {
         let key = key_of(&file);
-        let mut nodes = self.lookup(key, None).await.closest;
+        let mut nodes = self.lookup(key).await.closest;
         let net = &self.inner.net;
         if net.config().role == Role::Peer {
             nodes.push(Contact {
@@ -475,7 +500,7 @@ impl Dht {
             }
             if !joined {
                 joined = true;
-                self.lookup(net.id(), None).await;
+                self.lookup(net.id()).await;
             }
             let now = Instant::now();
             self.state().providers.expire(now);
@@ -503,7 +528,7 @@ impl Dht {
                 d.table.touch(i, now);
                 d.table.random_id_in_bucket(i, &mut rand::rng())
             };
-            self.lookup(target, None).await;
+            self.lookup(target).await;
         }
         self.save().await;
     }

@@ -17,11 +17,13 @@
 //!   over thousands of in-memory nodes.
 //!
 //! On the network, [`behaviour::Dht`] runs lookups over QUIC, announces
-//! provider records and keeps the table fresh in its own loop, and
+//! provider records and keeps the table fresh in its own loop, [`find`]
+//! believes a provider record only once the provider answers, and
 //! [`handler`] answers the peers' requests. The network core reports proven
 //! and departed peers to it; it never calls the DHT otherwise.
 
 pub mod behaviour;
+pub mod find;
 pub mod handler;
 pub mod kbucket;
 pub mod providers;
