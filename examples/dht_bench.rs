@@ -54,7 +54,7 @@ async fn real(n: usize, lookups: usize) -> anyhow::Result<()> {
     for _ in 0..lookups {
         let from = &nodes[rng.random_range(0..n)];
         let target = nodes[rng.random_range(0..n)].id();
-        let out = from.dht().lookup(target, None).await;
+        let out = from.dht().lookup(target).await;
         if target == from.id() || out.closest.first().is_some_and(|c| c.id == target) {
             found += 1;
         }

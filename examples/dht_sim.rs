@@ -1,6 +1,7 @@
 //! The DHT simulator: the real routing table and lookup code over 1,000 and
 //! 10,000 simulated nodes (fixed seed), healthy, with 10% of nodes not
-//! answering, and after churn. Prints a table.
+//! answering, and after churn; and healthy again with the disjoint paths
+//! that provider lookups run on. Prints a table.
 //!
 //! `cargo run --release --example dht_sim [-- SEED]`
 
@@ -30,6 +31,10 @@ fn main() {
         let mut sim = Sim::new(seed);
         sim.join(n);
         row(n, "healthy", &sim.measure(1000));
+        sim.set_paths(quic_peer::dht::PATHS);
+        let paths = format!("healthy, {} disjoint paths", quic_peer::dht::PATHS);
+        row(n, &paths, &sim.measure(1000));
+        sim.set_paths(1);
         // Churn: a quarter leave silently, as many new nodes join.
         let mut churned = Sim::new(seed);
         churned.join(n);

@@ -19,9 +19,11 @@
 //!               within the tree limits), the plan (keep, fetch, copy, room),
 //!               queue, workers, writer, end game; peer scores (bans on proof,
 //!               rank on denials and timeouts)
-//! dht/          Kademlia: pure k-buckets, lookup state machine, provider records,
-//!               simulator; behaviour (the Dht on the network, its own refresh and
-//!               republish loop) and handler (answers FIND_NODE, GET_PROVIDERS, ...)
+//! dht/          Kademlia: pure k-buckets, lookup state machine (disjoint paths),
+//!               provider records (bounded per address prefix), simulator;
+//!               behaviour (the Dht on the network, its own refresh and republish
+//!               loop), find (provider records believed once the provider answers
+//!               HAS) and handler (answers FIND_NODE, GET_PROVIDERS, ...)
 //! transfer      one bi stream per chunk: the Transfers service (GET, PUT, HOLD,
 //!               HAS, PROVE) and the client half (fetch, push, hold, prove)
 //! store/        chunk files and manifests on disk (redb), crash-safe writes,
@@ -49,7 +51,8 @@
 //! A put: [`replication`] chunks the file into the [`store`], asks the DHT for
 //! the R nodes closest to the file id and pushes every manifest and chunk to
 //! each, then HOLD; each holder announces itself to the DHT. A get: the DHT's
-//! GET_PROVIDERS lookup (or a ticket) names the holders; [`download`] fetches
+//! GET_PROVIDERS lookup (or a ticket) names the holders, and each is believed
+//! once it answers HAS over a connection pinned to its id; [`download`] fetches
 //! chunks from all of them at once, verifying each against its BLAKE3 hash
 //! before writing it.
 

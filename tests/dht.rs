@@ -57,7 +57,7 @@ async fn sixty_nodes_find_files_and_survive_losing_a_third() {
                 "node {} found no provider of {id}",
                 s.node.id().fmt_short()
             );
-            let full = s.node.dht().lookup(quic_peer::dht::key_of(id), None).await;
+            let full = s.node.dht().lookup(quic_peer::dht::key_of(id)).await;
             rounds.push(full.rounds);
         }
     }

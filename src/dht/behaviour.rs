@@ -5,15 +5,19 @@
 //! [`crate::dht`]; [`Dht`] feeds them. Every RPC is one short bi stream with a
 //! timeout ([`handler`](super::handler) answers them). A contact enters the
 //! routing table only when a connection's handshake proved its id (the
-//! network core reports it through [`PeerListener`]); an ADD_PROVIDER is
-//! accepted only for the id of the connection it came on.
+//! network core reports it through [`PeerListener`], with the addresses of
+//! the connection and of the peer's JOIN). A lookup answer never changes a
+//! known contact's addresses: the lookup asks it where the table says it is,
+//! and an answer from it only refreshes it. An ADD_PROVIDER is accepted only
+//! for the id of the connection it came on. Provider lookups are in
+//! [`find`](super::find).
 //!
 //! The DHT runs its own loop: a lookup of its own id on joining, a refresh
 //! of quiet buckets, expiry of provider records, and (full nodes) a periodic
 //! re-announcement of every file this node holds.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -82,7 +86,8 @@ pub struct LookupOutcome {
     /// The nodes among the closest asked that did not answer, closest first,
     /// with why (a refusal at a connection limit shows here).
     pub failed: Vec<(Contact, Arc<RpcError>)>,
-    /// Providers found (GET_PROVIDERS lookups).
+    /// Providers that proved they hold the file by answering HAS
+    /// (GET_PROVIDERS lookups, [`Dht::find_providers`]).
     pub providers: Vec<PeerRecord>,
     /// Hops.
     pub rounds: u32,
@@ -90,6 +95,50 @@ pub struct LookupOutcome {
     pub requests: usize,
     /// Wall time.
     pub elapsed: Duration,
+}
+
+/// What one request of a lookup came to: the contact asked, and its
+/// answer with the address the connection reached it at.
+pub(super) type Answer = (Contact, Result<(Response, SocketAddr), RpcError>);
+
+/// One lookup under way: the state machine and its requests in flight.
+pub(super) struct Running {
+    pub(super) lookup: Lookup,
+    /// Why each contact that failed did.
+    errors: HashMap<NodeId, RpcError>,
+    calls: JoinSet<Answer>,
+    request: DhtRequest,
+    slow_after: Duration,
+}
+
+impl Running {
+    /// The next answer, or `None` if none came within `slow_after` (the
+    /// lookup may want to send more by then). Cancel-safe.
+    pub(super) async fn next_answer(&mut self) -> Option<Answer> {
+        tokio::select! {
+            r = self.calls.join_next(), if !self.calls.is_empty() => r.and_then(Result::ok),
+            _ = tokio::time::sleep(self.slow_after) => None,
+        }
+    }
+
+    /// What the lookup found, with `providers` (those proven), from `start`.
+    pub(super) fn outcome(mut self, start: Instant, providers: Vec<PeerRecord>) -> LookupOutcome {
+        self.calls.abort_all();
+        let failed = self
+            .lookup
+            .failed(K)
+            .into_iter()
+            .filter_map(|c| Some((c.clone(), Arc::new(self.errors.remove(&c.id)?))))
+            .collect();
+        LookupOutcome {
+            closest: self.lookup.closest(K),
+            failed,
+            providers,
+            rounds: self.lookup.rounds(),
+            requests: self.lookup.requests(),
+            elapsed: start.elapsed(),
+        }
+    }
 }
 
 pub(super) fn record(c: &Contact) -> PeerRecord {
@@ -195,16 +244,49 @@ impl Dht {
             .table
             .insert(Contact { id, addrs }, Instant::now());
         if let Insert::Ping(old) = result {
-            let d = self.clone();
-            self.inner.net.spawn(async move {
-                let alive = d.rpc(&old, DhtRequest::Ping).await.is_ok();
-                d.state().table.ping_result(&old.id, alive, Instant::now());
-            });
+            self.ping_later(old);
         }
+    }
+
+    /// A contact answered over a connection proven to be its id, reached at
+    /// `remote`. Its liveness is refreshed; a known contact keeps the
+    /// addresses it gave itself, whoever named it in this lookup, and an
+    /// unknown one is added at the address the connection proved.
+    fn answered(&self, id: NodeId, remote: SocketAddr) {
+        let contact = Contact {
+            id,
+            addrs: vec![remote],
+        };
+        let result = self
+            .state()
+            .table
+            .insert_keeping_addrs(contact, Instant::now());
+        if let Insert::Ping(old) = result {
+            self.ping_later(old);
+        }
+    }
+
+    /// Pings a least-recently-seen contact a full bucket asked about.
+    fn ping_later(&self, old: Contact) {
+        let d = self.clone();
+        self.inner.net.spawn(async move {
+            let alive = d.rpc(&old, DhtRequest::Ping).await.is_ok();
+            d.state().table.ping_result(&old.id, alive, Instant::now());
+        });
     }
 
     /// Sends one DHT request to `c` and waits (bounded) for the answer.
     pub async fn rpc(&self, c: &Contact, request: DhtRequest) -> Result<Response, RpcError> {
+        self.rpc_at(c, request).await.map(|(r, _)| r)
+    }
+
+    /// Like [`rpc`](Self::rpc), also returning the address the connection
+    /// that answered reached the peer at.
+    async fn rpc_at(
+        &self,
+        c: &Contact,
+        request: DhtRequest,
+    ) -> Result<(Response, SocketAddr), RpcError> {
         let net = &self.inner.net;
         let call = async {
             let first = &c.addrs[..c.addrs.len().min(1)];
@@ -212,118 +294,118 @@ impl Dht {
             let (mut send, mut recv) = conn.open_bi().await?;
             write_frame(&mut send, &Request::Dht(request), MAX_CONTROL_FRAME).await?;
             let _ = send.finish();
-            read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
+            let resp = read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
                 .await?
-                .ok_or(RpcError::NoAnswer)
+                .ok_or(RpcError::NoAnswer)?;
+            Ok((resp, conn.remote_address()))
         };
         tokio::time::timeout(net.config().rpc_timeout, call)
             .await
             .map_err(|_| RpcError::Timeout)?
     }
 
-    /// An iterative lookup of `target`. With `providers`, asks GET_PROVIDERS
-    /// and stops early once `want` providers are known.
-    pub async fn lookup(&self, target: NodeId, providers: Option<usize>) -> LookupOutcome {
+    /// An iterative FIND_NODE lookup of `target`, on one path.
+    pub async fn lookup(&self, target: NodeId) -> LookupOutcome {
         let start = Instant::now();
+        let mut run = self.start_lookup(target, DhtRequest::FindNode { target }, 1);
+        while self.send_due(&mut run) {
+            if let Some((c, result)) = run.next_answer().await {
+                self.on_answer(&mut run, c, result);
+            }
+        }
+        run.outcome(start, Vec::new())
+    }
+
+    /// A lookup of `target` asking `request`, on `paths` disjoint paths,
+    /// seeded with the routing table's closest contacts.
+    pub(super) fn start_lookup(
+        &self,
+        target: NodeId,
+        request: DhtRequest,
+        paths: usize,
+    ) -> Running {
         let seeds = self.state().table.closest(&target, K);
         let cfg = LookupConfig {
             slow_after: self.inner.net.config().rpc_timeout / 3,
+            paths,
             ..LookupConfig::default()
         };
-        let mut lookup = Lookup::new(target, seeds, cfg);
-        let mut found: HashMap<NodeId, PeerRecord> = HashMap::new();
-        let mut errors: HashMap<NodeId, RpcError> = HashMap::new();
-        let mut calls: JoinSet<(Contact, Result<Response, RpcError>)> = JoinSet::new();
-        let request = match providers {
-            Some(_) => DhtRequest::GetProviders { key: target },
-            None => DhtRequest::FindNode { target },
-        };
-        loop {
-            if providers.is_some_and(|want| found.len() >= want) {
-                break;
-            }
-            match lookup.poll(Instant::now()) {
-                Poll::Finished => break,
-                Poll::Query(to) => {
-                    for c in to {
-                        let (d, req) = (self.clone(), request.clone());
-                        calls.spawn(async move {
-                            let r = d.rpc(&c, req).await;
-                            (c, r)
-                        });
-                    }
-                }
-            }
-            let next = tokio::select! {
-                r = calls.join_next(), if !calls.is_empty() => r,
-                _ = tokio::time::sleep(cfg.slow_after) => None,
-            };
-            if let Some(Ok((c, result))) = next {
-                let id = c.id;
-                if let Err(e) = self.on_answer(&mut lookup, &mut found, c, result) {
-                    errors.insert(id, e);
-                }
-            }
-        }
-        calls.abort_all();
-        let failed = lookup
-            .failed(K)
-            .into_iter()
-            .filter_map(|c| Some((c.clone(), Arc::new(errors.remove(&c.id)?))))
-            .collect();
-        LookupOutcome {
-            closest: lookup.closest(K),
-            failed,
-            providers: found.into_values().collect(),
-            rounds: lookup.rounds(),
-            requests: lookup.requests(),
-            elapsed: start.elapsed(),
+        Running {
+            lookup: Lookup::new(target, seeds, cfg),
+            errors: HashMap::new(),
+            calls: JoinSet::new(),
+            request,
+            slow_after: cfg.slow_after,
         }
     }
 
-    /// Feeds one answer (or failure) of contact `c` to a lookup; gives back
-    /// why it failed, if it did.
-    fn on_answer(
-        &self,
-        lookup: &mut Lookup,
-        found: &mut HashMap<NodeId, PeerRecord>,
-        c: Contact,
-        result: Result<Response, RpcError>,
-    ) -> Result<(), RpcError> {
-        match result {
-            Ok(Response::Nodes(nodes)) => {
-                self.seen(c.id, c.addrs.clone());
-                lookup.on_success(&c.id, self.fresh(nodes));
-            }
-            Ok(Response::Providers { providers, closer }) => {
-                self.seen(c.id, c.addrs.clone());
-                for r in providers {
-                    found.entry(r.id).or_insert(r);
+    /// Sends the requests the lookup asks for; false once it is over.
+    pub(super) fn send_due(&self, run: &mut Running) -> bool {
+        match run.lookup.poll(Instant::now()) {
+            Poll::Finished => false,
+            Poll::Query(to) => {
+                for c in to {
+                    let (d, req) = (self.clone(), run.request.clone());
+                    run.calls.spawn(async move {
+                        let r = d.rpc_at(&c, req).await;
+                        (c, r)
+                    });
                 }
-                lookup.on_success(&c.id, self.fresh(closer));
+                true
             }
-            Ok(other) => {
+        }
+    }
+
+    /// Feeds one answer (or failure) of contact `c` to a lookup, keeping
+    /// why it failed if it did; returns the provider records the answer
+    /// held, unchecked.
+    pub(super) fn on_answer(
+        &self,
+        run: &mut Running,
+        c: Contact,
+        result: Result<(Response, SocketAddr), RpcError>,
+    ) -> Vec<PeerRecord> {
+        let lookup = &mut run.lookup;
+        match result {
+            Ok((Response::Nodes(nodes), remote)) => {
+                self.answered(c.id, remote);
+                lookup.on_success(&c.id, self.fresh(nodes));
+                Vec::new()
+            }
+            Ok((Response::Providers { providers, closer }, remote)) => {
+                self.answered(c.id, remote);
+                lookup.on_success(&c.id, self.fresh(closer));
+                providers
+            }
+            Ok((other, _)) => {
                 debug!(peer = %c.id.fmt_short(), "unexpected DHT answer {other:?}");
                 lookup.on_failure(&c.id);
-                return Err(RpcError::WrongAnswer);
+                run.errors.insert(c.id, RpcError::WrongAnswer);
+                Vec::new()
             }
             Err(e) => {
                 debug!(peer = %c.id.fmt_short(), "DHT request failed: {e}");
                 lookup.on_failure(&c.id);
                 self.state().table.record_failure(&c.id);
-                return Err(e);
+                run.errors.insert(c.id, e);
+                Vec::new()
             }
         }
-        Ok(())
     }
 
-    /// Contacts from an answer, minus this node.
+    /// Contacts from an answer, minus this node. A contact the routing
+    /// table knows is taken at the addresses it gave itself, not at those
+    /// the answer claims.
     fn fresh(&self, records: Vec<PeerRecord>) -> Vec<Contact> {
         let me = self.inner.net.id();
+        let state = self.state();
         records
             .into_iter()
             .filter(|r| r.id != me)
-            .map(contact)
+            .map(|r| match state.table.get(&r.id) {
+                Some(known) => known.clone(),
+                None => contact(r),
+            })
             .filter(|c| !c.addrs.is_empty())
             .collect()
     }
@@ -336,7 +418,7 @@ impl Dht {
             id: self.inner.net.id(),
             addrs: self.inner.net.listen_addrs(),
         };
-        let closest = self.lookup(key, None).await.closest;
+        let closest = self.lookup(key).await.closest;
         let mut calls = JoinSet::new();
         for c in closest {
             let (d, me) = (self.clone(), me.clone());
@@ -353,12 +435,6 @@ impl Dht {
         }
         debug!(file = %file.fmt_short(), stored, "provider record announced");
         stored
-    }
-
-    /// Provider records of `file`, found by a GET_PROVIDERS lookup that
-    /// stops once `want` are known.
-    pub async fn lookup_providers(&self, file: Hash, want: usize) -> LookupOutcome {
-        self.lookup(key_of(&file), Some(want)).await
     }
 
     /// The live nodes closest to `file` (this node included if it is a full
@@ -389,7 +465,7 @@ impl Dht {
     /// node, closest to `file` first.
     async fn closest_asked(&self, file: Hash) -> Vec<(Contact, Option<Arc<RpcError>>)> {
         let key = key_of(&file);
-        let outcome = self.lookup(key, None).await;
+        let outcome = self.lookup(key).await;
         let mut nodes: Vec<(Contact, Option<Arc<RpcError>>)> = outcome
             .closest
             .into_iter()
@@ -457,7 +533,12 @@ impl Dht {
         }
         for (key, id, addrs, expires) in providers {
             let left = expires.duration_since(wall).unwrap_or_default();
-            d.providers.add(key, PeerRecord { id, addrs }, now + left);
+            // The source is not saved: the record's own address stands in.
+            let source = addrs
+                .first()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+            d.providers
+                .add(key, PeerRecord { id, addrs }, source, now + left);
         }
     }
 
@@ -486,7 +567,7 @@ impl Dht {
             }
             if !joined {
                 joined = true;
-                self.lookup(net.id(), None).await;
+                self.lookup(net.id()).await;
             }
             let now = Instant::now();
             self.state().providers.expire(now);
@@ -514,7 +595,7 @@ impl Dht {
                 d.table.touch(i, now);
                 d.table.random_id_in_bucket(i, &mut rand::rng())
             };
-            self.lookup(target, None).await;
+            self.lookup(target).await;
         }
         self.save().await;
     }

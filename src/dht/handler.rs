@@ -4,7 +4,9 @@
 //! FIND_NODE and GET_PROVIDERS never list the asker; GET_PROVIDERS lists this
 //! node too when its store holds the file; ADD_PROVIDER is taken only from a
 //! full node announcing itself (the record's id must be the connection's
-//! proven id), at the address it gave or, failing that, the one it came from.
+//! proven id), at the address it gave or, failing that, the one it came from,
+//! and counted against the address prefix it came from
+//! ([`ProviderStore`](super::providers::ProviderStore)).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -124,10 +126,9 @@ impl Dht {
         }
         let expires = Instant::now() + self.net().config().provider_ttl;
         let record = PeerRecord { id: from.id, addrs };
-        if self.state().providers.add(key, record, expires) {
-            Response::Ack
-        } else {
-            Response::Nack(NackReason::OverQuota)
-        }
+        self.state()
+            .providers
+            .add(key, record, from.remote.ip(), expires);
+        Response::Ack
     }
 }

@@ -8,7 +8,12 @@
 //! predictors of contacts that will stay up), if not it is replaced.
 //!
 //! Only contacts whose id was proven by a handshake may be inserted; the table
-//! trusts its caller for that.
+//! trusts its caller for that. A contact's addresses are the contact's own
+//! word: [`RoutingTable::insert`] takes them from a connection with it (the
+//! address it was reached at, those its JOIN announced) and replaces what was
+//! known; [`RoutingTable::insert_keeping_addrs`] takes a contact seen alive
+//! whose addresses are someone else's word (a third party's lookup answer)
+//! and never changes those of a contact already known.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -96,8 +101,21 @@ impl RoutingTable {
         (lz < 256).then_some(lz as usize)
     }
 
-    /// Inserts or refreshes a contact seen alive at `now`.
+    /// Inserts or refreshes a contact seen alive at `now`, with addresses
+    /// learned from a connection with the contact itself: they replace the
+    /// known ones (unless there are none).
     pub fn insert(&mut self, contact: Contact, now: Instant) -> Insert {
+        self.upsert(contact, now, true)
+    }
+
+    /// Inserts or refreshes a contact seen alive at `now` whose addresses
+    /// are not its own word: a known contact keeps its addresses (only its
+    /// liveness is refreshed), an unknown one is added with these.
+    pub fn insert_keeping_addrs(&mut self, contact: Contact, now: Instant) -> Insert {
+        self.upsert(contact, now, false)
+    }
+
+    fn upsert(&mut self, contact: Contact, now: Instant, replace_addrs: bool) -> Insert {
         let Some(i) = self.index(&contact.id) else {
             return Insert::IsSelf;
         };
@@ -108,28 +126,25 @@ impl RoutingTable {
             let mut e = b.entries.remove(pos);
             e.last_seen = now;
             e.failures = 0;
-            if !contact.addrs.is_empty() {
+            if replace_addrs && !contact.addrs.is_empty() {
                 e.contact.addrs = contact.addrs;
             }
             b.entries.push(e);
             return Insert::Updated;
         }
+        let entry = Entry {
+            contact,
+            last_seen: now,
+            failures: 0,
+        };
         if b.entries.len() < k {
-            b.entries.push(Entry {
-                contact,
-                last_seen: now,
-                failures: 0,
-            });
+            b.entries.push(entry);
             return Insert::Added;
         }
         if b.pending.is_some() {
             return Insert::Dropped;
         }
-        b.pending = Some(Entry {
-            contact,
-            last_seen: now,
-            failures: 0,
-        });
+        b.pending = Some(entry);
         Insert::Ping(b.entries[0].contact.clone())
     }
 
@@ -201,6 +216,16 @@ impl RoutingTable {
     pub fn contains(&self, id: &NodeId) -> bool {
         self.index(id)
             .is_some_and(|i| self.buckets[i].entries.iter().any(|e| e.contact.id == *id))
+    }
+
+    /// The contact `id`, if it is in the table.
+    pub fn get(&self, id: &NodeId) -> Option<&Contact> {
+        let i = self.index(id)?;
+        self.buckets[i]
+            .entries
+            .iter()
+            .find(|e| e.contact.id == *id)
+            .map(|e| &e.contact)
     }
 
     /// The `n` known contacts closest to `target`, closest first.
@@ -321,6 +346,30 @@ mod tests {
         assert!(!t.record_failure(&id));
         assert!(t.record_failure(&id));
         assert!(!t.contains(&id));
+    }
+
+    #[test]
+    fn only_the_contact_itself_changes_its_addresses() {
+        let now = Instant::now();
+        let mut t = RoutingTable::new(NodeId::from_bytes([0; 32]), 20, now);
+        let id = NodeId::from_bytes([7; 32]);
+        let own: SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        let told: SocketAddr = "192.0.2.1:4433".parse().unwrap();
+        let with = |a: SocketAddr| Contact { id, addrs: vec![a] };
+        // Unknown: a third party's word is all there is.
+        assert_eq!(t.insert_keeping_addrs(with(told), now), Insert::Added);
+        assert_eq!(t.get(&id).unwrap().addrs, vec![told]);
+        // The contact's own connection corrects it ...
+        assert_eq!(t.insert(with(own), now), Insert::Updated);
+        assert_eq!(t.get(&id).unwrap().addrs, vec![own]);
+        // ... and a third party cannot move it again, though the contact is
+        // still seen alive.
+        t.record_failure(&id);
+        t.record_failure(&id);
+        let later = now + Duration::from_secs(1);
+        assert_eq!(t.insert_keeping_addrs(with(told), later), Insert::Updated);
+        assert_eq!(t.get(&id).unwrap().addrs, vec![own]);
+        assert!(!t.record_failure(&id), "the failure count started over");
     }
 
     #[test]

@@ -7,19 +7,23 @@
 //!
 //! - [`kbucket`]: the routing table, 256 buckets of `k` contacts, least-recently
 //!   seen first, with a ping before a live contact is replaced.
-//! - [`query`]: an iterative lookup, `alpha` requests in flight, converging on the
-//!   `k` closest nodes; slow nodes stop counting against `alpha` so they cannot
-//!   stall it.
-//! - [`providers`]: provider records with expiry.
+//! - [`query`]: an iterative lookup on disjoint paths, `alpha` requests in
+//!   flight on each, converging on the `k` closest nodes; slow nodes stop
+//!   counting against `alpha` so they cannot stall it, and a node whose
+//!   referrals keep failing is no longer believed.
+//! - [`providers`]: provider records with expiry, bounded per key and per
+//!   source address prefix, evicting rather than refusing when full.
 //! - [`sim`]: a simulator that drives the routing table and lookup above
 //!   over thousands of in-memory nodes.
 //!
 //! On the network, [`behaviour::Dht`] runs lookups over QUIC, announces
-//! provider records and keeps the table fresh in its own loop, and
+//! provider records and keeps the table fresh in its own loop, [`find`]
+//! believes a provider record only once the provider answers, and
 //! [`handler`] answers the peers' requests. The network core reports proven
 //! and departed peers to it; it never calls the DHT otherwise.
 
 pub mod behaviour;
+pub mod find;
 pub mod handler;
 pub mod kbucket;
 pub mod providers;
@@ -30,8 +34,11 @@ use crate::proto::NodeId;
 
 /// Bucket size and the number of closest nodes a lookup converges on.
 pub const K: usize = 20;
-/// Requests a lookup keeps in flight.
+/// Requests a lookup keeps in flight on each of its paths.
 pub const ALPHA: usize = 3;
+/// Disjoint paths a lookup runs on (S/Kademlia's d): a liar closest to a key
+/// poisons one of them, and the others still reach the honest nodes.
+pub const PATHS: usize = 3;
 
 /// The XOR distance between two keys, comparable as a 256-bit big-endian number.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]

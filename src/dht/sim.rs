@@ -70,6 +70,12 @@ impl Sim {
         }
     }
 
+    /// Runs the lookups from now on on `paths` disjoint paths (joins so far
+    /// keep the tables they built).
+    pub fn set_paths(&mut self, paths: usize) {
+        self.cfg.paths = paths;
+    }
+
     /// Nodes that are up.
     pub fn len(&self) -> usize {
         self.up.len()

@@ -1,13 +1,13 @@
 //! Getting a file: find who holds it (the ticket's holders, and the
-//! providers a GET_PROVIDERS lookup finds), connect to each with its id
-//! pinned, and hand them to the download engine; retry with backoff while
-//! an attempt that got the manifest keeps falling short.
+//! providers a GET_PROVIDERS lookup finds), each connected with its id
+//! pinned and believed only once it answers HAS, and hand them to the
+//! download engine; retry with backoff while an attempt that got the
+//! manifest keeps falling short.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::Replication;
@@ -15,49 +15,33 @@ use crate::download::{
     download_scored, DownloadError, DownloadOptions, DownloadStats, Progress, Provider,
 };
 use crate::proto::ticket::Target;
-use crate::proto::wire::PeerRecord;
 
-/// Most providers looked for.
+/// Proven providers a get looks for at most.
 const MAX_QUERIED: usize = 16;
 
 impl Replication {
-    /// The nodes that hold the target: the ticket's holders, and the
-    /// providers a GET_PROVIDERS lookup finds in the DHT (no flooding: a
-    /// lookup asks about log N nodes). Each is connected, pinned to its id.
+    /// The nodes that hold the target, each connected, pinned to its id,
+    /// and proven by a HAS answer: the ticket's holders, and the providers
+    /// a GET_PROVIDERS lookup hears of (no flooding: a lookup asks about
+    /// log N nodes). A record nobody can reach, or whose node says no, is
+    /// not believed ([`Dht::find_providers`](crate::dht::behaviour::Dht::find_providers)).
     pub async fn find_holders(&self, target: &Target) -> Vec<Provider> {
-        let mut records: Vec<PeerRecord> = match target {
+        let known = match target {
             Target::Ticket(t) => t.holders.clone(),
             Target::Id(_) => Vec::new(),
         };
-        let found = self.dht.lookup_providers(target.id(), MAX_QUERIED).await;
-        for r in found.providers {
-            if !records.iter().any(|x| x.id == r.id) {
-                records.push(r);
-            }
-        }
-        let me = self.net.id();
-        records.retain(|r| r.id != me);
-        let mut dials = JoinSet::new();
-        for r in records {
-            let net = self.net.clone();
-            dials.spawn(async move {
-                let first = &r.addrs[..r.addrs.len().min(1)];
-                match net.connection_to(r.id, first).await {
-                    Ok(conn) => Some(Provider { id: r.id, conn }),
-                    Err(e) => {
-                        debug!(peer = %r.id.fmt_short(), "provider unreachable: {e}");
-                        None
-                    }
-                }
-            });
-        }
-        let mut out = Vec::new();
-        while let Some(r) = dials.join_next().await {
-            if let Ok(Some(p)) = r {
-                out.push(p);
-            }
-        }
-        out
+        let found = self
+            .dht
+            .find_providers(target.id(), MAX_QUERIED, known)
+            .await;
+        found
+            .proven
+            .into_iter()
+            .map(|p| Provider {
+                id: p.record.id,
+                conn: p.conn,
+            })
+            .collect()
     }
 
     /// Finds who holds the target and downloads it to `out`.

@@ -4,6 +4,7 @@
 
 pub mod adversary;
 pub mod bomb;
+pub mod dht_liar;
 pub mod liar;
 
 use std::io::{BufRead, BufReader};
