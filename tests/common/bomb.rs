@@ -237,6 +237,9 @@ async fn stream(
             served.pieces.manifests.get(&id).cloned()
         }
         Ok(Some(Request::GetChunk { hash })) => served.pieces.chunks.get(&hash).cloned(),
+        // A holder proves it answers before a getter believes it: HAS is
+        // answered for every manifest served (found, nothing follows).
+        Ok(Some(Request::Has { id })) => served.pieces.manifests.get(&id).map(|_| Vec::new()),
         _ => None,
     };
     let head = match &bytes {
