@@ -31,6 +31,42 @@ const CONNECTIONS: u8 = 8;
 /// GET streams per connection: the stream limit, less the control stream.
 const STREAMS: usize = 63;
 
+/// The target (the real binary with its default limits, in a process of
+/// its own) and an honest peer joined to it.
+struct Scene {
+    _dir: tempfile::TempDir,
+    target: Proc,
+    addr: std::net::SocketAddr,
+    target_id: quic_peer::NodeId,
+    pid: u32,
+    good: common::StoreNode,
+}
+
+async fn scene() -> Scene {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_string_lossy().to_string();
+    let mut target = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &data_dir]);
+    let (addr, target_id) =
+        parse_started(&target.expect_line("[STARTED]", Duration::from_secs(30)));
+    let pid = target.child.id();
+    let good = store_node_with(&[], |c| {
+        c.bootstrap = vec![PeerAddr::pinned(target_id, addr)]
+    })
+    .await;
+    wait_until("honest peer joined", Duration::from_secs(10), || {
+        common::connected(&good.node, target_id)
+    })
+    .await;
+    Scene {
+        _dir: dir,
+        target,
+        addr,
+        target_id,
+        pid,
+        good,
+    }
+}
+
 /// A client endpoint on `ip` that advertises windows far larger than any
 /// chunk, so that only the target's own limits bound what it buffers.
 fn greedy_endpoint(addr: std::net::IpAddr) -> quinn::Endpoint {
@@ -71,26 +107,20 @@ async fn never_read(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_read_gets_cost_their_window_not_the_chunk() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_string_lossy().to_string();
-    let mut target = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &data_dir]);
-    let (addr, target_id) =
-        parse_started(&target.expect_line("[STARTED]", Duration::from_secs(30)));
-    let pid = target.child.id();
+    let Scene {
+        _dir,
+        mut target,
+        addr,
+        target_id,
+        pid,
+        good,
+    } = scene().await;
 
-    // One 16 MiB chunk on the target, put by an honest peer.
+    // One 16 MiB chunk on the target, put by the honest peer.
     let src = tempfile::tempdir().unwrap();
     let data = random_bytes(16 * MIB, 11);
     let path = src.path().join("sixteen.bin");
     std::fs::write(&path, &data).unwrap();
-    let good = store_node_with(&[], |c| {
-        c.bootstrap = vec![PeerAddr::pinned(target_id, addr)]
-    })
-    .await;
-    wait_until("honest peer joined", Duration::from_secs(10), || {
-        common::connected(&good.node, target_id)
-    })
-    .await;
     let report = good
         .node
         .put(&path, 1, MAX_CHUNK_SIZE, Arc::new(NoProgress))
@@ -221,23 +251,17 @@ async fn hold(conn: &quinn::Connection, id: Hash) -> Option<Response> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_flood_costs_a_store_lookup_each() {
     const HOLDS: usize = 2000;
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_string_lossy().to_string();
-    let mut target = Proc::spawn(&["--listen", "127.0.0.1:0", "--data-dir", &data_dir]);
-    let (addr, target_id) =
-        parse_started(&target.expect_line("[STARTED]", Duration::from_secs(30)));
-    let pid = target.child.id();
+    let Scene {
+        _dir,
+        mut target,
+        addr,
+        target_id,
+        pid,
+        good,
+    } = scene().await;
     let src = tempfile::tempdir().unwrap();
     let path = src.path().join("held.bin");
     std::fs::write(&path, random_bytes(3 * MIB, 12)).unwrap();
-    let good = store_node_with(&[], |c| {
-        c.bootstrap = vec![PeerAddr::pinned(target_id, addr)]
-    })
-    .await;
-    wait_until("honest peer joined", Duration::from_secs(10), || {
-        common::connected(&good.node, target_id)
-    })
-    .await;
     let report = common::put(&good.node, &path, 1).await;
     assert!(report.holders.iter().any(|h| h.id == target_id));
     // Let the put's own announce settle.

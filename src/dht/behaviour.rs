@@ -602,15 +602,10 @@ impl Dht {
 
     /// Announces every complete file this node holds.
     async fn republish(&self) {
-        let Some(store) = self.inner.store.clone() else {
+        let Some(store) = &self.inner.store else {
             return;
         };
-        let files = tokio::task::spawn_blocking(move || store.files())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        for f in files.into_iter().filter(|f| f.complete) {
+        for f in store.complete_files().await {
             if self.inner.net.is_shutting_down() {
                 return;
             }

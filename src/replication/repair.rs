@@ -124,15 +124,10 @@ impl Replication {
 
     /// Repairs (or trims) every complete file this node holds.
     async fn repair_all(&self) {
-        let Some(store) = self.store.clone() else {
+        let Some(store) = &self.store else {
             return;
         };
-        let files = tokio::task::spawn_blocking(move || store.files())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        for f in files.into_iter().filter(|f| f.complete) {
+        for f in store.complete_files().await {
             if self.net.is_shutting_down() {
                 return;
             }

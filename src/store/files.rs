@@ -152,6 +152,18 @@ impl Store {
         Ok(!lock(&self.inner.incomplete).contains(id))
     }
 
+    /// The held files with every piece present, read off the async runtime
+    /// (what republish and repair go through); none if the store fails.
+    pub async fn complete_files(&self) -> Vec<HeldFile> {
+        let store = self.clone();
+        let files = tokio::task::spawn_blocking(move || store.files())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        files.into_iter().filter(|f| f.complete).collect()
+    }
+
     /// Every held file, with whether all its chunks are present (which also
     /// refreshes what [`Store::holds`] knows to be incomplete).
     pub fn files(&self) -> Result<Vec<HeldFile>, StoreError> {
