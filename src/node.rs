@@ -187,7 +187,8 @@ impl Node {
     }
 
     /// Stores `path` and pushes it to `replicas` other full nodes
-    /// ([`Replication::put`]).
+    /// ([`Replication::put`]). Ends with [`PutError::Stopped`] when the node
+    /// begins to shut down.
     pub async fn put(
         &self,
         path: &Path,
@@ -195,14 +196,21 @@ impl Node {
         chunk_size: u32,
         progress: Arc<dyn Progress>,
     ) -> Result<PutReport, PutError> {
-        self.inner
+        let stopping = self.inner.net.stopping();
+        let put = self
+            .inner
             .replication
-            .put(path, replicas, chunk_size, progress)
-            .await
+            .put(path, replicas, chunk_size, progress);
+        tokio::select! {
+            r = put => r,
+            _ = stopping.cancelled() => Err(PutError::Stopped),
+        }
     }
 
     /// Finds who holds `target` and downloads it to `out`
-    /// ([`Replication::get`]).
+    /// ([`Replication::get`]). Stops with [`DownloadError::Stopped`] when
+    /// the node begins to shut down: a stopping node takes no more data, and
+    /// the `.part` file it leaves is resumed by the next get.
     pub async fn get(
         &self,
         target: &Target,
@@ -210,10 +218,12 @@ impl Node {
         opts: &DownloadOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<DownloadStats, DownloadError> {
-        self.inner
-            .replication
-            .get(target, out, opts, progress)
-            .await
+        let stopping = self.inner.net.stopping();
+        let get = self.inner.replication.get(target, out, opts, progress);
+        tokio::select! {
+            r = get => r,
+            _ = stopping.cancelled() => Err(DownloadError::Stopped(out.to_path_buf())),
+        }
     }
 
     /// Graceful shutdown, in order: stop accepting and maintaining, save the

@@ -254,6 +254,10 @@ pub enum DownloadError {
         /// Bytes free for this user.
         available: u64,
     },
+    /// The node began to shut down; the `.part` file is kept, and a new
+    /// attempt resumes.
+    #[error("{0}: the node stopped before the download finished; run again to resume")]
+    Stopped(PathBuf),
     /// The finished file did not match the manifest on reading back.
     #[error("{0}: the written file does not match its manifest (disk error?)")]
     Verify(PathBuf),

@@ -41,6 +41,9 @@ pub enum PutError {
     /// Storing it locally failed (quota, disk).
     #[error(transparent)]
     Import(#[from] crate::store::ImportError),
+    /// The node began to shut down before every copy was placed.
+    #[error("the node stopped before the put finished")]
+    Stopped,
     /// No copy could be placed anywhere.
     #[error("no node stored a copy: {}", match .first { Some(e) => e.to_string(), None => "no peers connected".into() })]
     NoCopies {
