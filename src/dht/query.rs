@@ -16,10 +16,13 @@
 //!   ask. The lookup is finished when every path is; [`Lookup::converged`]
 //!   says how many paths got there, for a caller that may conclude early on
 //!   answers it can check.
-//! - A node whose referrals fail [`DISTRUST_AFTER`] times in one lookup is no
-//!   longer believed: the contacts only it named are dropped (asked or not),
-//!   and what it names from then on is ignored. Its dead inventions then cost
-//!   about one request timeout, not one per invention.
+//! - A node is no longer believed in a lookup once [`DISTRUST_AFTER`] more
+//!   of the contacts it alone named failed than of those it named answered:
+//!   the contacts only distrusted nodes named are dropped (asked or not), and
+//!   what it names from then on is ignored. A liar's dead inventions then
+//!   cost about one request timeout, not one each; an honest node under load
+//!   keeps its standing through the contacts of its that answer, and a
+//!   contact others named too is never dropped.
 //! - Each contact records the hop at which it was learned; [`Lookup::rounds`] is
 //!   the deepest hop among the nodes that answered.
 
@@ -30,8 +33,11 @@ use super::kbucket::Contact;
 use super::{distance, Distance};
 use crate::proto::NodeId;
 
-/// Failed referrals after which a node's word is no longer taken in a lookup.
+/// Failed referrals, beyond those that answered, after which a node's word
+/// is no longer taken in a lookup.
 pub const DISTRUST_AFTER: u32 = 3;
+/// Referrers remembered per contact.
+const MAX_NAMED_BY: usize = 4;
 
 /// Lookup parameters.
 #[derive(Clone, Copy, Debug)]
@@ -87,8 +93,8 @@ struct Candidate {
     distance: Distance,
     state: State,
     hop: u32,
-    /// Who named it (`None` for a seed).
-    via: Option<NodeId>,
+    /// Who named it (none for a seed), first first.
+    named_by: Vec<NodeId>,
 }
 
 /// One of the disjoint paths: its candidates, sorted by distance.
@@ -189,9 +195,24 @@ pub struct Lookup {
     target: NodeId,
     cfg: LookupConfig,
     paths: Vec<Path>,
-    /// Failed referrals per referrer.
-    misled: HashMap<NodeId, u32>,
+    /// How each referrer's word held up.
+    standing: HashMap<NodeId, Standing>,
     requests: usize,
+}
+
+/// How a referrer's word held up in one lookup.
+#[derive(Clone, Copy, Debug, Default)]
+struct Standing {
+    /// Contacts it alone named that failed.
+    misled: u32,
+    /// Contacts it named that answered.
+    vouched: u32,
+}
+
+impl Standing {
+    fn distrusted(&self) -> bool {
+        self.misled >= DISTRUST_AFTER + self.vouched
+    }
 }
 
 impl Lookup {
@@ -202,7 +223,7 @@ impl Lookup {
             target,
             cfg,
             paths: vec![Path::default(); cfg.paths.max(1)],
-            misled: HashMap::new(),
+            standing: HashMap::new(),
             requests: 0,
         };
         seeds.sort_by_key(|c| distance(&c.id, &target));
@@ -242,18 +263,22 @@ impl Lookup {
     }
 
     fn distrusted(&self, id: &NodeId) -> bool {
-        self.misled.get(id).is_some_and(|n| *n >= DISTRUST_AFTER)
+        self.standing.get(id).is_some_and(Standing::distrusted)
     }
 
     fn add(&mut self, path: usize, contacts: Vec<Contact>, hop: u32, via: Option<NodeId>) {
         let horizon = self.cfg.k * 4;
         for c in contacts {
             if let Some(j) = self.paths[path].find(&c.id) {
-                // Named again by someone else: no longer only a liar's word.
                 let known = &mut self.paths[path].candidates[j];
-                if known.state == State::Dropped && known.via != via {
-                    known.state = State::NotContacted;
-                    known.via = via;
+                if let Some(v) = via {
+                    if !known.named_by.contains(&v) && known.named_by.len() < MAX_NAMED_BY {
+                        known.named_by.push(v);
+                    }
+                    // Named by someone still believed: not only a liar's word.
+                    if known.state == State::Dropped {
+                        known.state = State::NotContacted;
+                    }
                 }
                 continue;
             }
@@ -267,7 +292,7 @@ impl Lookup {
                 contact: c,
                 state,
                 hop,
-                via,
+                named_by: via.into_iter().collect(),
             };
             self.paths[path].insert(candidate, horizon);
         }
@@ -317,6 +342,9 @@ impl Lookup {
         let c = &mut self.paths[i].candidates[j];
         c.state = State::Succeeded;
         let hop = c.hop + 1;
+        for r in c.named_by.clone() {
+            self.standing.entry(r).or_default().vouched += 1;
+        }
         if self.distrusted(from) {
             return;
         }
@@ -348,23 +376,30 @@ impl Lookup {
         if c.state != State::Dropped {
             c.state = State::Failed;
         }
-        let via = c.via.filter(|_| was_waiting);
+        // Only a contact one node alone named is that node's fault.
+        let sole = match c.named_by.as_slice() {
+            [only] if was_waiting => Some(*only),
+            _ => None,
+        };
         // Another path may know a better address for it.
         self.mark_elsewhere(i, from, &[State::Taken], State::NotContacted);
-        let Some(via) = via else {
+        let Some(referrer) = sole else {
             return;
         };
-        let n = self.misled.entry(via).or_insert(0);
-        *n += 1;
-        if *n == DISTRUST_AFTER {
-            self.drop_named_by(&via);
+        self.standing.entry(referrer).or_default().misled += 1;
+        if self.distrusted(&referrer) {
+            self.drop_distrusted();
         }
     }
 
-    /// Drops every candidate only `via` named that has not answered.
-    fn drop_named_by(&mut self, via: &NodeId) {
+    /// Drops every candidate not yet answered that only distrusted nodes
+    /// named.
+    fn drop_distrusted(&mut self) {
+        let standing = &self.standing;
+        let distrusted = |id: &NodeId| standing.get(id).is_some_and(Standing::distrusted);
         for c in self.paths.iter_mut().flat_map(|p| p.candidates.iter_mut()) {
-            if c.via.as_ref() == Some(via)
+            if !c.named_by.is_empty()
+                && c.named_by.iter().all(distrusted)
                 && matches!(c.state, State::NotContacted | State::Waiting(_))
             {
                 c.state = State::Dropped;
@@ -680,5 +715,75 @@ mod tests {
         truth.sort_by_key(|id| distance(id, &target));
         let got: Vec<NodeId> = l.closest(20).into_iter().map(|c| c.id).collect();
         assert_eq!(got, truth[..20].to_vec());
+    }
+
+    #[test]
+    fn a_contact_another_node_named_too_is_not_dropped() {
+        let now = Instant::now();
+        let target = NodeId::from_bytes([0; 32]);
+        let (liar, honest) = (
+            NodeId::from_bytes([0x80; 32]),
+            NodeId::from_bytes([0x81; 32]),
+        );
+        let mut l = Lookup::new(target, vec![c(liar), c(honest)], LookupConfig::default());
+        let Poll::Query(first) = l.poll(now) else {
+            panic!()
+        };
+        assert_eq!(first.len(), 2);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        let lies = inventions(&target, 10, &mut rng);
+        // A real contact, farther than the inventions, that both name.
+        let real = c(NodeId::from_bytes([0x40; 32]));
+        let mut from_liar = lies.clone();
+        from_liar.push(real.clone());
+        l.on_success(&liar, from_liar);
+        l.on_success(&honest, vec![real.clone()]);
+        let Poll::Query(asked) = l.poll(now) else {
+            panic!()
+        };
+        for p in &asked {
+            l.on_failure(&p.id);
+        }
+        // The liar is distrusted: its inventions go, the shared contact stays.
+        let Poll::Query(next) = l.poll(now) else {
+            panic!()
+        };
+        assert_eq!(next, vec![real.clone()]);
+        l.on_success(&real.id, vec![]);
+        assert_eq!(l.poll(now), Poll::Finished);
+    }
+
+    #[test]
+    fn a_node_whose_contacts_mostly_answer_keeps_its_standing() {
+        let now = Instant::now();
+        let target = NodeId::from_bytes([0; 32]);
+        let busy = NodeId::from_bytes([0x80; 32]);
+        let mut l = Lookup::new(target, vec![c(busy)], LookupConfig::default());
+        l.poll(now);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        l.on_success(&busy, inventions(&target, 12, &mut rng));
+        // Of its first nine, one in three times out (a loaded network).
+        let mut asked = 0;
+        while asked < 9 {
+            let Poll::Query(to) = l.poll(now) else {
+                panic!("finished after {asked}")
+            };
+            for p in to {
+                if asked % 3 == 2 {
+                    l.on_failure(&p.id);
+                } else {
+                    l.on_success(&p.id, vec![]);
+                }
+                asked += 1;
+            }
+        }
+        // Three failures against six answers: still believed, so the rest
+        // are asked too.
+        while let Poll::Query(to) = l.poll(now) {
+            for p in to {
+                l.on_success(&p.id, vec![]);
+            }
+        }
+        assert_eq!(l.requests(), 1 + 12);
     }
 }
