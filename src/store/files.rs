@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::{lock, Store, StoreError, FILES, MANIFESTS};
+use super::{lock, Source, Store, StoreError, FILES, MANIFESTS};
 use crate::proto::manifest::Manifest;
 use crate::proto::tree::{TreeBudget, TreeStats};
 use crate::proto::Hash;
@@ -34,6 +34,16 @@ pub struct FileRecord {
     pub size: u64,
     /// Whether it is a directory.
     pub is_dir: bool,
+}
+
+/// What [`Store::add_file_for`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Added {
+    /// Every piece is present (see [`Store::add_file`]).
+    pub complete: bool,
+    /// The file now counts as stored for the source given (it did for
+    /// nobody before).
+    pub counted: bool,
 }
 
 /// A tree walked within the limits, as [`Store::checked_tree`] gives it.
@@ -116,12 +126,33 @@ impl Store {
     /// may have taken a piece the caller saw, and then the file is recorded
     /// but marked incomplete until the piece is stored again.
     pub fn add_file(&self, id: &Hash, record: &FileRecord) -> Result<bool, StoreError> {
+        Ok(self.add_file_for(id, record, None)?.complete)
+    }
+
+    /// [`Store::add_file`] for a peer: `charge` bytes count as stored for
+    /// `source` (by its id and its address prefix, see [`Store::held_for`])
+    /// until the file is released, unless it already counted for someone.
+    pub fn add_file_for(
+        &self,
+        id: &Hash,
+        record: &FileRecord,
+        source: Option<(&Source, u64)>,
+    ) -> Result<Added, StoreError> {
         let bytes = postcard::to_allocvec(record).map_err(|e| StoreError::Db(e.to_string()))?;
         let _gc = lock(&self.inner.gc);
         let tx = self.inner.db.begin_write()?;
         tx.open_table(FILES)?
             .insert(id.as_bytes(), bytes.as_slice())?;
+        let counted = match source {
+            Some((s, charge)) => self
+                .record_source(&tx, id, s, charge)?
+                .then_some((*s, charge)),
+            None => None,
+        };
         tx.commit()?;
+        if let Some((s, charge)) = counted {
+            self.count_source(*id, s, charge);
+        }
         // A garbage pass that ended just before may have taken a piece the
         // caller saw: held, but marked incomplete until it is stored again.
         let complete = self.is_complete(id)?;
@@ -131,7 +162,10 @@ impl Store {
         } else {
             incomplete.insert(*id);
         }
-        Ok(complete)
+        Ok(Added {
+            complete,
+            counted: counted.is_some(),
+        })
     }
 
     /// Whether the file or tree `id` is held and complete: recorded as held,

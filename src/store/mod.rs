@@ -60,12 +60,14 @@ mod dht; // the DHT's saved routing table and provider records
 mod files; // manifests and held files
 mod gc; // garbage passes
 mod proof; // proof of possession; dropping a held file
+mod sources; // whom held files were stored for
 
 pub use chunks::{ChunkReader, ChunkWriter, Stored};
 pub use dht::SavedProvider;
-pub use files::{CheckedTree, FileRecord, HeldFile, ImportError};
+pub use files::{Added, CheckedTree, FileRecord, HeldFile, ImportError};
 pub use gc::GcReport;
 pub use proof::Possession;
+pub use sources::{HeldFor, Prefix, Source};
 
 use std::collections::HashSet;
 use std::fs;
@@ -186,6 +188,8 @@ struct Inner {
     gc: Mutex<()>,
     /// Unused manifests seen by a garbage pass, and when first seen.
     unused_manifests: Mutex<std::collections::HashMap<Hash, std::time::Instant>>,
+    /// Bytes of held files per source.
+    ledger: Mutex<sources::Ledger>,
 }
 
 impl Drop for Inner {
@@ -256,6 +260,7 @@ impl Store {
             tx.open_table(FILES)?;
             tx.open_table(CONTACTS)?;
             tx.open_table(PROVIDERS)?;
+            tx.open_table(sources::SOURCES)?;
             tx.commit()?;
         }
         let mut used = scan_chunks(&chunks)?;
@@ -284,8 +289,10 @@ impl Store {
                 writing: AtomicU64::new(0),
                 gc: Mutex::new(()),
                 unused_manifests: Mutex::new(std::collections::HashMap::new()),
+                ledger: Mutex::new(sources::Ledger::default()),
             }),
         };
+        store.load_sources()?;
         let incomplete = store.files()?.iter().filter(|f| !f.complete).count();
         if incomplete > 0 {
             warn!(

@@ -109,7 +109,9 @@ impl Store {
         let _gc = lock(&self.inner.gc);
         let tx = self.inner.db.begin_write()?;
         let was = tx.open_table(FILES)?.remove(id.as_bytes())?.is_some();
+        self.forget_source(&tx, id)?;
         tx.commit()?;
+        self.uncount_source(id);
         lock(&self.inner.incomplete).remove(id);
         Ok(was)
     }
