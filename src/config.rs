@@ -62,6 +62,16 @@ pub struct NodeConfig {
     pub socket_buffer: usize,
     /// Bytes of chunk data this node stores at most (`--max-storage`).
     pub max_storage: u64,
+    /// Bytes a stranger may make this node store, counted by its proven id
+    /// and by its address prefix (IPv4 /24, IPv6 /48), held files and
+    /// unheld uploads together (`--stranger-allowance`; see
+    /// [`crate::transfer::allowance`]). Peers on loopback are bounded by
+    /// the quota alone unless `limit_loopback` is set.
+    pub stranger_allowance: u64,
+    /// Bytes a member of this private network (`network_key`, or an
+    /// `allow` list) may make this node store; `None`: the quota
+    /// (`--member-allowance`).
+    pub member_allowance: Option<u64>,
     /// Bytes of chunk and manifest data held in memory for peers at once,
     /// node-wide (`--chunk-memory`); what quinn buffers per connection is
     /// bounded by its windows on top of this.
@@ -134,6 +144,8 @@ impl Default for NodeConfig {
             max_streams: 64,
             socket_buffer: 4 << 20,
             max_storage: 10 << 30,
+            stranger_allowance: 1 << 30,
+            member_allowance: None,
             chunk_memory: 32 << 20,
             replicas: 3,
             provider_ttl: Duration::from_secs(24 * 3600),

@@ -31,7 +31,7 @@ use crate::proto::wire::{RequestKind, Role};
 use crate::proto::NodeId;
 use crate::replication::{PutError, PutReport, Replication};
 use crate::store::{Store, StoreError};
-use crate::transfer::{ChunkBudget, Transfers};
+use crate::transfer::{AllowancePolicy, Allowances, ChunkBudget, Transfers};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +92,12 @@ impl Node {
         let dht = Dht::new(net.clone(), store.clone());
         let scores = PeerScores::new();
         let replication = Replication::new(net.clone(), dht.clone(), store.clone(), scores.clone());
-        let transfers = Transfers::new(store.clone(), Some(Arc::new(dht.clone())), budget);
+        let transfers = Transfers::new(
+            store.clone(),
+            Some(Arc::new(dht.clone())),
+            budget,
+            Allowances::new(allowance_policy(net.config())),
+        );
         net.serve(&Transfers::KINDS, Arc::new(transfers));
         net.serve(&[RequestKind::Dht], Arc::new(dht.clone()));
         net.listen(Arc::new(dht.clone()));
@@ -252,6 +257,17 @@ impl Node {
 
 /// Every `gc_interval`, collects the chunks and manifests no held file uses
 /// (incoming copies that never finished) once older than `gc_grace`.
+/// What each kind of peer may make this node store.
+fn allowance_policy(config: &NodeConfig) -> AllowancePolicy {
+    AllowancePolicy {
+        stranger: config.stranger_allowance,
+        member: config.member_allowance,
+        members: config.network_key.is_some() || config.allow.is_some(),
+        limit_loopback: config.limit_loopback,
+        window: config.gc_grace + config.gc_interval,
+    }
+}
+
 async fn collect_garbage(net: Network, store: Store) {
     let cfg = net.config();
     let (interval, grace) = (cfg.gc_interval, cfg.gc_grace);

@@ -136,6 +136,8 @@ fn nack_reason() -> impl Strategy<Value = NackReason> {
         Just(NackReason::Incomplete),
         Just(NackReason::BadManifest),
         Just(NackReason::Internal),
+        Just(NackReason::OverAllowance),
+        Just(NackReason::NotClose),
     ]
 }
 
@@ -748,6 +750,8 @@ fn response_variant(r: &Response) -> usize {
         Response::Nodes(_) => 10,
         Response::Providers { .. } => 11,
         Response::Proof(_) => 12,
+        Response::Nack(NackReason::OverAllowance) => 13,
+        Response::Nack(NackReason::NotClose) => 14,
     }
 }
 
@@ -784,7 +788,7 @@ fn variants_seen<T: Debug>(s: impl Strategy<Value = T>, variant: fn(&T) -> usize
 #[test]
 fn strategies_cover_every_variant() {
     assert_eq!(variants_seen(request(), request_variant), 12);
-    assert_eq!(variants_seen(response(), response_variant), 13);
+    assert_eq!(variants_seen(response(), response_variant), 15);
     assert_eq!(variants_seen(control(), control_variant), 6);
     assert_eq!(variants_seen(manifest(), manifest_variant), 4);
     // Role is inside Join.

@@ -658,6 +658,12 @@ impl Dht {
 }
 
 impl HoldListener for Dht {
+    /// Among the [`K`] closest to the file's key of the routing table and
+    /// this node (every node is, while the table holds fewer than `K`).
+    fn close_to(&self, file: &Hash) -> bool {
+        self.state().table.local_among_closest(&key_of(file), K)
+    }
+
     /// A new holder says so in the DHT: once per file per [`ANNOUNCE_EVERY`],
     /// a few at a time; the republish loop covers what this skips.
     fn held(&self, file: Hash) -> ServeFuture {

@@ -235,6 +235,18 @@ impl RoutingTable {
         all.into_iter().take(n).map(|e| e.contact.clone()).collect()
     }
 
+    /// Whether this node is among the `n` closest to `target` of itself and
+    /// the table (always, while the table holds fewer than `n`).
+    pub fn local_among_closest(&self, target: &NodeId, n: usize) -> bool {
+        let closer = self
+            .buckets
+            .iter()
+            .flat_map(|b| &b.entries)
+            .filter(|e| distance(&e.contact.id, target) < distance(&self.local, target))
+            .count();
+        closer < n
+    }
+
     /// Every contact.
     pub fn contacts(&self) -> Vec<Contact> {
         self.buckets
@@ -300,6 +312,28 @@ mod tests {
 
     fn contact(id: NodeId) -> Contact {
         Contact { id, addrs: vec![] }
+    }
+
+    #[test]
+    fn local_among_closest_counts_the_contacts_closer_than_itself() {
+        let now = Instant::now();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let local = NodeId::from_bytes(rng.random());
+        let mut t = RoutingTable::new(local, 20, now);
+        let target = NodeId::from_bytes(rng.random());
+        for _ in 0..300 {
+            t.insert(contact(NodeId::from_bytes(rng.random())), now);
+        }
+        let closer = t
+            .contacts()
+            .iter()
+            .filter(|c| distance(&c.id, &target) < distance(&local, &target))
+            .count();
+        assert!(closer > 0, "the seed gives a table with closer contacts");
+        assert!(!t.local_among_closest(&target, closer));
+        assert!(t.local_among_closest(&target, closer + 1));
+        // Its own id is always closest to itself.
+        assert!(t.local_among_closest(&local, 1));
     }
 
     #[test]

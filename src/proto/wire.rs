@@ -38,10 +38,17 @@
 //! - [`Request::PutChunk`] / [`Request::PutManifest`]: the header is followed by
 //!   `len` raw bytes; answered by [`Response::Ack`] after the hash is checked and
 //!   the data stored, or [`Response::Nack`] with a [`NackReason`]. A receiver
-//!   that already has the data, or cannot take it, answers at once and stops the
-//!   stream instead of reading the bytes.
+//!   that cannot take it (over its quota, or over what it lets the sender
+//!   store: [`NackReason::OverAllowance`]) answers at once and stops the
+//!   stream instead of reading the bytes. One that already has the data reads
+//!   and checks the bytes all the same before it counts the data as wanted
+//!   again: a header alone refreshes nothing.
 //! - [`Request::Hold`]: after a file's manifests and chunks were put, asks the
-//!   receiver to keep the file; Ack only if every piece is present.
+//!   receiver to keep the file; Ack only if every piece is present, the
+//!   receiver is among the nodes closest to the file by its own routing table
+//!   (else [`NackReason::NotClose`]; a peer on loopback is exempt) and the
+//!   file fits in what it lets the sender store
+//!   ([`NackReason::OverAllowance`]).
 //! - [`Request::Has`]: whether the receiver holds a file. A claim, not a
 //!   proof: repair does not believe it.
 //! - [`Request::Prove`]: proof of possession. The asker, which holds the file
@@ -438,6 +445,12 @@ pub enum NackReason {
     BadManifest,
     /// The receiver failed to store it; details are in its log.
     Internal,
+    /// The sender (by its id or its address prefix) has used what the
+    /// receiver lets it store (see [`crate::transfer::allowance`]).
+    OverAllowance,
+    /// A HOLD for a file the receiver is not among the nodes closest to by
+    /// its own routing table: it did not agree to keep it.
+    NotClose,
 }
 
 impl std::fmt::Display for NackReason {
@@ -450,6 +463,8 @@ impl std::fmt::Display for NackReason {
             NackReason::Incomplete => "incomplete",
             NackReason::BadManifest => "bad manifest",
             NackReason::Internal => "internal error",
+            NackReason::OverAllowance => "over the allowance this node gives the sender",
+            NackReason::NotClose => "not among the nodes closest to the file",
         })
     }
 }
@@ -827,6 +842,8 @@ mod tests {
             NackReason::Incomplete,
             NackReason::BadManifest,
             NackReason::Internal,
+            NackReason::OverAllowance,
+            NackReason::NotClose,
         ] {
             resps.push(Response::Nack(reason));
         }

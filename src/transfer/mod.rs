@@ -16,8 +16,11 @@ use quinn::Connection;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{debug, warn};
 
+pub mod allowance;
 mod budget;
+mod hold;
 
+pub use allowance::{AllowancePolicy, Allowances};
 pub use budget::{Account, BudgetPermit, ChunkBudget};
 
 use crate::net::router::{RequestStream, ServeFuture};
@@ -130,10 +133,15 @@ pub const PIECE: usize = 256 << 10;
 /// piece of the budget.
 pub const PIECE_DEADLINE: Duration = Duration::from_secs(20);
 
-/// Hears that this node now holds a file a peer asked it to hold.
+/// Where HOLDs are agreed to and heard of: the node's DHT.
 pub trait HoldListener: Send + Sync + 'static {
     /// `file` is held, complete, from now on.
     fn held(&self, file: Hash) -> ServeFuture;
+
+    /// Whether this node is among the nodes closest to `file` by its own
+    /// routing table, where the network keeps copies: only then does it
+    /// agree to hold a file for a peer that is not a friend.
+    fn close_to(&self, file: &Hash) -> bool;
 }
 
 /// The transfer service: serves chunks and manifests from the store, takes
@@ -143,6 +151,18 @@ pub struct Transfers {
     store: Option<Store>,
     on_hold: Option<Arc<dyn HoldListener>>,
     budget: ChunkBudget,
+    allowances: Arc<Allowances>,
+}
+
+/// What a handler knows of the stream it serves.
+struct Ctx {
+    store: Option<Store>,
+    /// The peer's share of the chunk memory.
+    account: Account,
+    /// The peer as the allowances see it.
+    uploader: allowance::Uploader,
+    allowances: Arc<Allowances>,
+    on_hold: Option<Arc<dyn HoldListener>>,
 }
 
 impl Transfers {
@@ -158,63 +178,63 @@ impl Transfers {
     ];
 
     /// Serves from `store`, holding at most `budget` bytes of chunk data
-    /// in memory for peers; `on_hold` hears of every file held anew.
+    /// in memory for peers and storing for each within `allowances`;
+    /// `on_hold` agrees to HOLDs and hears of every file held anew.
     pub fn new(
         store: Option<Store>,
         on_hold: Option<Arc<dyn HoldListener>>,
         budget: ChunkBudget,
+        allowances: Allowances,
     ) -> Self {
         Transfers {
             store,
             on_hold,
             budget,
+            allowances: Arc::new(allowances),
         }
     }
 }
 
 impl Service for Transfers {
     fn serve(&self, stream: RequestStream) -> ServeFuture {
-        let store = self.store.clone();
-        let on_hold = self.on_hold.clone();
-        let account = self
-            .budget
-            .account(stream.peer, stream.conn.remote_address().ip());
+        let ip = stream.conn.remote_address().ip();
+        let ctx = Ctx {
+            store: self.store.clone(),
+            account: self.budget.account(stream.peer, ip),
+            uploader: self.allowances.uploader(stream.peer, ip),
+            allowances: self.allowances.clone(),
+            on_hold: self.on_hold.clone(),
+        };
         Box::pin(async move {
-            // Only a HOLD that makes the file held anew is news: a repeated
-            // HOLD costs one lookup in the store, nothing more.
-            let newly_held = match (&stream.request, &store) {
-                (Request::Hold { id }, Some(s)) => (!s.holds(id).unwrap_or(false)).then_some(*id),
-                _ => None,
-            };
-            let served = serve(
-                store.clone(),
-                &account,
-                stream.request,
-                stream.send,
-                stream.recv,
-            );
-            if tokio::time::timeout(STREAM_DEADLINE, served).await.is_err() {
-                debug!("transfer stream took too long: dropped");
-            }
-            if let (Some(id), Some(store), Some(on_hold)) = (newly_held, store, on_hold) {
-                if store.holds(&id).unwrap_or(false) {
-                    on_hold.held(id).await;
+            let served = serve(&ctx, stream.request, stream.send, stream.recv);
+            let newly_held = match tokio::time::timeout(STREAM_DEADLINE, served).await {
+                Ok(newly_held) => newly_held,
+                Err(_) => {
+                    debug!("transfer stream took too long: dropped");
+                    None
                 }
+            };
+            // Only a HOLD that made the file held anew is news.
+            if let (Some(id), Some(on_hold)) = (newly_held, ctx.on_hold) {
+                on_hold.held(id).await;
             }
         })
     }
 }
 
-/// Serves one request on a stream whose first frame was `request`.
+/// Serves one request on a stream whose first frame was `request`; returns
+/// the file a HOLD made held anew.
 ///
-/// `store` is `None` on clients: GETs find nothing and PUTs are refused.
-pub async fn serve(
-    store: Option<Store>,
-    budget: &Account,
+/// The store is `None` on clients: GETs find nothing and PUTs are refused.
+async fn serve(
+    ctx: &Ctx,
     request: Request,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-) {
+) -> Option<Hash> {
+    let store = ctx.store.clone();
+    let budget = &ctx.account;
+    let mut newly_held = None;
     let result = match request {
         Request::GetChunk { hash } => send_chunk(store, budget, hash, &mut send).await,
         Request::GetManifest { id } => send_manifest(store, budget, id, &mut send).await,
@@ -233,23 +253,16 @@ pub async fn serve(
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
         Request::PutChunk { hash, len } => {
-            let resp = receive_chunk(store, budget, hash, len, &mut recv).await;
+            let resp = receive_chunk(ctx, hash, len, &mut recv).await;
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
         Request::PutManifest { id, len } => {
-            let resp = receive_manifest(store, budget, id, len, &mut recv).await;
+            let resp = receive_manifest(ctx, id, len, &mut recv).await;
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
         Request::Hold { id } => {
-            let resp = match store {
-                None => Response::Nack(NackReason::NotAccepted),
-                Some(s) => blocking(s, move |s| hold(&s, &id))
-                    .await
-                    .unwrap_or_else(|e| {
-                        warn!("store: {e}");
-                        Response::Nack(NackReason::Internal)
-                    }),
-            };
+            let (resp, anew) = hold::hold(ctx, id).await;
+            newly_held = anew.then_some(id);
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
         Request::Join(_) | Request::Dht(_) => {
@@ -264,9 +277,10 @@ pub async fn serve(
     };
     if let Err(e) = result {
         debug!("transfer stream ended early: {e}");
-        return;
+        return newly_held;
     }
     let _ = send.finish();
+    newly_held
 }
 
 /// Serves a manifest from the store, counted against the budget while it
@@ -330,44 +344,6 @@ async fn answer_proof(
     }
 }
 
-/// Answers HOLD: ACK once every piece of the file or tree `id` is stored and
-/// it is recorded as held; NACK `Incomplete` while a piece is missing, and
-/// `TooLarge` for a tree past the limits of [`crate::proto::tree`] (which no
-/// getter would accept).
-fn hold(store: &Store, id: &Hash) -> Result<Response, StoreError> {
-    let stats = match store.checked_tree(id) {
-        Ok(Some(tree)) => tree.stats,
-        Ok(None) => return Ok(Response::Nack(NackReason::Incomplete)),
-        Err(e @ StoreError::Tree { .. }) => {
-            debug!("HOLD refused: {e}");
-            return Ok(Response::Nack(NackReason::TooLarge));
-        }
-        Err(e) => return Err(e),
-    };
-    if store.holds(id)? {
-        return Ok(Response::Ack);
-    }
-    if !store.missing_chunks(id)?.is_some_and(|m| m.is_empty()) {
-        return Ok(Response::Nack(NackReason::Incomplete));
-    }
-    let Some(m) = store.manifest(id)? else {
-        return Ok(Response::Nack(NackReason::Incomplete));
-    };
-    let complete = store.add_file(
-        id,
-        &crate::store::FileRecord {
-            name: m.name().to_string(),
-            size: stats.size,
-            is_dir: matches!(m, Manifest::Dir(_)),
-        },
-    )?;
-    Ok(if complete {
-        Response::Ack
-    } else {
-        Response::Nack(NackReason::Incomplete)
-    })
-}
-
 async fn blocking<T: Send + 'static>(
     store: Store,
     f: impl FnOnce(Store) -> Result<T, StoreError> + Send + 'static,
@@ -405,38 +381,78 @@ async fn send_found(
     }
 }
 
-async fn receive_chunk(
-    store: Option<Store>,
-    budget: &Account,
-    hash: Hash,
-    len: u32,
-    recv: &mut quinn::RecvStream,
-) -> Response {
-    let Some(store) = store else {
+/// Takes a chunk a peer puts, within its allowance and the quota, piece by
+/// piece, verified before it is stored. The bytes of a chunk already stored
+/// are read and verified too before it counts as new again for the garbage
+/// grace period: a header alone refreshes nothing.
+async fn receive_chunk(ctx: &Ctx, hash: Hash, len: u32, recv: &mut quinn::RecvStream) -> Response {
+    let Some(store) = ctx.store.clone() else {
         return Response::Nack(NackReason::NotAccepted);
     };
     if len > MAX_CHUNK_SIZE {
         return Response::Nack(NackReason::TooLarge);
     }
-    if store.touch_chunk(&hash) {
-        return Response::Ack;
+    if let Err(e) = ctx.allowances.admit(&store, &ctx.uploader, u64::from(len)) {
+        debug!("PUT refused: {e}");
+        return Response::Nack(NackReason::OverAllowance);
+    }
+    if store.has_chunk(&hash) {
+        return receive_again(&store, &ctx.account, hash, len, recv).await;
     }
     if !store.fits(u64::from(len)) {
         return Response::Nack(NackReason::OverQuota);
     }
-    let begun = blocking(store, move |s| s.begin_chunk(&hash, u64::from(len))).await;
+    let begun = blocking(store.clone(), move |s| s.begin_chunk(&hash, u64::from(len))).await;
     let writer = match begun {
         Ok(Some(writer)) => writer,
-        Ok(None) => return Response::Ack,
+        Ok(None) => return receive_again(&store, &ctx.account, hash, len, recv).await,
         Err(e) => return store_refusal(e),
     };
-    match receive_pieces(writer, budget, recv).await {
+    match receive_pieces(writer, &ctx.account, recv).await {
         Ok(_) => Response::Ack,
         Err(Received::Cut(e)) => {
             debug!("chunk upload cut short: {e}");
             Response::Nack(NackReason::TooLarge)
         }
         Err(Received::Store(e)) => store_refusal(e),
+    }
+}
+
+/// Reads and verifies the bytes of a chunk put again, then counts the
+/// stored copy as new for the garbage grace period.
+async fn receive_again(
+    store: &Store,
+    budget: &Account,
+    hash: Hash,
+    len: u32,
+    recv: &mut quinn::RecvStream,
+) -> Response {
+    let mut hasher = blake3::Hasher::new();
+    let mut left = len as usize;
+    while left > 0 {
+        let want = left.min(PIECE);
+        let _permit = budget.take(want).await;
+        let read = tokio::time::timeout(PIECE_DEADLINE, recv.read_chunk(want, true)).await;
+        let piece = match read {
+            Ok(Ok(Some(chunk))) => chunk.bytes,
+            _ => return Response::Nack(NackReason::TooLarge),
+        };
+        if piece.is_empty() || piece.len() > left {
+            return Response::Nack(NackReason::TooLarge);
+        }
+        hasher.update(&piece);
+        left -= piece.len();
+    }
+    let actual = Hash::from_bytes(*hasher.finalize().as_bytes());
+    if actual != hash {
+        warn!(expected = %hash, %actual, "peer put again a chunk that fails verification");
+        return Response::Nack(NackReason::BadHash);
+    }
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.touch_chunk(&hash)).await {
+        Ok(true) => Response::Ack,
+        // Collected meanwhile: the putter tries again.
+        _ => Response::Nack(NackReason::Incomplete),
     }
 }
 
@@ -568,26 +584,26 @@ async fn write_piece(
     }
 }
 
+/// Takes a manifest a peer puts, within its allowance, verified and
+/// validated before it is stored. One already stored is read and checked
+/// too before it counts as new again.
 async fn receive_manifest<R: AsyncRead + Unpin>(
-    store: Option<Store>,
-    budget: &Account,
+    ctx: &Ctx,
     id: Hash,
     len: u32,
     recv: &mut R,
 ) -> Response {
-    let Some(store) = store else {
+    let Some(store) = ctx.store.clone() else {
         return Response::Nack(NackReason::NotAccepted);
     };
     if len as usize > MAX_MANIFEST_SIZE {
         return Response::Nack(NackReason::TooLarge);
     }
-    if matches!(
-        blocking(store.clone(), move |s| s.touch_manifest(&id)).await,
-        Ok(true)
-    ) {
-        return Response::Ack;
+    if let Err(e) = ctx.allowances.admit(&store, &ctx.uploader, u64::from(len)) {
+        debug!("PUT refused: {e}");
+        return Response::Nack(NackReason::OverAllowance);
     }
-    let _permit = budget.take(len as usize).await;
+    let _permit = ctx.account.take(len as usize).await;
     let mut data = vec![0u8; len as usize];
     let read = tokio::time::timeout(PIECE_DEADLINE, recv.read_exact(&mut data)).await;
     if !matches!(read, Ok(Ok(_))) {

@@ -97,7 +97,12 @@ impl DhtLiar {
         net.serve(&[RequestKind::Dht], Arc::new(service));
         net.serve(
             &Transfers::KINDS,
-            Arc::new(Transfers::new(None, None, ChunkBudget::new(0))),
+            Arc::new(Transfers::new(
+                None,
+                None,
+                ChunkBudget::new(0),
+                quic_peer::transfer::Allowances::new(Default::default()),
+            )),
         );
         net.start();
         Ok(DhtLiar {

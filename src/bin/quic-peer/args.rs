@@ -155,6 +155,16 @@ pub struct NodeArgs {
     /// Most bytes of chunk data this node stores, e.g. 500M, 20G.
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size, global = true)]
     max_storage: u64,
+    /// What a stranger may make this node store (files it agreed to hold
+    /// plus uploads not held yet), counted per node id and per address
+    /// block (IPv4 /24, IPv6 /48), so new ids do not multiply it. Peers on
+    /// loopback are exempt unless --limit-loopback.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size, global = true)]
+    stranger_allowance: u64,
+    /// What a member of this private network (--network-key or --allow)
+    /// may make this node store; by default the whole --max-storage.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, global = true)]
+    member_allowance: Option<u64>,
     /// Chunk data held in memory for peers at once, node-wide (pieces read
     /// from disk for GETs, received for PUTs), e.g. 32M; at least 16M.
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size, global = true)]
@@ -197,6 +207,8 @@ impl NodeArgs {
             max_requests_per_sec: self.max_requests_per_sec,
             request_burst: self.max_requests_per_sec.saturating_mul(2),
             max_storage: self.max_storage,
+            stranger_allowance: self.stranger_allowance,
+            member_allowance: self.member_allowance,
             chunk_memory: usize::try_from(self.chunk_memory)
                 .context("--chunk-memory is too large")?,
             congestion: self.congestion,
