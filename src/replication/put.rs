@@ -25,7 +25,7 @@ use crate::proto::ticket::{Ticket, MAX_HOLDERS};
 use crate::proto::wire::PeerRecord;
 use crate::proto::{Hash, NodeId};
 use crate::store::chunker::{build_tree, ChunkError, Tree};
-use crate::transfer::{hold_file, push_chunk, push_manifest, PushError};
+use crate::transfer::{has, hold_file, push_chunk, push_manifest, PushError};
 
 /// Chunks pushed to one target at a time.
 pub const PUSH_IN_FLIGHT: usize = 8;
@@ -379,6 +379,15 @@ pub async fn push_tree(
     source: &ChunkSource,
     progress: &dyn Progress,
 ) -> Result<(), PushTreeError> {
+    // A peer that holds it already (a file put again) needs only the HOLD:
+    // sending its pieces again would cost both sides, and count against
+    // what this node may store there.
+    if matches!(has(conn, tree.root, PUSH_TIMEOUT).await, Ok(true)) {
+        progress.advance(tree.size);
+        return hold_file(conn, tree.root, PUSH_TIMEOUT)
+            .await
+            .map_err(PushTreeError::Hold);
+    }
     for (id, bytes) in &tree.manifests {
         push_manifest(conn, *id, Bytes::from(bytes.clone()), PUSH_TIMEOUT)
             .await
