@@ -25,9 +25,11 @@
 //!               loop), find (provider records believed once the provider answers
 //!               HAS) and handler (answers FIND_NODE, GET_PROVIDERS, ...)
 //! transfer      one bi stream per chunk: the Transfers service (GET, PUT, HOLD,
-//!               HAS, PROVE) and the client half (fetch, push, hold, prove)
+//!               HAS, PROVE) and the client half (fetch, push, hold, prove);
+//!               memory budget, per-peer storage allowances, HOLD agreement
 //! store/        chunk files and manifests on disk (redb), crash-safe writes,
-//!               quota, garbage collection, DHT tables; chunker, data dir lock
+//!               quota, garbage collection, DHT tables, whom held files were
+//!               stored for; chunker, data dir lock
 //! net/          the network core: endpoint, accept, dial, one handler per
 //!               connection, router (request streams -> services), limits,
 //!               membership (peer table), maintain (gossip, dialing, bootstrap)
