@@ -74,7 +74,14 @@ async fn main() -> Result<()> {
     let src = work.path().join("payload.bin");
     write_payload(&src, size)?;
     let report = holder
-        .put(&src, 0, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
+        .put(
+            &src,
+            &quic_peer::replication::PutOptions {
+                chunk_size: DEFAULT_CHUNK_SIZE,
+                ..quic_peer::replication::PutOptions::public(0)
+            },
+            Arc::new(NoProgress),
+        )
         .await?;
     std::fs::remove_file(&src)?;
 

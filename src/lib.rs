@@ -37,7 +37,8 @@
 //! crypto/       identity (Ed25519 key + rcgen certificate), netkey (private
 //!               networks), tls (rustls verifiers, id pinning, allow lists)
 //! proto/        sans-IO: Hash and NodeId, wire messages and error codes,
-//!               manifests, tree limits, tickets, peer addresses, framed streams
+//!               manifests, the sealed (end-to-end encrypted) format, tree
+//!               limits, tickets, peer addresses, framed streams
 //! ```
 //!
 //! # Data flow

@@ -29,7 +29,7 @@ use crate::net::{EndpointError, Network};
 use crate::proto::ticket::Target;
 use crate::proto::wire::{RequestKind, Role};
 use crate::proto::NodeId;
-use crate::replication::{PutError, PutReport, Replication};
+use crate::replication::{PutError, PutOptions, PutReport, Replication};
 use crate::store::{Store, StoreError};
 use crate::transfer::{AllowancePolicy, Allowances, ChunkBudget, Transfers};
 
@@ -191,21 +191,17 @@ impl Node {
         self.inner.net.subscribe()
     }
 
-    /// Stores `path` and pushes it to `replicas` other full nodes
-    /// ([`Replication::put`]). Ends with [`PutError::Stopped`] when the node
-    /// begins to shut down.
+    /// Seals `path` (unless `opts` say it is public), stores it and pushes
+    /// it to `opts.replicas` other full nodes ([`Replication::put`]). Ends
+    /// with [`PutError::Stopped`] when the node begins to shut down.
     pub async fn put(
         &self,
         path: &Path,
-        replicas: usize,
-        chunk_size: u32,
+        opts: &PutOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<PutReport, PutError> {
         let stopping = self.inner.net.stopping();
-        let put = self
-            .inner
-            .replication
-            .put(path, replicas, chunk_size, progress);
+        let put = self.inner.replication.put(path, opts, progress);
         tokio::select! {
             r = put => r,
             _ = stopping.cancelled() => Err(PutError::Stopped),

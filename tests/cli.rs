@@ -313,8 +313,14 @@ fn put_and_get_as_separate_processes() {
     let src_arg = src.display().to_string();
     let stdout = run_ok(&["put", &src_arg, "--bootstrap", &boot, "--replicas", "2"]);
     assert!(stdout.contains("[PUT] 2 of 2 copies"), "{stdout}");
+    assert!(
+        stdout.contains("[PUT] encrypted on this machine"),
+        "{stdout}"
+    );
     let id = field(&stdout, "id: ");
+    let key = field(&stdout, "key: ");
     let ticket = field(&stdout, "ticket: ");
+    assert!(ticket.starts_with("qpt2"), "{ticket}");
 
     // By ticket, with no bootstrap at all: the ticket says where to go.
     let dest = work.path().join("by-ticket.bin");
@@ -336,10 +342,43 @@ fn put_and_get_as_separate_processes() {
     run_ok(&["get", &ticket, "-o", &dest_arg, "--force"]);
     assert_eq!(std::fs::read(&dest).unwrap(), data);
 
-    // By id, through the bootstrap node.
+    // By id alone: the file is encrypted, and the id does not open it.
     let dest = work.path().join("by-id.bin");
     let dest_arg = dest.display().to_string();
-    run_ok(&["get", &id, "-o", &dest_arg, "--bootstrap", &boot]);
+    let err = run_fails(&["get", &id, "-o", &dest_arg, "--bootstrap", &boot]);
+    assert!(
+        err.contains("names an encrypted file; its ticket (which carries the key) is needed"),
+        "{err}"
+    );
+    assert!(!dest.exists() && !quic_peer::download::part_path(&dest).exists());
+    // A wrong key: refused, nothing written.
+    let wrong = quic_peer::proto::sealed::FileKey::from_bytes([1; 32]).to_string();
+    let err = run_fails(&[
+        "get",
+        &id,
+        "--key",
+        &wrong,
+        "-o",
+        &dest_arg,
+        "--bootstrap",
+        &boot,
+    ]);
+    assert!(err.contains("the key does not open this file"), "{err}");
+    assert!(!dest.exists() && !quic_peer::download::part_path(&dest).exists());
+    // A truncated ticket: a clear message.
+    let err = run_fails(&["get", &ticket[..ticket.len() - 10], "-o", &dest_arg]);
+    assert!(err.contains("invalid ticket"), "{err}");
+    // By id and key, through the bootstrap node.
+    run_ok(&[
+        "get",
+        &id,
+        "--key",
+        &key,
+        "-o",
+        &dest_arg,
+        "--bootstrap",
+        &boot,
+    ]);
     assert_eq!(std::fs::read(&dest).unwrap(), data);
 
     // The running nodes list it.
@@ -362,7 +401,7 @@ fn put_and_get_as_separate_processes() {
     assert!(!dest.exists());
     let err = run_fails(&[
         "get",
-        &id,
+        &ticket,
         "-o",
         "/nonexistent-dir/x.bin",
         "--bootstrap",
@@ -388,8 +427,8 @@ fn put_and_get_as_separate_processes() {
     std::fs::write(&second, b"typed at the prompt").unwrap();
     b.send(&format!("put {} 1", second.display()));
     let id2 = b
-        .expect_line("id: ", T)
-        .trim_start_matches("id: ")
+        .expect_line("ticket: ", T)
+        .trim_start_matches("ticket: ")
         .to_string();
     let back = work.path().join("second.back");
     a.send(&format!("get {id2} {}", back.display()));

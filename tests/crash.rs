@@ -58,7 +58,7 @@ impl Net {
         let push_src = work.path().join("push.bin");
         std::fs::write(&push_src, common::random_bytes(push_mib * MIB + 777, 2)).unwrap();
         // A keeps the file B will get, and gives no copy away.
-        a.send(&format!("put {} 0", arg(&get_src)));
+        a.send(&format!("put {} 0 --public", arg(&get_src)));
         let get_id = a
             .expect_line("id: ", T)
             .trim_start_matches("id: ")

@@ -122,13 +122,16 @@ fn thirty_nodes_on_one_host_form_a_network_and_store_a_file() {
         "{stdout}"
     );
     let id = field(&stdout, "id: ");
+    let key = field(&stdout, "key: ");
 
-    // By id, through another node: the DHT finds the holders.
+    // By id and key, through another node: the DHT finds the holders.
     let out = work.path().join("back.bin");
     let t = Instant::now();
     let stdout = run_ok(&[
         "get",
         &id,
+        "--key",
+        &key,
         "-o",
         &out.display().to_string(),
         "--bootstrap",

@@ -427,7 +427,14 @@ async fn a_download_never_has_more_bytes_in_flight_than_its_limit() {
     let chunk = 256 << 10;
     let report = net[0]
         .node
-        .put(&path, 1, chunk, Arc::new(NoProgress))
+        .put(
+            &path,
+            &quic_peer::replication::PutOptions {
+                chunk_size: chunk,
+                ..quic_peer::replication::PutOptions::public(1)
+            },
+            Arc::new(NoProgress),
+        )
         .await
         .expect("put");
     let fetcher = non_holder(&net, &report);

@@ -30,7 +30,14 @@ async fn setup(size: usize, seed: u64) -> (Vec<StoreNode>, Hash, Vec<u8>, tempfi
     std::fs::write(&path, &data).expect("write");
     let report = net[0]
         .node
-        .put(&path, 0, CHUNK, Arc::new(NoProgress))
+        .put(
+            &path,
+            &quic_peer::replication::PutOptions {
+                chunk_size: CHUNK,
+                ..quic_peer::replication::PutOptions::public(0)
+            },
+            Arc::new(NoProgress),
+        )
         .await
         .expect("put");
     (net, report.id, data, dir)
@@ -223,7 +230,14 @@ async fn a_false_provider_record_is_checked_and_not_believed() {
     std::fs::write(&path, &data).expect("write");
     let report = net[0]
         .node
-        .put(&path, 0, CHUNK, Arc::new(NoProgress))
+        .put(
+            &path,
+            &quic_peer::replication::PutOptions {
+                chunk_size: CHUNK,
+                ..quic_peer::replication::PutOptions::public(0)
+            },
+            Arc::new(NoProgress),
+        )
         .await
         .expect("put");
     let (holder, fetcher, impostor) = (&net[0].node, &net[1].node, &net[2].node);

@@ -123,7 +123,14 @@ async fn never_read_gets_cost_their_window_not_the_chunk() {
     std::fs::write(&path, &data).unwrap();
     let report = good
         .node
-        .put(&path, 1, MAX_CHUNK_SIZE, Arc::new(NoProgress))
+        .put(
+            &path,
+            &quic_peer::replication::PutOptions {
+                chunk_size: MAX_CHUNK_SIZE,
+                ..quic_peer::replication::PutOptions::public(1)
+            },
+            Arc::new(NoProgress),
+        )
         .await
         .expect("put");
     assert!(report.holders.iter().any(|h| h.id == target_id));

@@ -256,11 +256,24 @@ fn manifest() -> impl Strategy<Value = Manifest> {
     prop_oneof![
         file_manifest().prop_map(Manifest::File),
         dir_manifest().prop_map(Manifest::Dir),
+        (vec(any::<u8>(), 0..64), file_manifest()).prop_map(|(meta, body)| {
+            Manifest::Sealed(quic_peer::proto::manifest::SealedManifest {
+                version: quic_peer::proto::sealed::VERSION,
+                meta,
+                body,
+            })
+        }),
     ]
 }
 
 fn ticket(holders: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Ticket> {
-    (hash(), vec(peer(), holders)).prop_map(|(id, holders)| Ticket { id, holders })
+    (hash(), vec(peer(), holders), any::<Option<[u8; 32]>>()).prop_map(|(id, holders, key)| {
+        Ticket {
+            id,
+            holders,
+            key: key.map(quic_peer::proto::sealed::FileKey::from_bytes),
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -671,15 +684,16 @@ proptest! {
     #[test]
     fn tickets_round_trip(t in ticket(0..=MAX_HOLDERS)) {
         let s = t.to_string();
-        prop_assert!(s.starts_with("qpt1"));
+        let prefix = if t.key.is_some() { "qpt2" } else { "qpt1" };
+        prop_assert!(s.starts_with(prefix));
         prop_assert_eq!(&s.parse::<Ticket>().unwrap(), &t);
-        let upper = format!("qpt1{}", s["qpt1".len()..].to_ascii_uppercase());
+        let upper = format!("{prefix}{}", s[prefix.len()..].to_ascii_uppercase());
         prop_assert_eq!(&upper.parse::<Ticket>().unwrap(), &t);
         let padded = format!("  {s}\n");
         prop_assert_eq!(padded.parse::<Target>().unwrap(), Target::Ticket(t.clone()));
         prop_assert_eq!(t.id.to_string().parse::<Target>().unwrap(), Target::Id(t.id));
         // A cut of the text is refused.
-        for cut in ("qpt1".len()..s.len()).step_by(7).chain([s.len() - 1]) {
+        for cut in (prefix.len()..s.len()).step_by(7).chain([s.len() - 1]) {
             prop_assert!(s[..cut].parse::<Ticket>().is_err(), "cut {}", cut);
         }
     }
@@ -772,6 +786,7 @@ fn manifest_variant(m: &Manifest) -> usize {
     match m {
         Manifest::File(f) => usize::from(!f.chunks.is_empty()),
         Manifest::Dir(d) => 2 + usize::from(!d.entries.is_empty()),
+        Manifest::Sealed(_) => 4,
     }
 }
 
@@ -790,7 +805,7 @@ fn strategies_cover_every_variant() {
     assert_eq!(variants_seen(request(), request_variant), 12);
     assert_eq!(variants_seen(response(), response_variant), 15);
     assert_eq!(variants_seen(control(), control_variant), 6);
-    assert_eq!(variants_seen(manifest(), manifest_variant), 4);
+    assert_eq!(variants_seen(manifest(), manifest_variant), 5);
     // Role is inside Join.
     let roles = variants_seen(join(), |j| match j.role {
         Role::Peer => 0,

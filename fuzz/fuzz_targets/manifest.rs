@@ -7,7 +7,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use quic_peer::proto::manifest::{Manifest, MAX_CHUNK_SIZE, MAX_DIR_ENTRIES, MAX_MANIFEST_SIZE, MAX_NAME_LEN, MIN_CHUNK_SIZE};
+use quic_peer::proto::manifest::{
+    Manifest, MAX_CHUNK_SIZE, MAX_DIR_ENTRIES, MAX_MANIFEST_SIZE, MAX_NAME_LEN, MIN_CHUNK_SIZE,
+};
 use quic_peer::proto::Hash;
 
 fn name_ok(name: &str) -> bool {
@@ -33,8 +35,13 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(id, Hash::of(data));
     assert_eq!(id.to_string().parse::<Hash>().expect("id text parses"), id);
     assert!(name_ok(m.name()));
+    if let Manifest::Sealed(s) = &m {
+        assert_eq!(s.version, quic_peer::proto::sealed::VERSION);
+        assert!(s.meta.len() <= quic_peer::proto::sealed::MAX_META_LEN);
+    }
     match &m {
-        Manifest::File(f) => {
+        Manifest::File(f)
+        | Manifest::Sealed(quic_peer::proto::manifest::SealedManifest { body: f, .. }) => {
             assert!((MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&f.chunk_size));
             let mut end = 0u64;
             for i in 0..f.chunks.len() {

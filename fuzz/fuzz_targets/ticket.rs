@@ -8,9 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use quic_peer::proto::Hash;
 use quic_peer::proto::ticket::{Target, Ticket, MAX_HOLDERS};
 use quic_peer::proto::wire::MAX_ADDRS_PER_PEER;
+use quic_peer::proto::Hash;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

@@ -243,6 +243,30 @@ fn make_certificate(
     params.self_signed(key)
 }
 
+/// The file in a data directory that holds the convergence secret.
+pub const CONVERGENCE_FILE: &str = "convergence.key";
+
+/// The owner's convergence secret (`put --convergent`), kept in `dir`: made
+/// (32 random bytes, mode 0600) on first use, then read back. Whoever holds
+/// it can confirm a guess of a file put convergently with it.
+pub fn convergence_secret(dir: &Path) -> std::io::Result<[u8; 32]> {
+    let path = dir.join(CONVERGENCE_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => bytes.try_into().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not a 32-byte secret", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret: [u8; 32] = rand::random();
+            write_private(&path, &secret)?;
+            Ok(secret)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes a secret file: created with mode 0600, fsynced, then renamed into place.
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     write_atomic(path, data, 0o600)

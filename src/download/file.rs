@@ -18,8 +18,21 @@ use crate::download::worker::{worker, Job};
 use crate::download::writer::{open_part, scan_part, Writer};
 use crate::download::{io, part_path, DownloadError, DownloadOptions, Progress, Provider};
 use crate::proto::manifest::FileManifest;
+use crate::proto::sealed::Sealer;
 
-/// Downloads the file `f` to `path` from `providers`.
+/// How the chunks of a sealed stream are opened, and how much of the stream
+/// to keep (the padding goes).
+pub(super) struct Sealing {
+    /// Opens (and, to check a resumed `.part`, seals) the chunks.
+    pub(super) sealer: Arc<Sealer>,
+    /// Bytes of the stream kept in the finished file.
+    pub(super) keep: u64,
+}
+
+/// Downloads the file `f` to `path` from `providers`. With `sealing`, `f`
+/// describes the plaintext stream (its chunk hashes are of the sealed
+/// chunks): each chunk is fetched sealed, checked against its hash, opened,
+/// and written in plaintext.
 pub(super) async fn download_file(
     providers: &[Provider],
     shared: &Arc<Shared>,
@@ -27,6 +40,7 @@ pub(super) async fn download_file(
     path: &Path,
     opts: &DownloadOptions,
     progress: &Arc<dyn Progress>,
+    sealing: Option<&Sealing>,
 ) -> Result<(), DownloadError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -34,7 +48,8 @@ pub(super) async fn download_file(
     let part = part_path(path);
     let (file, existing) = open_part(&part, f.size)?;
     let file = Arc::new(file);
-    let have = scan_part(&part, &file, f, existing).await?;
+    let sealer = sealing.map(|s| s.sealer.clone());
+    let have = scan_part(&part, &file, f, existing, sealer.clone()).await?;
     note_resumed(shared, f, &have, &part, progress);
     let job = Job {
         shared: shared.clone(),
@@ -46,12 +61,13 @@ pub(super) async fn download_file(
             opts.max_in_flight_bytes,
         )),
         manifest: Arc::new(f.clone()),
+        sealer,
         timeout: opts.chunk_timeout,
         progress: progress.clone(),
         all_in: CancellationToken::new(),
     };
     run_workers(providers, &job, opts.per_peer).await;
-    finish(&job, path, &part, &file).await
+    finish(&job, path, &part, &file, sealing.map(|s| s.keep)).await
 }
 
 /// Counts the chunks `have` found intact in `part`: as progress, in the
@@ -106,8 +122,15 @@ async fn run_workers(providers: &[Provider], job: &Job, per_peer: usize) {
 }
 
 /// Once the workers stopped: an error naming what is missing if a chunk is,
-/// else the file checked and renamed from `part` to `path`.
-async fn finish(job: &Job, path: &Path, part: &Path, file: &File) -> Result<(), DownloadError> {
+/// else the file checked, cut to `keep` bytes if given (a sealed stream's
+/// padding), and renamed from `part` to `path`.
+async fn finish(
+    job: &Job,
+    path: &Path,
+    part: &Path,
+    file: &File,
+    keep: Option<u64>,
+) -> Result<(), DownloadError> {
     let remaining = lock(&job.queue).remaining();
     if remaining > 0 {
         // Keep every verified chunk that arrived, written out before a retry
@@ -132,6 +155,10 @@ async fn finish(job: &Job, path: &Path, part: &Path, file: &File) -> Result<(), 
     let verified = lock(&job.queue).remaining() == 0 && len == job.manifest.size;
     if !verified {
         return Err(DownloadError::Verify(path.to_path_buf()));
+    }
+    if let Some(keep) = keep.filter(|k| *k < len) {
+        file.set_len(keep).map_err(io(part))?;
+        file.sync_all().map_err(io(part))?;
     }
     std::fs::rename(part, path).map_err(io(path))?;
     Ok(())

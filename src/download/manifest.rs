@@ -156,6 +156,9 @@ impl<'a> Walk<'a> {
                 self.open.push((path.clone(), &d.entries, 0));
                 Ok(Item::Dir(path))
             }
+            // A sealed root is opened before any walk; one inside a plain
+            // directory is not a shape `put` makes.
+            Manifest::Sealed(_) => Err(DownloadError::NeedKey(id)),
         }
     }
 

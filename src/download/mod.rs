@@ -56,6 +56,7 @@ mod manifest;
 mod plan;
 mod queue;
 pub mod score;
+mod sealed;
 mod shared;
 mod worker;
 mod writer;
@@ -111,6 +112,9 @@ pub struct DownloadOptions {
     /// a download never deletes a directory to write a file, nor a file to
     /// make a directory.
     pub force: bool,
+    /// The key of an encrypted file (from its ticket): without it an
+    /// encrypted file is refused with [`DownloadError::NeedKey`].
+    pub key: Option<crate::proto::sealed::FileKey>,
 }
 
 impl Default for DownloadOptions {
@@ -122,6 +126,7 @@ impl Default for DownloadOptions {
             chunk_timeout: Duration::from_secs(30),
             retry_for: Duration::from_secs(60),
             force: false,
+            key: None,
         }
     }
 }
@@ -183,6 +188,21 @@ pub struct DownloadStats {
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
+    /// The id names an encrypted file and no key was given; nothing was
+    /// written.
+    #[error(
+        "{0} names an encrypted file; its ticket (which carries the key) is needed to read it"
+    )]
+    NeedKey(Hash),
+    /// The key does not open the file, or what it opens is invalid; nothing
+    /// was written under the final name.
+    #[error("{id}: {reason}")]
+    Sealed {
+        /// The file id.
+        id: Hash,
+        /// What failed.
+        reason: crate::proto::sealed::SealError,
+    },
     /// No provider was given or found.
     #[error("no peer holds {0}")]
     NoProviders(Hash),
@@ -328,7 +348,15 @@ pub async fn download_scored(
     providers.sort_by_cached_key(|p| scores.rank(&p.id));
     let shared = Arc::new(Shared::new(scores.clone(), stats));
     let tree = Arc::new(manifest::fetch_tree(&providers, &shared, id, opts).await?);
-    write_tree(&providers, &shared, &tree, out, opts, &progress).await?;
+    match tree.manifest(&id) {
+        Some(crate::proto::manifest::Manifest::Sealed(m)) => {
+            let key = opts.key.ok_or(DownloadError::NeedKey(id))?;
+            let m = m.clone();
+            sealed::download_sealed(&providers, &shared, id, &m, &key, out, opts, &progress)
+                .await?;
+        }
+        _ => write_tree(&providers, &shared, &tree, out, opts, &progress).await?,
+    }
     let mut stats = lock(&shared.stats).clone();
     stats.elapsed = start.elapsed();
     stats.attempts = 1;
@@ -412,7 +440,9 @@ async fn write_file(
             lock(&shared.stats).chunks_resumed += f.chunks.len();
             progress.advance(f.size);
         }
-        Action::Fetch => file::download_file(providers, shared, f, path, opts, progress).await?,
+        Action::Fetch => {
+            file::download_file(providers, shared, f, path, opts, progress, None).await?
+        }
         Action::Copy(from) => {
             let (from, to, size) = (from.to_path_buf(), path.to_path_buf(), f.size);
             blocking(to.clone(), move || {

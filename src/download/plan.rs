@@ -92,7 +92,7 @@ pub(super) fn plan(tree: &TreeManifests, out: &Path, force: bool) -> Result<Plan
                 part_of_sibling,
             } => (path, id, manifest, part_of_sibling),
         };
-        if is_finished(&path, f).map_err(io(&path))? {
+        if is_finished(&path, f, None).map_err(io(&path))? {
             plan.kept.insert(index);
             // A kept copy is the best source: nothing to fetch.
             plan.sources.insert(id, Source::Kept(path));
@@ -119,7 +119,7 @@ pub(super) fn plan(tree: &TreeManifests, out: &Path, force: bool) -> Result<Plan
 
 /// Fails unless a directory can be at `path`: nothing is there, or a
 /// directory (or a link to one) is.
-fn check_dir(path: &Path) -> Result<(), DownloadError> {
+pub(super) fn check_dir(path: &Path) -> Result<(), DownloadError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(DownloadError::InTheWay {
@@ -133,7 +133,7 @@ fn check_dir(path: &Path) -> Result<(), DownloadError> {
 
 /// Fails unless a file not finished yet may be written at `path`: nothing
 /// is there, or a file (or link) that may be `replaced`.
-fn check_file(path: &Path, replace: bool) -> Result<(), DownloadError> {
+pub(super) fn check_file(path: &Path, replace: bool) -> Result<(), DownloadError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Err(DownloadError::InTheWay {
             path: path.to_path_buf(),
@@ -158,7 +158,7 @@ fn part_len(path: &Path, size: u64) -> u64 {
 
 /// Fails if the file system that `out` goes to has less than `needed` bytes
 /// free (for this user). Where that cannot be asked, the writes will say.
-fn check_space(out: &Path, needed: u64) -> Result<(), DownloadError> {
+pub(super) fn check_space(out: &Path, needed: u64) -> Result<(), DownloadError> {
     // `out` may not exist yet: ask about the nearest directory that does.
     let Some(available) = out
         .ancestors()

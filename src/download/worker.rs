@@ -20,6 +20,7 @@ use crate::download::shared::{lock, InFlight, Shared};
 use crate::download::writer::Writer;
 use crate::download::{Progress, Provider};
 use crate::proto::manifest::FileManifest;
+use crate::proto::sealed::{Sealer, TAG_LEN};
 use crate::transfer::{fetch_chunk, FetchError};
 
 /// What every worker on one file shares.
@@ -33,8 +34,11 @@ pub(super) struct Job {
     pub(super) permits: Arc<Semaphore>,
     /// Where verified chunks go.
     pub(super) writer: Arc<Writer>,
-    /// The file's manifest.
+    /// The file's manifest (for a sealed stream: the plaintext's offsets
+    /// and lengths, and the sealed chunks' hashes).
     pub(super) manifest: Arc<FileManifest>,
+    /// Opens the chunks of a sealed stream.
+    pub(super) sealer: Option<Arc<Sealer>>,
     /// Time allowed for one chunk.
     pub(super) timeout: Duration,
     /// Told of every chunk written.
@@ -70,7 +74,10 @@ pub(super) async fn worker(p: Provider, job: Job) {
             return;
         };
         let flow = match result {
-            Ok(data) => deliver(&p, &job, i, data).await,
+            Ok(data) => match open(&p, &job, i, data).await {
+                Some(data) => deliver(&p, &job, i, data).await,
+                None => ControlFlow::Break(()),
+            },
             Err(e) => failed(&p, &job, i, e),
         };
         if flow.is_break() {
@@ -105,13 +112,39 @@ fn next_chunk(p: &Provider, job: &Job) -> Next {
 /// Chunk `i` from `p`, its bytes counted in flight meanwhile; `None` if every
 /// chunk came in first.
 async fn fetch(p: &Provider, job: &Job, i: usize) -> Option<Result<Vec<u8>, FetchError>> {
-    let (_, len) = job.manifest.chunk_range(i);
+    let (_, plain) = job.manifest.chunk_range(i);
+    let len = plain + if job.sealer.is_some() { TAG_LEN } else { 0 };
     let hash = job.manifest.chunks[i];
     let _asked = InFlight::new(&job.shared, len as u64);
     tokio::select! {
         r = fetch_chunk(&p.conn, hash, len as u64, job.timeout) => Some(r),
         _ = job.all_in.cancelled() => None,
     }
+}
+
+/// Chunk `i` as it is written: `data` itself, or for a sealed stream the
+/// plaintext its tag vouches for. A chunk whose bytes hash right but do not
+/// open was sealed so by whoever made the file (or with another key): no
+/// peer has a better copy, so the download stops, naming it.
+async fn open(p: &Provider, job: &Job, i: usize, mut data: Vec<u8>) -> Option<Vec<u8>> {
+    let Some(sealer) = job.sealer.clone() else {
+        return Some(data);
+    };
+    let opened =
+        tokio::task::spawn_blocking(move || sealer.open_chunk(i as u64, &mut data).map(|()| data))
+            .await;
+    let why = match opened {
+        Ok(Ok(plain)) => return Some(plain),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    *lock(&job.shared.last_error) = format!("chunk {i}: {why}");
+    // Nothing more is handed out: the workers stop once what is in flight
+    // is back, and the file is reported incomplete.
+    let mut q = lock(&job.queue);
+    q.retry(i, p.id);
+    q.abandon();
+    None
 }
 
 /// `p` sent chunk `i`, verified: it is written unless another copy won.

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::download::{io, DownloadError};
 use crate::proto::manifest::FileManifest;
+use crate::proto::sealed::Sealer;
 use crate::proto::Hash;
 
 /// `fdatasync` after this many bytes are written, so the disk works while the
@@ -174,8 +175,13 @@ impl WriterThread {
 }
 
 /// Whether `path` is a file finished by an earlier attempt (a download
-/// resumed): the manifest's length, every chunk verified. Blocking.
-pub(super) fn is_finished(path: &Path, f: &FileManifest) -> std::io::Result<bool> {
+/// resumed): the manifest's length, every chunk verified (sealed again
+/// first, with `sealer`). Blocking.
+pub(super) fn is_finished(
+    path: &Path,
+    f: &FileManifest,
+    sealer: Option<&Sealer>,
+) -> std::io::Result<bool> {
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(false);
     };
@@ -183,7 +189,7 @@ pub(super) fn is_finished(path: &Path, f: &FileManifest) -> std::io::Result<bool
         return Ok(false);
     }
     let file = File::open(path)?;
-    Ok(scan(&file, f, f.size)?.iter().all(|g| *g))
+    Ok(scan(&file, f, f.size, sealer)?.iter().all(|g| *g))
 }
 
 /// Writes `to` as a copy of `from`, a file of this download already verified
@@ -224,17 +230,20 @@ pub(super) fn open_part(part: &Path, size: u64) -> Result<(File, u64), DownloadE
 }
 
 /// Which chunks of the `.part` file `part` (`existing` bytes long) are good.
+/// With `sealer`, the `.part` holds plaintext and each chunk is sealed again
+/// to be checked against its hash.
 pub(super) async fn scan_part(
     part: &Path,
     file: &Arc<File>,
     f: &FileManifest,
     existing: u64,
+    sealer: Option<Arc<Sealer>>,
 ) -> Result<Vec<bool>, DownloadError> {
     if existing == 0 {
         return Ok(vec![false; f.chunks.len()]);
     }
     let (file2, f2) = (file.clone(), f.clone());
-    blocking(part, move || scan(&file2, &f2, existing)).await
+    blocking(part, move || scan(&file2, &f2, existing, sealer.as_deref())).await
 }
 
 /// Runs `work` (reading and hashing) off the async threads; errors name `path`.
@@ -252,14 +261,19 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Hashes each chunk of `file` (up to `len` bytes present) and says which match.
-fn scan(file: &File, f: &FileManifest, len: u64) -> std::io::Result<Vec<bool>> {
+fn scan(
+    file: &File,
+    f: &FileManifest,
+    len: u64,
+    sealer: Option<&Sealer>,
+) -> std::io::Result<Vec<bool>> {
     let n = f.chunks.len();
     let mut ok = vec![false; n];
     // Two threads: hashing is the cost, and it parallelizes per chunk.
     let threads = 2.min(n.max(1));
     let results: Vec<std::io::Result<Vec<(usize, bool)>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
-            .map(|t| s.spawn(move || scan_every(file, f, len, t, threads)))
+            .map(|t| s.spawn(move || scan_every(file, f, len, sealer, t, threads)))
             .collect();
         handles
             .into_iter()
@@ -283,6 +297,7 @@ fn scan_every(
     file: &File,
     f: &FileManifest,
     len: u64,
+    sealer: Option<&Sealer>,
     first: usize,
     step: usize,
 ) -> std::io::Result<Vec<(usize, bool)>> {
@@ -295,7 +310,15 @@ fn scan_every(
             continue;
         }
         file.read_exact_at(&mut buf[..l], off)?;
-        out.push((i, Hash::of(&buf[..l]) == f.chunks[i]));
+        let hash = match sealer {
+            None => Hash::of(&buf[..l]),
+            Some(sealer) => {
+                let mut sealed = buf[..l].to_vec();
+                sealer.seal_chunk(i as u64, &mut sealed);
+                Hash::of(&sealed)
+            }
+        };
+        out.push((i, hash == f.chunks[i]));
     }
     Ok(out)
 }
@@ -357,8 +380,8 @@ mod tests {
         assert!(copy_file(&from, &other, 13).is_err());
         assert!(!other.exists());
         let f = manifest(b"twelve bytes", 1024);
-        assert!(is_finished(&to, &f).unwrap());
-        assert!(!is_finished(&other, &f).unwrap());
+        assert!(is_finished(&to, &f, None).unwrap());
+        assert!(!is_finished(&other, &f, None).unwrap());
     }
 
     #[test]
@@ -369,8 +392,8 @@ mod tests {
         let mut part = data.clone();
         part[5] ^= 1;
         file.write_all_at(&part[..9], 0).unwrap();
-        assert_eq!(scan(&file, &f, 9).unwrap(), [true, false, false]);
+        assert_eq!(scan(&file, &f, 9, None).unwrap(), [true, false, false]);
         file.write_all_at(&data, 0).unwrap();
-        assert_eq!(scan(&file, &f, 10).unwrap(), [true, true, true]);
+        assert_eq!(scan(&file, &f, 10, None).unwrap(), [true, true, true]);
     }
 }

@@ -55,6 +55,18 @@ pub struct DirManifest {
     pub entries: Vec<DirEntry>,
 }
 
+/// A file or tree sealed on its owner's machine ([`super::sealed`]): what a
+/// node that stores it sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedManifest {
+    /// The sealed format ([`super::sealed::VERSION`]).
+    pub version: u8,
+    /// The sealed metadata: names, tree, sizes.
+    pub meta: Vec<u8>,
+    /// The ciphertext chunks, as a file named [`super::sealed::BODY_NAME`].
+    pub body: FileManifest,
+}
+
 /// What a file id names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Manifest {
@@ -62,6 +74,9 @@ pub enum Manifest {
     File(FileManifest),
     /// A directory of files and directories.
     Dir(DirManifest),
+    /// A file or tree encrypted by its owner: chunks a node can verify,
+    /// serve and repair, and nothing it can read.
+    Sealed(SealedManifest),
 }
 
 /// Refuses a name that is not one plain path component: empty, longer than
@@ -92,6 +107,22 @@ pub fn check_name(name: &str) -> Result<(), WireError> {
 }
 
 impl FileManifest {
+    fn validate(&self) -> Result<(), WireError> {
+        check_name(&self.name)?;
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size) {
+            return Err(WireError::Malformed(format!(
+                "chunk size {} out of range",
+                self.chunk_size
+            )));
+        }
+        if FileManifest::chunk_count(self.size, self.chunk_size) != self.chunks.len() as u64 {
+            return Err(WireError::Malformed(
+                "chunk count does not match size".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Number of chunks a file of `size` bytes has.
     pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
         size.div_ceil(u64::from(chunk_size))
@@ -112,11 +143,23 @@ impl Manifest {
         Hash::of(&self.encode())
     }
 
-    /// The name of the file or directory.
+    /// The name of the file or directory ([`super::sealed::BODY_NAME`]
+    /// for a sealed one).
     pub fn name(&self) -> &str {
         match self {
             Manifest::File(f) => &f.name,
             Manifest::Dir(d) => &d.name,
+            Manifest::Sealed(s) => &s.body.name,
+        }
+    }
+
+    /// The chunks it names directly, as a file: a file's, or a sealed
+    /// file's ciphertext (none for a directory).
+    pub fn chunked(&self) -> Option<&FileManifest> {
+        match self {
+            Manifest::File(f) => Some(f),
+            Manifest::Sealed(s) => Some(&s.body),
+            Manifest::Dir(_) => None,
         }
     }
 
@@ -154,20 +197,22 @@ impl Manifest {
 
     fn validate(&self) -> Result<(), WireError> {
         match self {
-            Manifest::File(f) => {
-                check_name(&f.name)?;
-                if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&f.chunk_size) {
+            Manifest::File(f) => f.validate(),
+            Manifest::Sealed(s) => {
+                if s.version != super::sealed::VERSION {
                     return Err(WireError::Malformed(format!(
-                        "chunk size {} out of range",
-                        f.chunk_size
+                        "sealed format version {} is not known to this version",
+                        s.version
                     )));
                 }
-                if FileManifest::chunk_count(f.size, f.chunk_size) != f.chunks.len() as u64 {
-                    return Err(WireError::Malformed(
-                        "chunk count does not match size".into(),
-                    ));
+                if s.meta.len() > super::sealed::MAX_META_LEN {
+                    return Err(WireError::TooMany {
+                        what: "sealed metadata",
+                        len: s.meta.len(),
+                        max: super::sealed::MAX_META_LEN,
+                    });
                 }
-                Ok(())
+                s.body.validate()
             }
             Manifest::Dir(d) => {
                 check_name(&d.name)?;

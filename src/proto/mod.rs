@@ -18,6 +18,7 @@ pub mod addr;
 pub mod frame;
 pub mod hash;
 pub mod manifest;
+pub mod sealed;
 pub mod ticket;
 pub mod tree;
 pub mod wire;

@@ -139,6 +139,7 @@ impl TreeStats {
                 Some(s) => Some(*s),
                 None => match get(&next).ok_or(TreeError::Missing(next))? {
                     Manifest::File(f) => Some(TreeStats::file(f.size)?),
+                    Manifest::Sealed(s) => Some(TreeStats::file(s.body.size)?),
                     Manifest::Dir(d) => {
                         if open.len() >= MAX_TREE_DEPTH {
                             return Err(TreeError::TooDeep {

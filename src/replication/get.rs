@@ -58,6 +58,10 @@ impl Replication {
         opts: &DownloadOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<DownloadStats, DownloadError> {
+        let opts = &DownloadOptions {
+            key: target.key().or(opts.key),
+            ..opts.clone()
+        };
         let deadline = Instant::now() + opts.retry_for;
         let mut backoff = Duration::from_millis(500);
         let mut attempts = 0;

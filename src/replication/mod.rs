@@ -25,7 +25,8 @@ mod repair;
 mod source;
 
 pub use put::{
-    push_tree, CopyError, PushTreeError, PutError, PutReport, Shortfall, PUSH_IN_FLIGHT,
+    push_tree, CopyError, PushTreeError, PutError, PutOptions, PutReport, Sealing, Shortfall,
+    PUSH_IN_FLIGHT,
 };
 pub use repair::grace;
 pub use source::{ChunkSource, SourceError};

@@ -1,4 +1,5 @@
-//! Putting a file: chunk it (into the store when the node has one), choose
+//! Putting a file: seal it ([`crate::proto::sealed`]; plain only when asked)
+//! and chunk it (into the store when the node has one), choose
 //! the R live nodes closest to its id, and push every manifest and chunk to
 //! each, then a HOLD that the target acknowledges only once it has verified
 //! and stored every piece. A target that fails is replaced by the next
@@ -21,16 +22,70 @@ use crate::dht::behaviour::RpcError;
 use crate::dht::kbucket::Contact;
 use crate::download::Progress;
 use crate::net::ConnectError;
+use crate::proto::manifest::DEFAULT_CHUNK_SIZE;
+use crate::proto::sealed::{FileKey, Sealer};
 use crate::proto::ticket::{Ticket, MAX_HOLDERS};
 use crate::proto::wire::PeerRecord;
 use crate::proto::{Hash, NodeId};
 use crate::store::chunker::{build_tree, ChunkError, Tree};
+use crate::store::sealer::{seal_tree, KeyChoice};
 use crate::transfer::{has, hold_file, push_chunk, push_manifest, PushError};
 
 /// Chunks pushed to one target at a time.
 pub const PUSH_IN_FLIGHT: usize = 8;
 /// Time allowed for one PUT or HOLD to be answered.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a put protects what it stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Sealing {
+    /// Encrypted on this machine under a fresh random key: the default.
+    #[default]
+    Random,
+    /// Encrypted under a key derived from the content and this convergence
+    /// secret (`--convergent`): the same file put twice by the holder of
+    /// the secret is stored once, and anyone with the secret can confirm a
+    /// guess of the content.
+    Convergent([u8; 32]),
+    /// Plaintext, for content meant for everyone (`--public`).
+    Public,
+}
+
+/// What a put does.
+#[derive(Clone, Copy, Debug)]
+pub struct PutOptions {
+    /// Copies on other full nodes.
+    pub replicas: usize,
+    /// Bytes of plaintext per chunk.
+    pub chunk_size: u32,
+    /// Encrypted (and how) or plain.
+    pub sealing: Sealing,
+    /// Pad an encrypted file's size (Padmé: at most 12% more), so that its
+    /// exact size is not known to the nodes that store it (`--pad`).
+    pub pad: bool,
+}
+
+impl Default for PutOptions {
+    fn default() -> Self {
+        PutOptions {
+            replicas: 3,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            sealing: Sealing::Random,
+            pad: false,
+        }
+    }
+}
+
+impl PutOptions {
+    /// The defaults, in plaintext.
+    pub fn public(replicas: usize) -> Self {
+        PutOptions {
+            replicas,
+            sealing: Sealing::Public,
+            ..PutOptions::default()
+        }
+    }
+}
 
 /// Why a put failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +156,10 @@ pub enum PushTreeError {
 pub struct PutReport {
     /// The file id.
     pub id: Hash,
-    /// Bytes in the file or tree.
+    /// Bytes stored per copy (for an encrypted file, of ciphertext).
     pub size: u64,
+    /// The key of an encrypted file (`None`: plain); the ticket carries it.
+    pub key: Option<FileKey>,
     /// Copies asked for on other nodes.
     pub wanted: usize,
     /// Copies acknowledged by other nodes.
@@ -115,7 +172,8 @@ pub struct PutReport {
     pub holders: Vec<PeerRecord>,
     /// Targets that failed, with why.
     pub failures: Vec<(NodeId, CopyError)>,
-    /// A ticket naming the holders.
+    /// A ticket naming the holders (and, for an encrypted file, with the
+    /// key: the read capability).
     pub ticket: Ticket,
     /// From reading the file to the last copy acknowledged.
     pub elapsed: Duration,
@@ -170,12 +228,12 @@ impl Replication {
     pub async fn put(
         &self,
         path: &Path,
-        replicas: usize,
-        chunk_size: u32,
+        opts: &PutOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<PutReport, PutError> {
         let start = Instant::now();
-        let (tree, source) = self.chunk(path, chunk_size).await?;
+        let replicas = opts.replicas;
+        let (tree, source, key) = self.chunk(path, opts).await?;
         let mut placement = Placement {
             holders: Vec::new(),
             failures: Vec::new(),
@@ -185,9 +243,9 @@ impl Replication {
         }
         let candidates = self.candidates(tree.root).await;
         let found = candidates.len();
-        let name = tree
-            .root_manifest()
-            .map(|m| m.name().to_string())
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
         let answered = candidates.iter().filter(|(_, failed)| failed.is_none());
         progress.begin(&name, tree.size * replicas.min(answered.count()) as u64);
@@ -215,10 +273,12 @@ impl Replication {
         let ticket = Ticket {
             id: tree.root,
             holders: holders.iter().take(MAX_HOLDERS).cloned().collect(),
+            key,
         };
         Ok(PutReport {
             id: tree.root,
             size: tree.size,
+            key,
             wanted: replicas,
             remote_copies,
             found,
@@ -236,9 +296,56 @@ impl Replication {
         }
     }
 
-    /// Cuts `path` into a tree: into the store when this node has one, else
-    /// remembering where each chunk is to read it again.
-    async fn chunk(&self, path: &Path, chunk_size: u32) -> Result<(Tree, ChunkSource), PutError> {
+    /// Seals (unless public) and cuts `path` into a tree: into the store
+    /// when this node has one, else remembering where each chunk is to read
+    /// it again. Returns the key of a sealed tree.
+    async fn chunk(
+        &self,
+        path: &Path,
+        opts: &PutOptions,
+    ) -> Result<(Tree, ChunkSource, Option<FileKey>), PutError> {
+        let chunk_size = opts.chunk_size;
+        let key = match opts.sealing {
+            Sealing::Public => {
+                let (tree, source) = self.chunk_plain(path, chunk_size).await?;
+                return Ok((tree, source, None));
+            }
+            Sealing::Random => KeyChoice::Random,
+            Sealing::Convergent(secret) => KeyChoice::Convergent(secret),
+        };
+        let (path, pad) = (path.to_path_buf(), opts.pad);
+        let task_failed = |e: tokio::task::JoinError| ChunkError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e),
+        };
+        if let Some(store) = self.store.clone() {
+            let s = store.clone();
+            let sealed =
+                tokio::task::spawn_blocking(move || s.import_sealed(&path, chunk_size, key, pad))
+                    .await
+                    .map_err(task_failed)??;
+            return Ok((sealed.tree, ChunkSource::Store(store), Some(sealed.key)));
+        }
+        let (sealed, map) = tokio::task::spawn_blocking(move || {
+            let mut map = HashMap::new();
+            let sealed = seal_tree(&path, chunk_size, key, pad, &mut |hash, _, loc| {
+                map.entry(hash).or_insert(loc);
+                Ok(())
+            })?;
+            Ok::<_, ChunkError>((sealed, map))
+        })
+        .await
+        .map_err(task_failed)??;
+        let source = ChunkSource::Sealed(Arc::new((Sealer::new(&sealed.key), map)));
+        Ok((sealed.tree, source, Some(sealed.key)))
+    }
+
+    /// Cuts `path` into a plain tree (see [`Replication::chunk`]).
+    async fn chunk_plain(
+        &self,
+        path: &Path,
+        chunk_size: u32,
+    ) -> Result<(Tree, ChunkSource), PutError> {
         let path = path.to_path_buf();
         let task_failed = |e: tokio::task::JoinError| ChunkError::Io {
             path: PathBuf::new(),

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::proto::sealed::Sealer;
 use crate::proto::Hash;
 use crate::store::chunker::ChunkLocation;
+use crate::store::sealer::SealedLocation;
 use crate::store::{Store, StoreError};
 
 /// Where pushed chunks are read from.
@@ -17,6 +19,10 @@ pub enum ChunkSource {
     /// The original files (a client without a store); each read is verified
     /// again, so a file changed since chunking is caught.
     Files(Arc<HashMap<Hash, ChunkLocation>>),
+    /// The original files of a sealed tree (a client without a store):
+    /// each chunk is read from its ranges of them and sealed again, and the
+    /// result checked against its hash.
+    Sealed(Arc<(Sealer, HashMap<Hash, SealedLocation>)>),
 }
 
 /// Why reading a chunk to push failed.
@@ -56,6 +62,25 @@ impl ChunkSource {
                     source,
                 })?
                 .ok_or(SourceError::Missing(*hash)),
+            ChunkSource::Sealed(sealed) => {
+                let (sealer, map) = &**sealed;
+                let loc = map.get(hash).ok_or(SourceError::Missing(*hash))?;
+                let path = || {
+                    loc.segments
+                        .first()
+                        .map(|s| s.path.clone())
+                        .unwrap_or_default()
+                };
+                let mut data = loc.read().map_err(|source| SourceError::Io {
+                    path: path(),
+                    source,
+                })?;
+                sealer.seal_chunk(loc.index, &mut data);
+                if Hash::of(&data) != *hash {
+                    return Err(SourceError::Changed(path()));
+                }
+                Ok(data)
+            }
             ChunkSource::Files(map) => {
                 use std::os::unix::fs::FileExt;
                 let loc = map.get(hash).ok_or(SourceError::Missing(*hash))?;

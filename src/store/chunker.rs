@@ -109,8 +109,10 @@ impl Tree {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for (_, bytes) in &self.manifests {
-            if let Ok(Manifest::File(f)) = Manifest::decode(bytes) {
-                out.extend(f.chunks.into_iter().filter(|h| seen.insert(*h)));
+            if let Ok(m) = Manifest::decode(bytes) {
+                if let Some(f) = m.chunked() {
+                    out.extend(f.chunks.iter().copied().filter(|h| seen.insert(*h)));
+                }
             }
         }
         out

@@ -251,7 +251,7 @@ impl Store {
         let mut missing = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (_, m) in &tree {
-            if let Manifest::File(f) = m {
+            if let Some(f) = m.chunked() {
                 for h in &f.chunks {
                     if seen.insert(*h) && !self.has_chunk(h) {
                         missing.push(*h);

@@ -106,7 +106,7 @@ impl Pass {
     fn chunks_of(&self, keep: &HashSet<Hash>) -> HashSet<Hash> {
         keep.iter()
             .filter_map(|id| match self.manifests.get(id) {
-                Some(Some(Manifest::File(f))) => Some(f.chunks.iter().copied()),
+                Some(Some(m)) => m.chunked().map(|f| f.chunks.iter().copied()),
                 _ => None,
             })
             .flatten()
@@ -209,11 +209,11 @@ impl Store {
     /// Whether `m` is a file's manifest with a stored chunk younger than the
     /// grace period.
     fn has_young_chunk(&self, pass: &Pass, m: Option<&Manifest>) -> bool {
-        match m {
-            Some(Manifest::File(f)) => f.chunks.iter().any(|h| {
+        match m.and_then(Manifest::chunked) {
+            Some(f) => f.chunks.iter().any(|h| {
                 fs::metadata(self.chunk_path(h)).is_ok_and(|meta| pass.age_of(&meta) < pass.grace)
             }),
-            _ => false,
+            None => false,
         }
     }
 

@@ -53,6 +53,7 @@
 
 pub mod chunker;
 pub mod datadir;
+pub mod sealer;
 
 // The `impl Store` is spread over one file per concern:
 mod chunks; // chunk files: the publish protocol, verified reads

@@ -159,6 +159,7 @@ impl Bomb {
                 id: self.id,
                 addrs: vec![self.addr],
             }],
+            key: None,
         }
         .to_string()
     }

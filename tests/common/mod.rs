@@ -81,9 +81,16 @@ pub fn connected(node: &Node, id: NodeId) -> bool {
 /// Puts `path` from `node` on `replicas` other nodes (default chunk size, no
 /// progress), and expects it to work.
 pub async fn put(node: &Node, path: &std::path::Path, replicas: usize) -> PutReport {
-    node.put(path, replicas, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
-        .await
-        .expect("put")
+    node.put(
+        path,
+        &quic_peer::replication::PutOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            ..quic_peer::replication::PutOptions::public(replicas)
+        },
+        Arc::new(NoProgress),
+    )
+    .await
+    .expect("put")
 }
 
 /// Gets `target` (a file id or a ticket) to `out` from whoever holds it, with

@@ -54,11 +54,29 @@ pub enum Command {
         /// Chunk size in bytes (1K to 16M).
         #[arg(long, default_value = "1M", value_parser = parse_size)]
         chunk_size: u64,
+        /// Store it in plaintext, for content meant for everyone (by
+        /// default a file is encrypted on this machine and only its ticket
+        /// opens it).
+        #[arg(long, conflicts_with_all = ["convergent", "pad"])]
+        public: bool,
+        /// Derive the key from the content and the convergence secret kept
+        /// in --data-dir, so the same file put twice is stored once; anyone
+        /// with that secret can confirm a guess of the content.
+        #[arg(long)]
+        convergent: bool,
+        /// Round the stored size up (Padmé, at most 12% more) so the nodes
+        /// that store it do not learn its exact size.
+        #[arg(long)]
+        pad: bool,
     },
     /// Fetch a file or directory by id or ticket, verify it, and write it.
     Get {
-        /// The file id, or a ticket from `put`.
+        /// The file id, or a ticket from `put` (an encrypted file needs its
+        /// ticket, or its id and --key).
         target: Target,
+        /// The key of an encrypted file given by its id (`put` prints it).
+        #[arg(long, value_name = "KEY")]
+        key: Option<quic_peer::proto::sealed::FileKey>,
         /// Where to write it.
         #[arg(short, long, value_name = "PATH")]
         out: PathBuf,

@@ -41,35 +41,54 @@ async fn run_in(work: &Path, size: u64) -> Result<()> {
     let bare_file = bench.bare_stream(Some(&work.join("bare-sink.bin"))).await?;
 
     let a = NodeProc::start(&bench.exe, &work.join("a"), None)?;
-    let secs = bench.put(&a, 1)?;
-    let mut rows = vec![
-        Row {
-            what: "put, client to 1 node".into(),
-            secs,
-            bytes: size,
-            rss_kib: a.peak_rss_kib(),
-            baseline: bare1,
-        },
-        bench.get("get, 1 holder", &a, "get1.bin", bare1)?,
-    ];
+    let (secs, sealed) = bench.put(&a, 1, false)?;
+    let mut rows = vec![Row {
+        what: "put, client to 1 node (encrypted)".into(),
+        secs,
+        bytes: size,
+        rss_kib: a.peak_rss_kib(),
+        baseline: bare1,
+    }];
+    rows.push(bench.get("get, 1 holder (encrypted)", &a, &sealed, "get1.bin", bare1)?);
+    let (secs, public) = bench.put(&a, 1, true)?;
+    rows.push(Row {
+        what: "put, client to 1 node (--public)".into(),
+        secs,
+        bytes: size,
+        rss_kib: a.peak_rss_kib(),
+        baseline: bare1,
+    });
+    rows.push(bench.get("get, 1 holder (--public)", &a, &public, "get1p.bin", bare1)?);
 
     let b = NodeProc::start(&bench.exe, &work.join("b"), Some(&a.pinned))?;
     let c = NodeProc::start(&bench.exe, &work.join("c"), Some(&a.pinned))?;
     std::thread::sleep(Duration::from_secs(2));
-    let secs = bench.put(&a, 3)?;
+    let (secs, sealed3) = bench.put(&a, 3, false)?;
     rows.push(Row {
-        what: "put, client to 3 nodes (one had it)".into(),
+        what: "put, client to 3 nodes (encrypted)".into(),
         secs,
-        bytes: 2 * size,
+        bytes: 3 * size,
         rss_kib: b.peak_rss_kib(),
         baseline: bare1,
     });
     let bare2 = bench.bare_stream(None).await?;
     let bare = (bare1 + bare2) / 2.0;
-    rows.push(bench.get("get, 3 holders at once", &a, "get3.bin", bare)?);
+    rows.push(bench.get(
+        "get, 3 holders at once (encrypted)",
+        &a,
+        &sealed3,
+        "get3.bin",
+        bare,
+    )?);
     drop((a, b, c));
 
     print_table(size, [bare1, bare2], bare_file, &rows);
+    let ratio = |i: usize, j: usize| rows[j].secs / rows[i].secs;
+    println!(
+        "Encrypted against --public in this run: put {:.2}, get {:.2} of the plaintext rate.",
+        ratio(0, 2),
+        ratio(1, 3)
+    );
     Ok(())
 }
 
@@ -78,8 +97,6 @@ struct Bench {
     exe: PathBuf,
     work: PathBuf,
     src: PathBuf,
-    /// The payload's file id, for `get`.
-    id: String,
     size: u64,
 }
 
@@ -90,12 +107,10 @@ impl Bench {
         eprintln!("bench: writing a {} MiB file", size >> 20);
         let src = work.join("payload.bin");
         write_payload(&src, size)?;
-        let id = file_id(&src)?;
         Ok(Bench {
             exe,
             work: work.to_path_buf(),
             src,
-            id,
             size,
         })
     }
@@ -111,12 +126,14 @@ impl Bench {
         Ok(secs)
     }
 
-    /// Puts the payload with `replicas` copies, joining through `via`;
-    /// returns the time the client reports.
-    fn put(&self, via: &NodeProc, replicas: u32) -> Result<f64> {
+    /// Puts the payload with `replicas` copies, joining through `via`,
+    /// encrypted unless `public`; returns the time the client reports, and
+    /// what `get` needs: the id of a public file, the id and key (a ticket
+    /// with its holders dropped) of an encrypted one.
+    fn put(&self, via: &NodeProc, replicas: u32, public: bool) -> Result<(f64, String)> {
         let replicas = replicas.to_string();
         let src = path_str(&self.src);
-        let args = [
+        let mut args = vec![
             "put",
             src,
             "--bootstrap",
@@ -124,23 +141,41 @@ impl Bench {
             "--replicas",
             &replicas,
         ];
-        let (secs, _) = timed_client(&self.exe, &args)?;
-        Ok(secs)
+        if public {
+            args.push("--public");
+        }
+        let (secs, _, out) = timed_client(&self.exe, &args)?;
+        let field = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        let target = match field("key: ") {
+            Some(key) => format!(
+                "{} --key {key}",
+                field("id: ").context("put printed no id")?
+            ),
+            None => field("id: ").context("put printed no id")?,
+        };
+        Ok((secs, target))
     }
 
-    /// Gets the payload by id into `out` in the work directory, joining
-    /// through `via`, checks it and removes it.
-    fn get(&self, what: &str, via: &NodeProc, out: &str, baseline: f64) -> Result<Row> {
+    /// Gets the payload (`target`: an id, and a key if encrypted) into
+    /// `out` in the work directory, joining through `via`, checks it and
+    /// removes it.
+    fn get(
+        &self,
+        what: &str,
+        via: &NodeProc,
+        target: &str,
+        out: &str,
+        baseline: f64,
+    ) -> Result<Row> {
         let out = self.work.join(out);
-        let args = [
-            "get",
-            &self.id,
-            "-o",
-            path_str(&out),
-            "--bootstrap",
-            &via.pinned,
-        ];
-        let (secs, rss_kib) = timed_client(&self.exe, &args)?;
+        let mut args = vec!["get"];
+        args.extend(target.split(' '));
+        args.extend(["-o", path_str(&out), "--bootstrap", &via.pinned]);
+        let (secs, rss_kib, _) = timed_client(&self.exe, &args)?;
         check_same(&self.src, &out)?;
         std::fs::remove_file(&out)?;
         Ok(Row {
@@ -223,15 +258,6 @@ fn write_payload(path: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-fn file_id(src: &Path) -> Result<String> {
-    let tree = quic_peer::store::chunker::build_tree(
-        src,
-        quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE,
-        &mut |_, _, _| Ok(()),
-    )?;
-    Ok(tree.root.to_string())
-}
-
 fn check_same(a: &Path, b: &Path) -> Result<()> {
     let ha = quic_peer::store::chunker::build_tree(a, 1 << 20, &mut |_, _, _| Ok(()))?;
     let mut hb = quic_peer::store::chunker::build_tree(b, 1 << 20, &mut |_, _, _| Ok(()))?;
@@ -253,8 +279,9 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Runs a client command to completion, polling its peak RSS. The time is the
-/// transfer time the client reports (`… in X s`), else the process's wall time.
-fn timed_client(exe: &Path, args: &[&str]) -> Result<(f64, Option<u64>)> {
+/// transfer time the client reports (`… in X s`), else the process's wall
+/// time; and what it printed.
+fn timed_client(exe: &Path, args: &[&str]) -> Result<(f64, Option<u64>, String)> {
     eprintln!("bench: quic-peer {}", args.join(" "));
     let start = Instant::now();
     let mut child = Command::new(exe)
@@ -281,7 +308,7 @@ fn timed_client(exe: &Path, args: &[&str]) -> Result<(f64, Option<u64>)> {
                 .and_then(|l| l.split(" in ").nth(1))
                 .and_then(|r| r.split(" s").next())
                 .and_then(|v| v.trim().parse::<f64>().ok());
-            return Ok((reported.unwrap_or(secs), rss));
+            return Ok((reported.unwrap_or(secs), rss, out));
         }
         if let Some(r) = peak_rss_kib(child.id()) {
             rss = Some(r);

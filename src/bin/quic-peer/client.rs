@@ -10,14 +10,48 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use quic_peer::download::DownloadOptions;
 use quic_peer::proto::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-use quic_peer::proto::ticket::Target;
+use quic_peer::proto::sealed::FileKey;
+use quic_peer::proto::ticket::{Target, Ticket};
 use quic_peer::proto::wire::Role;
-use quic_peer::replication::Shortfall;
+use quic_peer::replication::{PutOptions, Sealing, Shortfall};
 use quic_peer::store::datadir::DataDir;
 use quic_peer::{Identity, Node, NodeConfig};
 
 use crate::args::NodeArgs;
 use crate::display::{print_get, print_put, TransferProgress};
+
+/// How `put` stores a file: its flags.
+pub struct PutHow {
+    /// Copies on other nodes.
+    pub replicas: usize,
+    /// Plaintext bytes per chunk.
+    pub chunk_size: u64,
+    /// `--public`.
+    pub public: bool,
+    /// `--convergent`.
+    pub convergent: bool,
+    /// `--pad`.
+    pub pad: bool,
+}
+
+/// `target` with `key` (`get ID --key KEY`): a ticket with no holders.
+pub fn with_key(target: Target, key: Option<FileKey>) -> Result<Target> {
+    let Some(key) = key else {
+        return Ok(target);
+    };
+    match target {
+        Target::Id(id) => Ok(Target::Ticket(Ticket {
+            id,
+            holders: Vec::new(),
+            key: Some(key),
+        })),
+        Target::Ticket(t) if t.key.is_none() || t.key == Some(key) => Ok(Target::Ticket(Ticket {
+            key: Some(key),
+            ..t
+        })),
+        Target::Ticket(_) => anyhow::bail!("--key differs from the key in the ticket"),
+    }
+}
 
 /// Stores the file or directory at `path` with `replicas` copies on other
 /// nodes, and prints its id and ticket.
@@ -26,13 +60,37 @@ use crate::display::{print_get, print_put, TransferProgress};
 /// report. Fewer because nodes that could hold them refused or failed is an
 /// error, after the report (the copies placed stay, and the id and ticket
 /// work): the file is less safe than asked, and a script must hear it.
-pub async fn put(args: &NodeArgs, path: &Path, replicas: usize, chunk_size: u64) -> Result<()> {
-    anyhow::ensure!(replicas >= 1, "--replicas must be at least 1");
-    let chunk_size = checked_chunk_size(chunk_size)?;
+pub async fn put(args: &NodeArgs, path: &Path, how: &PutHow) -> Result<()> {
+    anyhow::ensure!(how.replicas >= 1, "--replicas must be at least 1");
+    let chunk_size = checked_chunk_size(how.chunk_size)?;
     std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let sealing = match (how.public, how.convergent) {
+        (true, _) => Sealing::Public,
+        (false, true) => {
+            let Some(dir) = &args.data_dir else {
+                anyhow::bail!(
+                    "--convergent needs --data-dir DIR: the convergence secret is kept there"
+                );
+            };
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let secret =
+                quic_peer::crypto::identity::convergence_secret(dir).with_context(|| {
+                    format!("cannot read the convergence secret in {}", dir.display())
+                })?;
+            Sealing::Convergent(secret)
+        }
+        (false, false) => Sealing::Random,
+    };
+    let opts = PutOptions {
+        replicas: how.replicas,
+        chunk_size,
+        sealing,
+        pad: how.pad,
+    };
     let (node, _dir) = start(args, true).await?;
     let progress = TransferProgress::new("put");
-    let result = node.put(path, replicas, chunk_size, progress.clone()).await;
+    let result = node.put(path, &opts, progress.clone()).await;
     progress.finish();
     node.shutdown().await;
     let report = result?;

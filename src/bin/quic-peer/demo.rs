@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use quic_peer::download::{DownloadOptions, NoProgress};
 use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
-use quic_peer::proto::ticket::Target;
+use quic_peer::proto::ticket::{Target, Ticket};
+use quic_peer::replication::PutOptions;
 use quic_peer::replication::PutReport;
 use quic_peer::{Node, NodeConfig, NodeId, PeerAddr};
 
@@ -161,7 +162,14 @@ fn write_random_file(work: &Path) -> Result<(PathBuf, Vec<u8>)> {
 /// Stores the file from node 1 and checks it got all its remote copies.
 async fn put_from_node_1(cluster: &Cluster, src: &Path) -> Result<PutReport> {
     let report = cluster.nodes[1]
-        .put(src, REPLICAS, DEFAULT_CHUNK_SIZE, Arc::new(NoProgress))
+        .put(
+            src,
+            &PutOptions {
+                replicas: REPLICAS,
+                ..PutOptions::default()
+            },
+            Arc::new(NoProgress),
+        )
         .await?;
     let holder_names: Vec<String> = cluster
         .holders(&report)
@@ -175,6 +183,7 @@ async fn put_from_node_1(cluster: &Cluster, src: &Path) -> Result<PutReport> {
         report.id
     );
     say!("[SENT] copies held by {}", holder_names.join(", "));
+    say!("[SEALED] encrypted on node 1 before it left: the holders store ciphertext; the id alone finds and checks it, the id with the key reads it");
     anyhow::ensure!(
         report.remote_copies == REPLICAS,
         "expected {REPLICAS} remote copies, got {}",
@@ -194,8 +203,9 @@ async fn stop_a_remote_holder(cluster: &Cluster, report: &PutReport) -> Result<u
     Ok(victim)
 }
 
-/// Fetches the file by its id alone through a running node that holds no
-/// copy, and checks it is the original byte for byte.
+/// Fetches the file by its id and key (a ticket listing no holders, so the
+/// DHT finds them) through a running node that holds no copy, and checks it
+/// is the original byte for byte.
 async fn fetch_by_id_elsewhere(
     cluster: &Cluster,
     report: &PutReport,
@@ -209,7 +219,11 @@ async fn fetch_by_id_elsewhere(
     let out = work.join("fetched.bin");
     let stats = cluster.nodes[fetcher]
         .get(
-            &Target::Id(report.id),
+            &Target::Ticket(Ticket {
+                id: report.id,
+                holders: Vec::new(),
+                key: report.key,
+            }),
             &out,
             &DownloadOptions::default(),
             Arc::new(NoProgress),

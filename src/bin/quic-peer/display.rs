@@ -48,7 +48,17 @@ pub fn print_put(report: &PutReport) {
         say!("[WARN] {id} did not take a copy: {why}");
     }
     say!("[PUT] {}", copies_line(report));
+    match report.key {
+        Some(_) => say!(
+            "[PUT] encrypted on this machine: the nodes that store it cannot read it; \
+             the ticket (or the id with the key) opens it, so share it as a secret"
+        ),
+        None => say!("[PUT] stored in plaintext (--public): anyone with the id can read it"),
+    }
     say!("id: {}", report.id);
+    if let Some(key) = report.key {
+        say!("key: {key}");
+    }
     say!("ticket: {}", report.ticket);
 }
 

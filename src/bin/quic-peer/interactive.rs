@@ -1,5 +1,5 @@
 //! The commands a running node reads on standard input, one a line:
-//! `put PATH [REPLICAS]`, `get ID|TICKET OUT [--force]`, `files`, `peers`,
+//! `put PATH [REPLICAS] [--public]`, `get ID|TICKET OUT [--force]`, `files`, `peers`,
 //! `id`, `help` and `exit`.
 //!
 //! A command never blocks the loop that reads them: transfers run as tasks
@@ -9,15 +9,15 @@ use std::path::PathBuf;
 use std::str::SplitWhitespace;
 
 use quic_peer::download::DownloadOptions;
-use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
 use quic_peer::proto::ticket::Target;
 use quic_peer::proto::wire::Role;
+use quic_peer::replication::{PutOptions, Sealing};
 use quic_peer::{Node, PeerState};
 
 use crate::display::{human, print_get, print_put, say, TransferProgress};
 
 const HELP: &str =
-    "commands: put PATH [REPLICAS], get ID|TICKET OUT [--force], files, peers, id, exit";
+    "commands: put PATH [REPLICAS] [--public], get ID|TICKET OUT [--force], files, peers, id, exit";
 
 /// Runs one interactive command; false means exit. Transfers run in the
 /// background and print when they finish.
@@ -37,9 +37,20 @@ pub fn command(node: &Node, line: &str) -> bool {
     true
 }
 
-/// `put PATH [REPLICAS]`, three replicas unless told.
-fn put(node: &Node, mut words: SplitWhitespace<'_>) {
-    const USAGE: &str = "usage: put PATH [REPLICAS]";
+/// `put PATH [REPLICAS] [--public]`, three replicas unless told, encrypted
+/// unless `--public`.
+fn put(node: &Node, words: SplitWhitespace<'_>) {
+    const USAGE: &str = "usage: put PATH [REPLICAS] [--public]";
+    let (flags, rest): (Vec<&str>, Vec<&str>) = words.partition(|w| w.starts_with("--"));
+    let sealing = match flags[..] {
+        [] => Sealing::Random,
+        ["--public"] => Sealing::Public,
+        _ => {
+            say!("{USAGE}");
+            return;
+        }
+    };
+    let mut words = rest.into_iter();
     let Some(path) = words.next() else {
         say!("{USAGE}");
         return;
@@ -52,19 +63,17 @@ fn put(node: &Node, mut words: SplitWhitespace<'_>) {
             return;
         }
     };
-    tokio::spawn(put_in_background(
-        node.clone(),
-        PathBuf::from(path),
+    let opts = PutOptions {
         replicas,
-    ));
+        sealing,
+        ..PutOptions::default()
+    };
+    tokio::spawn(put_in_background(node.clone(), PathBuf::from(path), opts));
 }
 
-async fn put_in_background(node: Node, path: PathBuf, replicas: usize) {
+async fn put_in_background(node: Node, path: PathBuf, opts: PutOptions) {
     let progress = TransferProgress::new("put");
-    match node
-        .put(&path, replicas, DEFAULT_CHUNK_SIZE, progress.clone())
-        .await
-    {
+    match node.put(&path, &opts, progress.clone()).await {
         Ok(report) => {
             progress.finish();
             print_put(&report);

@@ -72,14 +72,30 @@ async fn dispatch(cli: Cli) -> Result<()> {
             path,
             replicas,
             chunk_size,
-        }) => client::put(&cli.node, &path, replicas, chunk_size).await,
+            public,
+            convergent,
+            pad,
+        }) => {
+            let how = client::PutHow {
+                replicas,
+                chunk_size,
+                public,
+                convergent,
+                pad,
+            };
+            client::put(&cli.node, &path, &how).await
+        }
         Some(Command::Get {
             target,
+            key,
             out,
             retry_for,
             max_in_flight,
             force,
-        }) => client::get(&cli.node, &target, &out, retry_for, max_in_flight, force).await,
+        }) => {
+            let target = client::with_key(target, key)?;
+            client::get(&cli.node, &target, &out, retry_for, max_in_flight, force).await
+        }
         None => run::run_node(&cli.node).await,
     }
 }

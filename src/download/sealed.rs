@@ -1,0 +1,192 @@
+//! Downloading a sealed file or tree ([`crate::proto::sealed`]) with its key.
+//!
+//! 1. The metadata is opened with the key and checked against the body
+//!    before anything is written: a wrong key fails here
+//!    ([`DownloadError::Sealed`]), and so do names that are not plain names,
+//!    a tree past the limits, or sizes that do not fit the chunks.
+//! 2. The paths are checked as for a plain tree (nothing overwritten unless
+//!    forced; the disk must have room).
+//! 3. The stream is fetched like one file (every provider, resumable, each
+//!    chunk checked against its hash, then opened: its tag checked) into
+//!    `OUT.part`: for a single file that is the file, cut to its size (the
+//!    padding goes) and renamed; for a tree it is `OUT.sealed`, whose ranges
+//!    then become the tree's files (each written as `NAME.part`, synced and
+//!    renamed) before it is deleted.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::download::file::{download_file, Sealing};
+use crate::download::plan::{check_dir, check_file, check_space};
+use crate::download::shared::{lock, Shared};
+use crate::download::writer::is_finished;
+use crate::download::{io, part_path, DownloadError, DownloadOptions, Progress, Provider};
+use crate::proto::manifest::{FileManifest, SealedManifest};
+use crate::proto::sealed::{EntryKind, FileKey, Meta, Sealer};
+use crate::proto::Hash;
+
+/// Downloads the sealed file `id` (its manifest `m`) to `out`, opened with
+/// `key`.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn download_sealed(
+    providers: &[Provider],
+    shared: &Arc<Shared>,
+    id: Hash,
+    m: &SealedManifest,
+    key: &FileKey,
+    out: &Path,
+    opts: &DownloadOptions,
+    progress: &Arc<dyn Progress>,
+) -> Result<(), DownloadError> {
+    let sealer = Arc::new(Sealer::new(key));
+    let meta = sealer
+        .open_meta(&m.meta, &m.body)
+        .map_err(|reason| DownloadError::Sealed { id, reason })?;
+    // The plaintext stream, as the download engine sees a file: offsets and
+    // lengths of the plaintext, hashes of the sealed chunks.
+    let stream = FileManifest {
+        name: meta.entries[0].name.clone(),
+        size: meta.stream_len,
+        chunk_size: meta.chunk_size,
+        chunks: m.body.chunks.clone(),
+    };
+    let single = matches!(meta.entries[0].kind, EntryKind::File(_));
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    progress.begin(&name, meta.stream_len);
+    if single {
+        let keep = meta.content_len();
+        if kept(out, &stream, &sealer, keep)? {
+            progress.advance(meta.stream_len);
+            lock(&shared.stats).chunks_resumed += stream.chunks.len();
+        } else {
+            check_file(out, opts.force)?;
+            check_space(out, keep)?;
+            let sealing = Sealing { sealer, keep };
+            download_file(
+                providers,
+                shared,
+                &stream,
+                out,
+                opts,
+                progress,
+                Some(&sealing),
+            )
+            .await?;
+        }
+        let mut s = lock(&shared.stats);
+        s.files += 1;
+        s.bytes += keep;
+        return Ok(());
+    }
+    let paths = tree_paths(&meta, out);
+    for (i, path) in paths.iter().enumerate() {
+        match meta.entries[i].kind {
+            EntryKind::Dir => check_dir(path)?,
+            EntryKind::File(_) => check_file(path, opts.force)?,
+        }
+    }
+    check_space(out, meta.stream_len.saturating_mul(2))?;
+    let whole = with_suffix(out, ".sealed");
+    let sealing = Sealing {
+        sealer,
+        keep: meta.stream_len,
+    };
+    download_file(
+        providers,
+        shared,
+        &stream,
+        &whole,
+        opts,
+        progress,
+        Some(&sealing),
+    )
+    .await?;
+    let (meta2, paths2, whole2) = (meta.clone(), paths.clone(), whole.clone());
+    let written = tokio::task::spawn_blocking(move || unpack(&meta2, &paths2, &whole2))
+        .await
+        .map_err(|e| DownloadError::Io {
+            path: whole.clone(),
+            source: std::io::Error::other(e),
+        })??;
+    std::fs::remove_file(&whole).map_err(io(&whole))?;
+    let mut s = lock(&shared.stats);
+    s.files += written;
+    s.bytes += meta.content_len();
+    Ok(())
+}
+
+/// Whether the single file at `out` is the download, finished before: the
+/// same bytes, each chunk sealing to its hash (only checked when there is no
+/// padding to cut).
+fn kept(
+    out: &Path,
+    stream: &FileManifest,
+    sealer: &Sealer,
+    keep: u64,
+) -> Result<bool, DownloadError> {
+    if keep != stream.size {
+        return Ok(false);
+    }
+    is_finished(out, stream, Some(sealer)).map_err(io(out))
+}
+
+/// Where each entry goes: the root at `out`, the others below it.
+fn tree_paths(meta: &Meta, out: &Path) -> Vec<PathBuf> {
+    (0..meta.entries.len())
+        .map(|i| {
+            let mut p = out.to_path_buf();
+            for name in meta.path(i) {
+                p.push(name);
+            }
+            p
+        })
+        .collect()
+}
+
+/// `path` with `suffix` appended to its name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Writes the tree's directories and files from the finished stream
+/// `whole`: each file from its range, as `NAME.part`, synced, renamed.
+/// Returns the files written. Blocking.
+fn unpack(meta: &Meta, paths: &[PathBuf], whole: &Path) -> Result<usize, DownloadError> {
+    for (i, e) in meta.entries.iter().enumerate() {
+        if e.kind == EntryKind::Dir {
+            std::fs::create_dir_all(&paths[i]).map_err(io(&paths[i]))?;
+        }
+    }
+    let stream = File::open(whole).map_err(io(whole))?;
+    let files = meta.files();
+    for f in &files {
+        let path = &paths[f.entry];
+        let part = part_path(path);
+        let mut to = File::create(&part).map_err(io(&part))?;
+        copy_range(&stream, f.offset, f.size, &mut to).map_err(io(&part))?;
+        to.sync_all().map_err(io(&part))?;
+        std::fs::rename(&part, path).map_err(io(path))?;
+    }
+    Ok(files.len())
+}
+
+/// Copies `len` bytes of `from` at `offset` to the end of `to`.
+fn copy_range(from: &File, offset: u64, len: u64, to: &mut File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut from = from.try_clone()?;
+    from.seek(SeekFrom::Start(offset))?;
+    let copied = std::io::copy(&mut from.take(len), to)?;
+    if copied != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the stream is shorter than its files",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! Sealing local files: a file or directory laid end to end in one stream,
+//! cut into chunks and each sealed ([`crate::proto::sealed`]) before it is
+//! stored or sent. One chunk is in memory at a time.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::proto::manifest::{Manifest, SealedManifest};
+use crate::proto::sealed::{self, Entry, EntryKind, FileKey, Meta, Sealer};
+use crate::proto::Hash;
+use crate::store::chunker::{file_name, ChunkError, Tree};
+
+/// Where a sealed file's key comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyChoice {
+    /// A fresh random key: the default.
+    Random,
+    /// Derived from the content and this convergence secret: the same
+    /// content sealed twice with one secret gives the same file.
+    Convergent([u8; 32]),
+}
+
+/// A range of a local file: part of a sealed chunk's plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// The file.
+    pub path: PathBuf,
+    /// Where the range starts in it.
+    pub offset: u64,
+    /// Its length.
+    pub len: usize,
+}
+
+/// Where a sealed chunk's plaintext comes from: its index in the stream and
+/// the ranges of local files it holds, then zeros up to `len`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedLocation {
+    /// The chunk's index (it is sealed with it).
+    pub index: u64,
+    /// The file ranges, in order.
+    pub segments: Vec<Segment>,
+    /// The plaintext's length, padding included.
+    pub len: usize,
+}
+
+impl SealedLocation {
+    /// Reads the plaintext again: the segments, then the padding.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        let mut data = Vec::with_capacity(self.len + sealed::TAG_LEN);
+        for s in &self.segments {
+            let start = data.len();
+            data.resize(start + s.len, 0);
+            File::open(&s.path)?.read_exact_at(&mut data[start..], s.offset)?;
+        }
+        data.resize(self.len, 0);
+        Ok(data)
+    }
+}
+
+/// Called with every sealed chunk: its hash, its bytes (ciphertext) and
+/// where its plaintext is.
+pub type OnSealed<'a> = dyn FnMut(Hash, &[u8], SealedLocation) -> std::io::Result<()> + 'a;
+
+/// A local file or directory sealed: its one manifest and its key.
+#[derive(Debug, Clone)]
+pub struct SealedTree {
+    /// The sealed manifest, as a tree of one manifest.
+    pub tree: Tree,
+    /// The key that opens it.
+    pub key: FileKey,
+    /// Bytes of the files (without sealing and padding).
+    pub content_len: u64,
+}
+
+/// Seals the file or directory at `path` in chunks of `chunk_size` bytes of
+/// plaintext (`pad`: the stream padded to [`sealed::padme`] of its length),
+/// handing each sealed chunk to `each`.
+pub fn seal_tree(
+    path: &Path,
+    chunk_size: u32,
+    key: KeyChoice,
+    pad: bool,
+    each: &mut OnSealed<'_>,
+) -> Result<SealedTree, ChunkError> {
+    let mut entries = Vec::new();
+    let mut files = Vec::new();
+    walk(path, None, &mut entries, &mut files)?;
+    let content_len = files.iter().map(|(_, n)| *n).sum::<u64>();
+    let stream_len = if pad {
+        sealed::padme(content_len)
+    } else {
+        content_len
+    };
+    let meta = Meta {
+        chunk_size,
+        stream_len,
+        entries,
+    };
+    let key = match key {
+        KeyChoice::Random => FileKey::random(),
+        KeyChoice::Convergent(secret) => {
+            let mut hasher = blake3::Hasher::new();
+            let mut stream = Stream::new(&files, stream_len, chunk_size);
+            while let Some(loc) = stream.next_chunk() {
+                hasher.update(&read(&loc)?);
+            }
+            let stream_hash = Hash::from_bytes(*hasher.finalize().as_bytes());
+            let meta_hash = Hash::of(&sealed::encode_meta(&meta));
+            FileKey::convergent(&secret, &meta_hash, &stream_hash, chunk_size, pad)
+        }
+    };
+    let sealer = Sealer::new(&key);
+    let mut chunks = Vec::new();
+    let mut stream = Stream::new(&files, stream_len, chunk_size);
+    while let Some(loc) = stream.next_chunk() {
+        let mut data = read(&loc)?;
+        sealer.seal_chunk(loc.index, &mut data);
+        let hash = Hash::of(&data);
+        let at = loc
+            .segments
+            .first()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        each(hash, &data, loc).map_err(|source| ChunkError::Io { path: at, source })?;
+        chunks.push(hash);
+    }
+    let manifest = Manifest::Sealed(SealedManifest {
+        version: sealed::VERSION,
+        meta: sealer.seal_meta(&meta, pad),
+        body: sealed::body(chunk_size, stream_len, chunks),
+    });
+    let bytes = manifest.encode();
+    let root = Hash::of(&bytes);
+    let size = manifest.chunked().map_or(0, |b| b.size);
+    Ok(SealedTree {
+        tree: Tree {
+            root,
+            manifests: vec![(root, bytes)],
+            size,
+        },
+        key,
+        content_len,
+    })
+}
+
+impl super::Store {
+    /// Seals a local file or directory ([`seal_tree`]) into the store and
+    /// records it as held, under the name [`sealed::BODY_NAME`]: the store
+    /// keeps nothing of its names.
+    pub fn import_sealed(
+        &self,
+        path: &Path,
+        chunk_size: u32,
+        key: KeyChoice,
+        pad: bool,
+    ) -> Result<SealedTree, super::ImportError> {
+        let mut store_err = None;
+        let sealed = seal_tree(path, chunk_size, key, pad, &mut |hash, data, _| {
+            self.put_chunk(&hash, data).map(|_| ()).map_err(|e| {
+                let msg = e.to_string();
+                store_err = Some(e);
+                std::io::Error::other(msg)
+            })
+        });
+        if let Some(e) = store_err {
+            return Err(e.into());
+        }
+        let sealed = sealed?;
+        for (_, bytes) in &sealed.tree.manifests {
+            self.put_manifest(bytes)?;
+        }
+        self.add_file(
+            &sealed.tree.root,
+            &super::FileRecord {
+                name: sealed::BODY_NAME.to_string(),
+                size: sealed.tree.size,
+                is_dir: false,
+            },
+        )?;
+        Ok(sealed)
+    }
+}
+
+/// Reads a chunk's plaintext, naming the first file on error.
+fn read(loc: &SealedLocation) -> Result<Vec<u8>, ChunkError> {
+    loc.read().map_err(|source| ChunkError::Io {
+        path: loc
+            .segments
+            .first()
+            .map(|s| s.path.clone())
+            .unwrap_or_default(),
+        source,
+    })
+}
+
+/// Adds `path` (and, for a directory, everything below it, by name) to
+/// `entries`, and its files with their sizes to `files`, in stream order.
+fn walk(
+    path: &Path,
+    parent: Option<u32>,
+    entries: &mut Vec<Entry>,
+    files: &mut Vec<(PathBuf, u64)>,
+) -> Result<(), ChunkError> {
+    let io = |source| ChunkError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let name = file_name(path)?;
+    let index =
+        u32::try_from(entries.len()).map_err(|_| io(std::io::Error::other("too many files")))?;
+    if !meta.is_dir() {
+        entries.push(Entry {
+            parent,
+            name,
+            kind: EntryKind::File(meta.len()),
+        });
+        files.push((path.to_path_buf(), meta.len()));
+        return Ok(());
+    }
+    entries.push(Entry {
+        parent,
+        name,
+        kind: EntryKind::Dir,
+    });
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let ty = entry.file_type().map_err(io)?;
+        if ty.is_dir() || ty.is_file() {
+            children.push(entry.path());
+        }
+    }
+    children.sort();
+    for child in children {
+        walk(&child, Some(index), entries, files)?;
+    }
+    Ok(())
+}
+
+/// Cuts the files laid end to end (then zeros up to `len`) into chunks.
+struct Stream<'a> {
+    files: &'a [(PathBuf, u64)],
+    len: u64,
+    chunk_size: u64,
+    /// The next chunk's index.
+    index: u64,
+    /// The file the next byte comes from, and how far into it.
+    file: usize,
+    offset: u64,
+}
+
+impl<'a> Stream<'a> {
+    fn new(files: &'a [(PathBuf, u64)], len: u64, chunk_size: u32) -> Self {
+        Stream {
+            files,
+            len,
+            chunk_size: u64::from(chunk_size),
+            index: 0,
+            file: 0,
+            offset: 0,
+        }
+    }
+
+    fn next_chunk(&mut self) -> Option<SealedLocation> {
+        let start = self.index * self.chunk_size;
+        if start >= self.len {
+            return None;
+        }
+        let len = (self.len - start).min(self.chunk_size);
+        let mut want = len;
+        let mut segments = Vec::new();
+        while want > 0 && self.file < self.files.len() {
+            let (path, size) = &self.files[self.file];
+            let take = (size - self.offset).min(want);
+            if take > 0 {
+                segments.push(Segment {
+                    path: path.clone(),
+                    offset: self.offset,
+                    len: take as usize,
+                });
+            }
+            want -= take;
+            self.offset += take;
+            if self.offset == *size {
+                self.file += 1;
+                self.offset = 0;
+            }
+        }
+        let loc = SealedLocation {
+            index: self.index,
+            segments,
+            len: len as usize,
+        };
+        self.index += 1;
+        Some(loc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_is_one_stream_and_each_chunk_opens_to_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("photos");
+        std::fs::create_dir_all(root.join("b/empty")).unwrap();
+        std::fs::write(root.join("a.txt"), vec![1u8; 1500]).unwrap();
+        std::fs::write(root.join("b/c.txt"), vec![2u8; 700]).unwrap();
+        std::fs::write(root.join("b/d.txt"), b"").unwrap();
+        let mut sealed = Vec::new();
+        let t = seal_tree(
+            &root,
+            1024,
+            KeyChoice::Random,
+            false,
+            &mut |h, data, loc| {
+                assert_eq!(h, Hash::of(data));
+                sealed.push((data.to_vec(), loc));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(t.content_len, 2200);
+        let Ok(Manifest::Sealed(m)) = Manifest::decode(&t.tree.manifests[0].1) else {
+            panic!("a sealed manifest");
+        };
+        let sealer = Sealer::new(&t.key);
+        let meta = sealer.open_meta(&m.meta, &m.body).unwrap();
+        let names: Vec<_> = meta.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["photos", "a.txt", "b", "c.txt", "d.txt", "empty"]);
+        assert_eq!(sealed.len(), 3);
+        // Chunk 1 holds the end of a.txt and the start of b/c.txt.
+        assert_eq!(sealed[1].1.segments.len(), 2);
+        let mut plain = Vec::new();
+        for (data, loc) in &sealed {
+            let mut d = data.clone();
+            sealer.open_chunk(loc.index, &mut d).unwrap();
+            assert_eq!(d, loc.read().unwrap());
+            plain.extend(d);
+        }
+        assert_eq!(plain[..1500], [1u8; 1500]);
+        assert_eq!(plain[1500..], [2u8; 700]);
+        // Nothing of a name is in what a node stores.
+        let stored = &t.tree.manifests[0].1;
+        assert!(!stored.windows(5).any(|w| w == b"a.txt"));
+    }
+
+    #[test]
+    fn convergent_keys_repeat_for_the_same_content_and_padding_rounds_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, vec![9u8; 5000]).unwrap();
+        let seal = |key, pad| seal_tree(&path, 1024, key, pad, &mut |_, _, _| Ok(())).unwrap();
+        let secret = KeyChoice::Convergent([4; 32]);
+        let (a, b) = (seal(secret, false), seal(secret, false));
+        assert_eq!((a.key, a.tree.root), (b.key, b.tree.root));
+        assert_ne!(seal(KeyChoice::Random, false).tree.root, a.tree.root);
+        assert_ne!(seal(KeyChoice::Convergent([5; 32]), false).key, a.key);
+        let padded = seal(KeyChoice::Random, true);
+        assert_eq!(
+            padded.tree.size,
+            sealed::padme(5000) + 5 * sealed::TAG_LEN as u64
+        );
+    }
+}
