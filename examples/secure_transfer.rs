@@ -14,6 +14,11 @@
 //! 4. The wire is encrypted: C downloads a file full of a marker string from A
 //!    through a UDP relay that keeps every datagram; the marker (or any 16-byte
 //!    piece of it) is nowhere in them, not even across datagram boundaries.
+//! 5. The nodes that store a file cannot read it: B puts a file full of the
+//!    marker, named `secret-report.txt`, encrypted on B (the default); every
+//!    node that holds a copy has its data directory searched byte by byte
+//!    for the marker, its 16-byte pieces and the name, and none is there; C
+//!    reads the file with the ticket, and the id alone does not open it.
 //!
 //! Each step prints `step N ... OK` or `step N ... FAILED: why`; the program
 //! exits non-zero if any step fails.
@@ -118,13 +123,14 @@ async fn main() -> Result<ExitCode> {
     println!();
 
     let mut failed = 0;
-    let steps = 4;
+    let steps = 5;
     for n in 1..=steps {
         let result = match n {
             1 => run(step1(&mut demo)).await,
             2 => run(step2(&demo)).await,
             3 => run(step3(&demo)).await,
-            _ => run(step4(&demo)).await,
+            4 => run(step4(&demo)).await,
+            _ => run(step5(&demo)).await,
         };
         match result {
             Ok(()) => println!("step {n} ... OK\n"),
@@ -180,7 +186,14 @@ async fn start(dir: &Path, name: &str, role: Role) -> Result<Node> {
 /// A (full node with a store) stores the file at `path` locally only.
 async fn store_locally(node: &Node, path: &Path) -> Result<replication::PutReport> {
     let report = node
-        .put(path, 0, CHUNK_SIZE, Arc::new(NoProgress))
+        .put(
+            path,
+            &quic_peer::replication::PutOptions {
+                chunk_size: CHUNK_SIZE,
+                ..quic_peer::replication::PutOptions::public(0)
+            },
+            Arc::new(NoProgress),
+        )
         .await
         .with_context(|| format!("storing {} failed", path.display()))?;
     ensure!(
@@ -502,6 +515,136 @@ async fn step4(demo: &Demo) -> Result<()> {
     Ok(())
 }
 
+/// Step 5: B puts a file encrypted; the nodes that hold it cannot read it.
+async fn step5(demo: &Demo) -> Result<()> {
+    println!("step 5: the nodes that store a file hold ciphertext only");
+    const NAME: &str = "secret-report.txt";
+    // Another marker than step 4's (which A holds in plaintext), sharing
+    // no 16-byte piece with it: lowercase.
+    const SEALED_MARKER: &[u8] = b"quic-peer-sealed-marker/";
+    let plain: Vec<u8> = SEALED_MARKER
+        .iter()
+        .copied()
+        .cycle()
+        .take(MARKER_FILE_SIZE)
+        .collect();
+    let path = demo.dir.join(NAME);
+    std::fs::write(&path, &plain).with_context(|| format!("cannot write {}", path.display()))?;
+    let opts = replication::PutOptions {
+        replicas: 2,
+        ..replication::PutOptions::default()
+    };
+    let report = demo
+        .b
+        .put(&path, &opts, Arc::new(NoProgress))
+        .await
+        .context("B's put failed")?;
+    ensure!(report.key.is_some(), "the put was not encrypted");
+    ensure!(report.remote_copies >= 1, "no other node took a copy");
+    println!(
+        "   B encrypted {NAME} ({} bytes of {:?} repeated) and stored it as {}, on {} other node(s)",
+        plain.len(),
+        String::from_utf8_lossy(SEALED_MARKER),
+        report.id,
+        report.remote_copies
+    );
+    let pieces = pieces_of(SEALED_MARKER);
+    ensure!(
+        count_pieces(&plain, &pieces) > 0,
+        "the search does not find the marker even in the plaintext"
+    );
+    let names = [
+        ("A", &demo.a, "a"),
+        ("B", &demo.b, "b"),
+        ("I", &demo.impostor, "impostor"),
+        ("D", &demo.d, "d"),
+    ];
+    let mut searched = 0;
+    for (label, node, dir) in names {
+        if !report.holders.iter().any(|h| h.id == node.id()) {
+            continue;
+        }
+        let data_dir = demo.dir.join(format!("node-{dir}"));
+        let (bytes, files, found) = search_dir(&data_dir, NAME.as_bytes(), SEALED_MARKER, &pieces)?;
+        println!(
+            "   {label} holds a copy: searched its data directory, {files} files, {bytes} bytes: {found} hits for the marker, its {PIECE}-byte pieces or the name"
+        );
+        ensure!(
+            found == 0,
+            "{label}'s data directory holds plaintext or the name"
+        );
+        searched += 1;
+    }
+    ensure!(searched >= 2, "only {searched} holders were searched");
+
+    let out = demo.dir.join("step5-received.txt");
+    // The holders, without the key: the id alone (the verify capability).
+    let no_key = quic_peer::proto::ticket::Ticket {
+        key: None,
+        ..report.ticket.clone()
+    };
+    let by_id = demo
+        .c
+        .get(
+            &no_key.into(),
+            &out,
+            &DownloadOptions::default(),
+            Arc::new(NoProgress),
+        )
+        .await;
+    let refused = by_id.err().map(|e| e.to_string()).unwrap_or_default();
+    ensure!(
+        refused.contains("its ticket (which carries the key) is needed") && !out.exists(),
+        "the id alone opened the file, or failed otherwise: {refused}"
+    );
+    println!("   C with the id alone, from the holders: {refused}");
+    let stats = demo
+        .c
+        .get(
+            &report.ticket.clone().into(),
+            &out,
+            &DownloadOptions::default(),
+            Arc::new(NoProgress),
+        )
+        .await
+        .context("C could not read the file with the ticket")?;
+    let got = std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
+    ensure!(got == plain, "the file C read differs from the original");
+    println!(
+        "   C read it with the ticket: {} bytes, every chunk checked by hash and by its AEAD tag, equal to the original",
+        stats.bytes
+    );
+    Ok(())
+}
+
+/// Searches every file under `dir`: (bytes, files, hits of `name`, of
+/// `marker` or of one of `pieces`).
+fn search_dir(
+    dir: &Path,
+    name: &[u8],
+    marker: &[u8],
+    pieces: &HashSet<[u8; PIECE]>,
+) -> Result<(usize, usize, usize)> {
+    let (mut bytes, mut files, mut found) = (0, 0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let Ok(data) = std::fs::read(&p) else {
+                continue;
+            };
+            bytes += data.len();
+            files += 1;
+            found += count(&data, name) + count(&data, marker) + count_pieces(&data, pieces);
+        }
+    }
+    Ok((bytes, files, found))
+}
+
 fn provider(id: NodeId, conn: quinn::Connection) -> Provider {
     Provider { id, conn }
 }
@@ -519,13 +662,18 @@ async fn fetch(providers: Vec<Provider>, id: Hash, out: &Path) -> Result<Downloa
     .with_context(|| format!("downloading {id} failed"))
 }
 
-/// Every [`PIECE`]-byte window of the repeated marker: one per rotation.
+/// Every [`PIECE`]-byte window of the repeated [`MARKER`]: one per rotation.
 fn marker_pieces() -> HashSet<[u8; PIECE]> {
-    (0..MARKER.len())
+    pieces_of(MARKER)
+}
+
+/// Every [`PIECE`]-byte window of `marker` repeated: one per rotation.
+fn pieces_of(marker: &[u8]) -> HashSet<[u8; PIECE]> {
+    (0..marker.len())
         .map(|start| {
             let mut piece = [0u8; PIECE];
             for (k, b) in piece.iter_mut().enumerate() {
-                *b = MARKER[(start + k) % MARKER.len()];
+                *b = marker[(start + k) % marker.len()];
             }
             piece
         })

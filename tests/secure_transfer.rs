@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time allowed for building it (cargo may wait for another build's lock).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
-const STEPS: usize = 4;
+const STEPS: usize = 5;
 
 /// `target/<profile>`, from this test's own path `target/<profile>/deps/NAME-HASH`.
 fn profile_dir() -> PathBuf {
