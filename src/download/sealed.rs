@@ -51,72 +51,97 @@ pub(super) async fn download_sealed(
         chunk_size: meta.chunk_size,
         chunks: m.body.chunks.clone(),
     };
-    let single = matches!(meta.entries[0].kind, EntryKind::File(_));
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     progress.begin(&name, meta.stream_len);
-    if single {
-        let keep = meta.content_len();
-        if kept(out, &stream, &sealer, keep)? {
-            progress.advance(meta.stream_len);
-            lock(&shared.stats).chunks_resumed += stream.chunks.len();
-        } else {
-            check_file(out, opts.force)?;
-            check_space(out, keep)?;
-            let sealing = Sealing { sealer, keep };
-            download_file(
-                providers,
-                shared,
-                &stream,
-                out,
-                opts,
-                progress,
-                Some(&sealing),
-            )
-            .await?;
-        }
-        let mut s = lock(&shared.stats);
-        s.files += 1;
-        s.bytes += keep;
-        return Ok(());
+    let job = Job {
+        providers,
+        shared,
+        opts,
+        progress,
+        sealer,
+        stream: &stream,
+    };
+    let (files, bytes) = match meta.entries[0].kind {
+        EntryKind::File(_) => (1, single_file(&job, meta.content_len(), out).await?),
+        EntryKind::Dir => tree(&job, &meta, out).await?,
+    };
+    let mut s = lock(&shared.stats);
+    s.files += files;
+    s.bytes += bytes;
+    Ok(())
+}
+
+/// What both kinds of sealed download need.
+struct Job<'a> {
+    providers: &'a [Provider],
+    shared: &'a Arc<Shared>,
+    opts: &'a DownloadOptions,
+    progress: &'a Arc<dyn Progress>,
+    sealer: Arc<Sealer>,
+    /// The plaintext stream, as a file.
+    stream: &'a FileManifest,
+}
+
+impl Job<'_> {
+    /// Fetches the stream to `path`, cut to `keep` bytes.
+    async fn fetch(&self, path: &Path, keep: u64) -> Result<(), DownloadError> {
+        let sealing = Sealing {
+            sealer: self.sealer.clone(),
+            keep,
+        };
+        let j = self;
+        download_file(
+            j.providers,
+            j.shared,
+            j.stream,
+            path,
+            j.opts,
+            j.progress,
+            Some(&sealing),
+        )
+        .await
     }
-    let paths = tree_paths(&meta, out);
+}
+
+/// A single file: the stream is the file, cut to its `size`. Returns its
+/// size.
+async fn single_file(job: &Job<'_>, size: u64, out: &Path) -> Result<u64, DownloadError> {
+    if kept(out, job.stream, &job.sealer, size)? {
+        job.progress.advance(job.stream.size);
+        lock(&job.shared.stats).chunks_resumed += job.stream.chunks.len();
+        return Ok(size);
+    }
+    check_file(out, job.opts.force)?;
+    check_space(out, size)?;
+    job.fetch(out, size).await?;
+    Ok(size)
+}
+
+/// A tree: the stream to `OUT.sealed`, then unpacked into its files.
+/// Returns the files written and their bytes.
+async fn tree(job: &Job<'_>, meta: &Meta, out: &Path) -> Result<(usize, u64), DownloadError> {
+    let paths = tree_paths(meta, out);
     for (i, path) in paths.iter().enumerate() {
         match meta.entries[i].kind {
             EntryKind::Dir => check_dir(path)?,
-            EntryKind::File(_) => check_file(path, opts.force)?,
+            EntryKind::File(_) => check_file(path, job.opts.force)?,
         }
     }
     check_space(out, meta.stream_len.saturating_mul(2))?;
     let whole = with_suffix(out, ".sealed");
-    let sealing = Sealing {
-        sealer,
-        keep: meta.stream_len,
-    };
-    download_file(
-        providers,
-        shared,
-        &stream,
-        &whole,
-        opts,
-        progress,
-        Some(&sealing),
-    )
-    .await?;
-    let (meta2, paths2, whole2) = (meta.clone(), paths.clone(), whole.clone());
-    let written = tokio::task::spawn_blocking(move || unpack(&meta2, &paths2, &whole2))
+    job.fetch(&whole, meta.stream_len).await?;
+    let (meta2, whole2) = (meta.clone(), whole.clone());
+    let written = tokio::task::spawn_blocking(move || unpack(&meta2, &paths, &whole2))
         .await
         .map_err(|e| DownloadError::Io {
             path: whole.clone(),
             source: std::io::Error::other(e),
         })??;
     std::fs::remove_file(&whole).map_err(io(&whole))?;
-    let mut s = lock(&shared.stats);
-    s.files += written;
-    s.bytes += meta.content_len();
-    Ok(())
+    Ok((written, meta.content_len()))
 }
 
 /// Whether the single file at `out` is the download, finished before: the
