@@ -52,10 +52,7 @@ fn read_cap(report: &PutReport) -> Target {
 }
 
 async fn get(node: &Node, target: Target, out: &Path) -> Result<usize, DownloadError> {
-    let opts = DownloadOptions {
-        retry_for: Duration::ZERO,
-        ..DownloadOptions::default()
-    };
+    let opts = DownloadOptions::default();
     node.get(&target, out, &opts, Arc::new(NoProgress))
         .await
         .map(|s| s.chunks_resumed)
@@ -207,7 +204,7 @@ async fn a_tree_round_trips_with_names_empty_files_and_directories() {
     assert_eq!(tree(&out), tree(&root));
     assert_eq!(tree(&out).len(), 57);
     assert!(
-        !out.with_file_name("copy.sealed").exists(),
+        !out.with_file_name("copy.qp-tree").exists(),
         "the stream is removed"
     );
     // Again into the same place: every file is there, so it is refused.
@@ -246,6 +243,7 @@ fn tampered_file(node: &Node, key: &FileKey) -> Hash {
     }
     let m = Manifest::Sealed(SealedManifest {
         version: sealed::VERSION,
+        commitment: sealer.commitment(),
         meta: sealer.seal_meta(&meta, false),
         body: sealed::body(1024, meta.stream_len, hashes),
     });
@@ -272,14 +270,20 @@ async fn a_chunk_that_does_not_open_fails_the_get_with_nothing_written() {
         holders: Vec::new(),
         key: Some(key),
     });
+    let started = std::time::Instant::now();
     let e = get(&net[1].node, target, &out).await;
-    let text = e
-        .as_ref()
-        .map(|_| String::new())
-        .unwrap_or_else(|e| e.to_string());
+    assert!(
+        matches!(&e, Err(DownloadError::Unopenable { chunk: 1, .. })),
+        "{e:?}"
+    );
+    let text = e.unwrap_err().to_string();
     assert!(
         text.contains("chunk 1: the key does not open this chunk"),
-        "{e:?}"
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not retried: no peer has a better copy"
     );
     assert!(!out.exists(), "nothing under the final name");
     for n in net {

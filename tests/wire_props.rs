@@ -259,6 +259,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
         (vec(any::<u8>(), 0..64), file_manifest()).prop_map(|(meta, body)| {
             Manifest::Sealed(quic_peer::proto::manifest::SealedManifest {
                 version: quic_peer::proto::sealed::VERSION,
+                commitment: [3; 32],
                 meta,
                 body,
             })

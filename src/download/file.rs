@@ -132,6 +132,17 @@ async fn finish(
     keep: Option<u64>,
 ) -> Result<(), DownloadError> {
     let remaining = lock(&job.queue).remaining();
+    let unopenable = lock(&job.shared.unopenable).clone();
+    if let Some((chunk, reason)) = unopenable {
+        if let Err(e) = job.writer.finish().await {
+            debug!("flushing the partial download: {e}");
+        }
+        return Err(DownloadError::Unopenable {
+            path: path.to_path_buf(),
+            chunk,
+            reason,
+        });
+    }
     if remaining > 0 {
         // Keep every verified chunk that arrived, written out before a retry
         // scans the .part file.

@@ -203,6 +203,19 @@ pub enum DownloadError {
         /// What failed.
         reason: crate::proto::sealed::SealError,
     },
+    /// A chunk of an encrypted file hashed as its manifest says but did not
+    /// open with the key: the file was sealed wrongly by whoever made it, or
+    /// the key is not its own. Nothing was written under the final name; no
+    /// retry helps.
+    #[error("{path}: chunk {chunk}: {reason}")]
+    Unopenable {
+        /// The final path.
+        path: PathBuf,
+        /// The chunk.
+        chunk: usize,
+        /// What failed.
+        reason: crate::proto::sealed::SealError,
+    },
     /// No provider was given or found.
     #[error("no peer holds {0}")]
     NoProviders(Hash),

@@ -9,9 +9,11 @@
 //! 3. The stream is fetched like one file (every provider, resumable, each
 //!    chunk checked against its hash, then opened: its tag checked) into
 //!    `OUT.part`: for a single file that is the file, cut to its size (the
-//!    padding goes) and renamed; for a tree it is `OUT.sealed`, whose ranges
-//!    then become the tree's files (each written as `NAME.part`, synced and
-//!    renamed) before it is deleted.
+//!    padding goes) and renamed; for a tree it is `OUT.qp-tree` (plaintext,
+//!    like any `.part`), whose ranges then become the tree's files (each
+//!    written as `NAME.part`, synced and renamed) before it is deleted. A
+//!    finished `OUT.qp-tree` left by an attempt cut off while unpacking is
+//!    unpacked again without fetching anything.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -41,7 +43,7 @@ pub(super) async fn download_sealed(
 ) -> Result<(), DownloadError> {
     let sealer = Arc::new(Sealer::new(key));
     let meta = sealer
-        .open_meta(&m.meta, &m.body)
+        .open_meta(&m.commitment, &m.meta, &m.body)
         .map_err(|reason| DownloadError::Sealed { id, reason })?;
     // The plaintext stream, as the download engine sees a file: offsets and
     // lengths of the plaintext, hashes of the sealed chunks.
@@ -124,15 +126,29 @@ async fn single_file(job: &Job<'_>, size: u64, out: &Path) -> Result<u64, Downlo
 /// Returns the files written and their bytes.
 async fn tree(job: &Job<'_>, meta: &Meta, out: &Path) -> Result<(usize, u64), DownloadError> {
     let paths = tree_paths(meta, out);
+    let whole = with_suffix(out, ".qp-tree");
+    // A stream an earlier attempt finished (cut off while unpacking) is
+    // unpacked as it is, over the files that attempt wrote.
+    let finished = {
+        let (w, stream, sealer) = (whole.clone(), job.stream.clone(), job.sealer.clone());
+        tokio::task::spawn_blocking(move || is_finished(&w, &stream, Some(&sealer)))
+            .await
+            .map_err(|e| io(out)(std::io::Error::other(e)))?
+            .map_err(io(&whole))?
+    };
     for (i, path) in paths.iter().enumerate() {
         match meta.entries[i].kind {
             EntryKind::Dir => check_dir(path)?,
-            EntryKind::File(_) => check_file(path, job.opts.force)?,
+            EntryKind::File(_) => check_file(path, job.opts.force || finished)?,
         }
     }
-    check_space(out, meta.stream_len.saturating_mul(2))?;
-    let whole = with_suffix(out, ".sealed");
-    job.fetch(&whole, meta.stream_len).await?;
+    if finished {
+        job.progress.advance(meta.stream_len);
+    } else {
+        check_file(&whole, job.opts.force)?;
+        check_space(out, meta.stream_len.saturating_mul(2))?;
+        job.fetch(&whole, meta.stream_len).await?;
+    }
     let (meta2, whole2) = (meta.clone(), whole.clone());
     let written = tokio::task::spawn_blocking(move || unpack(&meta2, &paths, &whole2))
         .await

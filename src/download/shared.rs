@@ -25,6 +25,9 @@ pub(super) struct Shared {
     in_flight_bytes: AtomicU64,
     pub(super) stats: Mutex<DownloadStats>,
     pub(super) last_error: Mutex<String>,
+    /// A sealed chunk that hashed right but did not open: no peer has a
+    /// better copy, so the download ends with it, and is not retried.
+    pub(super) unopenable: Mutex<Option<(usize, crate::proto::sealed::SealError)>>,
 }
 
 impl Shared {
@@ -37,6 +40,7 @@ impl Shared {
             in_flight_bytes: AtomicU64::new(0),
             stats: Mutex::new(stats),
             last_error: Mutex::new(String::new()),
+            unopenable: Mutex::new(None),
         }
     }
 

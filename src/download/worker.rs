@@ -135,7 +135,10 @@ async fn open(p: &Provider, job: &Job, i: usize, mut data: Vec<u8>) -> Option<Ve
             .await;
     let why = match opened {
         Ok(Ok(plain)) => return Some(plain),
-        Ok(Err(e)) => e.to_string(),
+        Ok(Err(e)) => {
+            *lock(&job.shared.unopenable) = Some((i, e.clone()));
+            e.to_string()
+        }
         Err(e) => e.to_string(),
     };
     *lock(&job.shared.last_error) = format!("chunk {i}: {why}");

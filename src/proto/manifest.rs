@@ -61,6 +61,9 @@ pub struct DirManifest {
 pub struct SealedManifest {
     /// The sealed format ([`super::sealed::VERSION`]).
     pub version: u8,
+    /// A commitment to the file's key, checked before anything is opened
+    /// (see [`super::sealed`]).
+    pub commitment: [u8; 32],
     /// The sealed metadata: names, tree, sizes.
     pub meta: Vec<u8>,
     /// The ciphertext chunks, as a file named [`super::sealed::BODY_NAME`].

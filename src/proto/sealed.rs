@@ -34,7 +34,12 @@
 //! | metadata key (AES-256-GCM) | `derive_key("quic-peer 2026-11-29 sealed v1 metadata key", K)` |
 //! | nonce of chunk `i` | first 12 bytes of `derive_key("quic-peer 2026-11-29 sealed v1 nonce", K ‖ 0x00 ‖ i as u64 LE)` |
 //! | nonce of the metadata | first 12 bytes of `derive_key("quic-peer 2026-11-29 sealed v1 nonce", K ‖ 0x01 ‖ 0 as u64 LE)` |
+//! | key commitment (in the manifest) | `derive_key("quic-peer 2026-11-29 sealed v1 key commitment", K)` |
 //!
+//! AES-GCM does not commit to its key: whoever makes a file could craft
+//! ciphertext that opens to different content under two keys. The manifest
+//! therefore carries a commitment to `K`, checked before anything is opened,
+//! so one id opens to one content only.
 //! Chunk `i` is sealed with AES-256-GCM (ring) under the chunk key and its
 //! nonce, with associated data `"qp-sealed-v1 chunk" ‖ i as u64 LE`: the
 //! ciphertext is the plaintext followed by the 16-byte tag, so the body's
@@ -76,6 +81,7 @@ const CHUNK_KEY_CONTEXT: &str = "quic-peer 2026-11-29 sealed v1 chunk key";
 const META_KEY_CONTEXT: &str = "quic-peer 2026-11-29 sealed v1 metadata key";
 const NONCE_CONTEXT: &str = "quic-peer 2026-11-29 sealed v1 nonce";
 const CONVERGENT_CONTEXT: &str = "quic-peer 2026-11-29 sealed v1 convergent key";
+const COMMITMENT_CONTEXT: &str = "quic-peer 2026-11-29 sealed v1 key commitment";
 const CHUNK_AAD: &[u8] = b"qp-sealed-v1 chunk";
 const META_AAD: &[u8] = b"qp-sealed-v1 meta";
 
@@ -231,7 +237,7 @@ impl Meta {
                     offset,
                     size,
                 });
-                offset += size;
+                offset = u64::saturating_add(offset, size);
             }
         }
         out
@@ -415,8 +421,22 @@ impl Sealer {
         data
     }
 
-    /// Opens the metadata and checks it against the body it describes.
-    pub fn open_meta(&self, sealed: &[u8], body: &FileManifest) -> Result<Meta, SealError> {
+    /// The commitment to this key that a sealed manifest carries.
+    pub fn commitment(&self) -> [u8; 32] {
+        blake3::derive_key(COMMITMENT_CONTEXT, self.key.as_bytes())
+    }
+
+    /// Opens the metadata of a manifest that carries `commitment`, and checks
+    /// it against the body it describes.
+    pub fn open_meta(
+        &self,
+        commitment: &[u8; 32],
+        sealed: &[u8],
+        body: &FileManifest,
+    ) -> Result<Meta, SealError> {
+        if *commitment != self.commitment() {
+            return Err(SealError::Open("this file"));
+        }
         let mut data = sealed.to_vec();
         let plain = self
             .meta
@@ -486,12 +506,18 @@ mod tests {
             false,
         );
         assert_eq!(convergent.to_string(), GOLDEN_CONVERGENT);
+        assert_eq!(
+            data_encoding::HEXLOWER.encode(&sealer.commitment()),
+            GOLDEN_COMMITMENT
+        );
     }
 
     const GOLDEN_CHUNK: &str =
         "35eeecf01e55f3837094ba2cf74f38c9e3cc2094412c5adaa15a9eb709e5b69e67a9fc";
     const GOLDEN_META: &str =
         "ca9b542f523cff2c64142fdd4c519a618620062bfc507a60ce37341ed6f450a8dd2d";
+    const GOLDEN_COMMITMENT: &str =
+        "cf12832e9d575617f26856e74c72e66f426ac757bee48277cf3fe60c70009361";
     const GOLDEN_CONVERGENT: &str = "bs6f0donptaier8pkd31njdftdk7f9eg899i87dciq4k86smc3c0";
 
     #[test]
@@ -502,12 +528,18 @@ mod tests {
         let meta = one_file(3000);
         let body = seal_stream(&sealer, &meta, &stream);
         let sealed_meta = sealer.seal_meta(&meta, true);
-        assert_eq!(sealer.open_meta(&sealed_meta, &body).unwrap(), meta);
+        let commitment = sealer.commitment();
+        assert_eq!(
+            sealer.open_meta(&commitment, &sealed_meta, &body).unwrap(),
+            meta
+        );
         let other = Sealer::new(&FileKey::random());
         assert_eq!(
-            other.open_meta(&sealed_meta, &body),
+            other.open_meta(&commitment, &sealed_meta, &body),
             Err(SealError::Open("this file"))
         );
+        // The right key with another commitment: refused before opening.
+        assert!(sealer.open_meta(&[0; 32], &sealed_meta, &body).is_err());
         let mut c = stream[1024..2048].to_vec();
         sealer.seal_chunk(1, &mut c);
         assert_eq!(Hash::of(&c), body.chunks[1]);

@@ -26,6 +26,15 @@ pub enum ChunkError {
         "{0:?}: the name is not valid UTF-8 or not a plain file name (no separators, no control characters)"
     )]
     BadName(std::path::PathBuf),
+    /// The file or tree cannot be encrypted as asked (past a limit, or
+    /// changed while it was read).
+    #[error("cannot encrypt {path}: {why}")]
+    Unsealable {
+        /// The file or tree.
+        path: std::path::PathBuf,
+        /// Why.
+        why: String,
+    },
 }
 
 /// Reads `path` chunk by chunk (one chunk in memory at a time) and builds its

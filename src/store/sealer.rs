@@ -6,8 +6,11 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::proto::manifest::{Manifest, SealedManifest};
+use crate::proto::manifest::{
+    Manifest, SealedManifest, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE, MIN_CHUNK_SIZE,
+};
 use crate::proto::sealed::{self, Entry, EntryKind, FileKey, Meta, Sealer};
+use crate::proto::tree::{MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_SIZE};
 use crate::proto::Hash;
 use crate::store::chunker::{file_name, ChunkError, Tree};
 
@@ -83,10 +86,26 @@ pub fn seal_tree(
     pad: bool,
     each: &mut OnSealed<'_>,
 ) -> Result<SealedTree, ChunkError> {
+    let refuse = |why: String| ChunkError::Unsealable {
+        path: path.to_path_buf(),
+        why,
+    };
+    let largest = MAX_CHUNK_SIZE - sealed::TAG_LEN as u32;
+    if !(MIN_CHUNK_SIZE..=largest).contains(&chunk_size) {
+        return Err(refuse(format!(
+            "the chunk size must be from {MIN_CHUNK_SIZE} to {largest} bytes (a sealed chunk is {} bytes longer)",
+            sealed::TAG_LEN
+        )));
+    }
     let mut entries = Vec::new();
     let mut files = Vec::new();
-    walk(path, None, &mut entries, &mut files)?;
-    let content_len = files.iter().map(|(_, n)| *n).sum::<u64>();
+    walk(path, None, 0, &mut entries, &mut files)?;
+    let content_len = files
+        .iter()
+        .try_fold(0u64, |t, (_, n)| {
+            t.checked_add(*n).filter(|t| *t <= MAX_TREE_SIZE)
+        })
+        .ok_or_else(|| refuse(format!("more than {MAX_TREE_SIZE} bytes")))?;
     let stream_len = if pad {
         sealed::padme(content_len)
     } else {
@@ -97,24 +116,41 @@ pub fn seal_tree(
         stream_len,
         entries,
     };
-    let key = match key {
-        KeyChoice::Random => FileKey::random(),
+    // What the manifest will weigh, known before any chunk is sealed.
+    let meta_len = sealed::encode_meta(&meta).len();
+    let meta_len = if pad {
+        sealed::padme(meta_len as u64) as usize
+    } else {
+        meta_len
+    } + sealed::TAG_LEN;
+    let chunk_count = meta.chunk_count();
+    if meta_len > sealed::MAX_META_LEN
+        || chunk_count.saturating_mul(33) + meta_len as u64 + 256 > MAX_MANIFEST_SIZE as u64
+    {
+        return Err(refuse(
+            "too many files or chunks for one manifest (a larger --chunk-size holds more)".into(),
+        ));
+    }
+    // A convergent key covers the content read in a first pass; the sealing
+    // pass hashes what it reads again, and a file changed in between stops
+    // the put (its key would otherwise seal other bytes than it was made
+    // from, reusing nonces across contents).
+    let (key, expected) = match key {
+        KeyChoice::Random => (FileKey::random(), None),
         KeyChoice::Convergent(secret) => {
-            let mut hasher = blake3::Hasher::new();
-            let mut stream = Stream::new(&files, stream_len, chunk_size);
-            while let Some(loc) = stream.next_chunk() {
-                hasher.update(&read(&loc)?);
-            }
-            let stream_hash = Hash::from_bytes(*hasher.finalize().as_bytes());
+            let stream_hash = hash_stream(&files, stream_len, chunk_size)?;
             let meta_hash = Hash::of(&sealed::encode_meta(&meta));
-            FileKey::convergent(&secret, &meta_hash, &stream_hash, chunk_size, pad)
+            let key = FileKey::convergent(&secret, &meta_hash, &stream_hash, chunk_size, pad);
+            (key, Some(stream_hash))
         }
     };
     let sealer = Sealer::new(&key);
     let mut chunks = Vec::new();
     let mut stream = Stream::new(&files, stream_len, chunk_size);
+    let mut again = blake3::Hasher::new();
     while let Some(loc) = stream.next_chunk() {
         let mut data = read(&loc)?;
+        again.update(&data);
         sealer.seal_chunk(loc.index, &mut data);
         let hash = Hash::of(&data);
         let at = loc
@@ -125,12 +161,21 @@ pub fn seal_tree(
         each(hash, &data, loc).map_err(|source| ChunkError::Io { path: at, source })?;
         chunks.push(hash);
     }
+    if expected.is_some_and(|h| *h.as_bytes() != *again.finalize().as_bytes()) {
+        return Err(refuse(
+            "it changed while it was being read; nothing was stored, try again".into(),
+        ));
+    }
+    let body = sealed::body(chunk_size, stream_len, chunks);
+    meta.check(&body).map_err(|e| refuse(e.to_string()))?;
     let manifest = Manifest::Sealed(SealedManifest {
         version: sealed::VERSION,
+        commitment: sealer.commitment(),
         meta: sealer.seal_meta(&meta, pad),
-        body: sealed::body(chunk_size, stream_len, chunks),
+        body,
     });
     let bytes = manifest.encode();
+    Manifest::decode(&bytes).map_err(|e| refuse(e.to_string()))?;
     let root = Hash::of(&bytes);
     let size = manifest.chunked().map_or(0, |b| b.size);
     Ok(SealedTree {
@@ -182,6 +227,16 @@ impl super::Store {
     }
 }
 
+/// The BLAKE3 hash of the plaintext stream, read once.
+fn hash_stream(files: &[(PathBuf, u64)], len: u64, chunk_size: u32) -> Result<Hash, ChunkError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut stream = Stream::new(files, len, chunk_size);
+    while let Some(loc) = stream.next_chunk() {
+        hasher.update(&read(&loc)?);
+    }
+    Ok(Hash::from_bytes(*hasher.finalize().as_bytes()))
+}
+
 /// Reads a chunk's plaintext, naming the first file on error.
 fn read(loc: &SealedLocation) -> Result<Vec<u8>, ChunkError> {
     loc.read().map_err(|source| ChunkError::Io {
@@ -199,6 +254,7 @@ fn read(loc: &SealedLocation) -> Result<Vec<u8>, ChunkError> {
 fn walk(
     path: &Path,
     parent: Option<u32>,
+    depth: usize,
     entries: &mut Vec<Entry>,
     files: &mut Vec<(PathBuf, u64)>,
 ) -> Result<(), ChunkError> {
@@ -206,6 +262,14 @@ fn walk(
         path: path.to_path_buf(),
         source,
     };
+    if entries.len() as u64 >= MAX_TREE_ENTRIES || depth > MAX_TREE_DEPTH {
+        return Err(ChunkError::Unsealable {
+            path: path.to_path_buf(),
+            why: format!(
+                "a tree holds at most {MAX_TREE_ENTRIES} entries, {MAX_TREE_DEPTH} directories deep"
+            ),
+        });
+    }
     let meta = std::fs::metadata(path).map_err(io)?;
     let name = file_name(path)?;
     let index =
@@ -234,7 +298,7 @@ fn walk(
     }
     children.sort();
     for child in children {
-        walk(&child, Some(index), entries, files)?;
+        walk(&child, Some(index), depth + 1, entries, files)?;
     }
     Ok(())
 }
@@ -328,7 +392,7 @@ mod tests {
             panic!("a sealed manifest");
         };
         let sealer = Sealer::new(&t.key);
-        let meta = sealer.open_meta(&m.meta, &m.body).unwrap();
+        let meta = sealer.open_meta(&m.commitment, &m.meta, &m.body).unwrap();
         let names: Vec<_> = meta.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["photos", "a.txt", "b", "c.txt", "d.txt", "empty"]);
         assert_eq!(sealed.len(), 3);
@@ -346,6 +410,19 @@ mod tests {
         // Nothing of a name is in what a node stores.
         let stored = &t.tree.manifests[0].1;
         assert!(!stored.windows(5).any(|w| w == b"a.txt"));
+    }
+
+    #[test]
+    fn a_chunk_size_a_sealed_chunk_cannot_have_is_refused_before_any_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, vec![1u8; 100]).unwrap();
+        for size in [0, 16 << 20] {
+            let r = seal_tree(&path, size, KeyChoice::Random, false, &mut |_, _, _| {
+                panic!("nothing is sealed")
+            });
+            assert!(matches!(r, Err(ChunkError::Unsealable { .. })), "{size}");
+        }
     }
 
     #[test]
