@@ -90,47 +90,8 @@ pub fn seal_tree(
         path: path.to_path_buf(),
         why,
     };
-    let largest = MAX_CHUNK_SIZE - sealed::TAG_LEN as u32;
-    if !(MIN_CHUNK_SIZE..=largest).contains(&chunk_size) {
-        return Err(refuse(format!(
-            "the chunk size must be from {MIN_CHUNK_SIZE} to {largest} bytes (a sealed chunk is {} bytes longer)",
-            sealed::TAG_LEN
-        )));
-    }
-    let mut entries = Vec::new();
-    let mut files = Vec::new();
-    walk(path, None, 0, &mut entries, &mut files)?;
-    let content_len = files
-        .iter()
-        .try_fold(0u64, |t, (_, n)| {
-            t.checked_add(*n).filter(|t| *t <= MAX_TREE_SIZE)
-        })
-        .ok_or_else(|| refuse(format!("more than {MAX_TREE_SIZE} bytes")))?;
-    let stream_len = if pad {
-        sealed::padme(content_len)
-    } else {
-        content_len
-    };
-    let meta = Meta {
-        chunk_size,
-        stream_len,
-        entries,
-    };
-    // What the manifest will weigh, known before any chunk is sealed.
-    let meta_len = sealed::encode_meta(&meta).len();
-    let meta_len = if pad {
-        sealed::padme(meta_len as u64) as usize
-    } else {
-        meta_len
-    } + sealed::TAG_LEN;
-    let chunk_count = meta.chunk_count();
-    if meta_len > sealed::MAX_META_LEN
-        || chunk_count.saturating_mul(33) + meta_len as u64 + 256 > MAX_MANIFEST_SIZE as u64
-    {
-        return Err(refuse(
-            "too many files or chunks for one manifest (a larger --chunk-size holds more)".into(),
-        ));
-    }
+    let (meta, files, content_len) = lay_out(path, chunk_size, pad)?;
+    let stream_len = meta.stream_len;
     // A convergent key covers the content read in a first pass; the sealing
     // pass hashes what it reads again, and a file changed in between stops
     // the put (its key would otherwise seal other bytes than it was made
@@ -163,7 +124,7 @@ pub fn seal_tree(
     }
     if expected.is_some_and(|h| *h.as_bytes() != *again.finalize().as_bytes()) {
         return Err(refuse(
-            "it changed while it was being read; nothing was stored, try again".into(),
+            "it changed while it was being read; the put stopped, try again".into(),
         ));
     }
     let body = sealed::body(chunk_size, stream_len, chunks);
@@ -225,6 +186,64 @@ impl super::Store {
         )?;
         Ok(sealed)
     }
+}
+
+/// A local file of the stream, with its size.
+type LocalFile = (PathBuf, u64);
+
+/// The tree at `path` laid out as one stream: its metadata, its files in
+/// stream order with their sizes, and the bytes of the files. Refuses what
+/// a sealed manifest could not describe before any byte is read.
+fn lay_out(
+    path: &Path,
+    chunk_size: u32,
+    pad: bool,
+) -> Result<(Meta, Vec<LocalFile>, u64), ChunkError> {
+    let refuse = |why: String| ChunkError::Unsealable {
+        path: path.to_path_buf(),
+        why,
+    };
+    let largest = MAX_CHUNK_SIZE - sealed::TAG_LEN as u32;
+    if !(MIN_CHUNK_SIZE..=largest).contains(&chunk_size) {
+        return Err(refuse(format!(
+            "the chunk size must be from {MIN_CHUNK_SIZE} to {largest} bytes (a sealed chunk is {} bytes longer)",
+            sealed::TAG_LEN
+        )));
+    }
+    let mut entries = Vec::new();
+    let mut files = Vec::new();
+    walk(path, None, 0, &mut entries, &mut files)?;
+    let content_len = files
+        .iter()
+        .try_fold(0u64, |t, (_, n)| {
+            t.checked_add(*n).filter(|t| *t <= MAX_TREE_SIZE)
+        })
+        .ok_or_else(|| refuse(format!("more than {MAX_TREE_SIZE} bytes")))?;
+    let stream_len = if pad {
+        sealed::padme(content_len)
+    } else {
+        content_len
+    };
+    let meta = Meta {
+        chunk_size,
+        stream_len,
+        entries,
+    };
+    // What the manifest will weigh, known before any chunk is sealed.
+    let meta_len = sealed::encode_meta(&meta).len();
+    let meta_len = if pad {
+        sealed::padme(meta_len as u64) as usize
+    } else {
+        meta_len
+    } + sealed::TAG_LEN;
+    if meta_len > sealed::MAX_META_LEN
+        || meta.chunk_count().saturating_mul(33) + meta_len as u64 + 256 > MAX_MANIFEST_SIZE as u64
+    {
+        return Err(refuse(
+            "too many files or chunks for one manifest (a larger --chunk-size holds more)".into(),
+        ));
+    }
+    Ok((meta, files, content_len))
 }
 
 /// The BLAKE3 hash of the plaintext stream, read once.
