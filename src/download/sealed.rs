@@ -111,7 +111,7 @@ impl Job<'_> {
 /// A single file: the stream is the file, cut to its `size`. Returns its
 /// size.
 async fn single_file(job: &Job<'_>, size: u64, out: &Path) -> Result<u64, DownloadError> {
-    if kept(out, job.stream, &job.sealer, size)? {
+    if kept(out, job.stream, &job.sealer, size).await? {
         job.progress.advance(job.stream.size);
         lock(&job.shared.stats).chunks_resumed += job.stream.chunks.len();
         return Ok(size);
@@ -162,17 +162,21 @@ async fn tree(job: &Job<'_>, meta: &Meta, out: &Path) -> Result<(usize, u64), Do
 
 /// Whether the single file at `out` is the download, finished before: the
 /// same bytes, each chunk sealing to its hash (only checked when there is no
-/// padding to cut).
-fn kept(
+/// padding to cut). Reads and seals the file off the async threads.
+async fn kept(
     out: &Path,
     stream: &FileManifest,
-    sealer: &Sealer,
+    sealer: &Arc<Sealer>,
     keep: u64,
 ) -> Result<bool, DownloadError> {
     if keep != stream.size {
         return Ok(false);
     }
-    is_finished(out, stream, Some(sealer)).map_err(io(out))
+    let (path, stream, sealer) = (out.to_path_buf(), stream.clone(), sealer.clone());
+    tokio::task::spawn_blocking(move || is_finished(&path, &stream, Some(&sealer)))
+        .await
+        .map_err(|e| io(out)(std::io::Error::other(e)))?
+        .map_err(io(out))
 }
 
 /// Where each entry goes: the root at `out`, the others below it.
