@@ -183,6 +183,90 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
     assert!(err.contains("data directory"), "{err}");
 }
 
+/// The messages a user reads for each bad input, pinned.
+#[test]
+fn bad_input_messages_say_what_is_wrong_once() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            // 52 letters of the alphabet, the last one's padding bits set.
+            &["get", &format!("{}1", "a".repeat(51)), "-o", "x"],
+            "its last character must be 0 or g",
+        ),
+        (
+            &["get", &"a".repeat(51), "-o", "x"],
+            "it is 51 characters long; an id is 52 base32 characters",
+        ),
+        (
+            &["get", &format!("{}z", "a".repeat(51)), "-o", "x"],
+            "character 52 ('z') is not base32",
+        ),
+        (
+            &[
+                "get",
+                &format!("{}0", "a".repeat(51)),
+                "--key",
+                "nope",
+                "-o",
+                "x",
+            ],
+            "invalid key: it is 4 characters long; a key is 52 base32 characters",
+        ),
+        (
+            &["put", "Cargo.toml", "--public", "--pad"],
+            "cannot be used with",
+        ),
+        (
+            &[
+                "put",
+                "Cargo.toml",
+                "--convergent",
+                "--bootstrap",
+                "127.0.0.1:9",
+            ],
+            "--convergent needs --data-dir DIR",
+        ),
+        (&["--listen", "localhost"], "not IP:PORT or HOST:PORT"),
+    ];
+    for (args, want) in cases {
+        let err = run_fails(args);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(
+            !err.contains('\x1b'),
+            "no colour codes into a pipe: {err:?}"
+        );
+    }
+    // Log lines into a file or pipe carry no colour codes: a node whose
+    // bootstrap does not answer logs a warning.
+    let d = tempfile::tempdir().unwrap();
+    let mut node = binary()
+        .args(["--listen", "127.0.0.1:0", "--data-dir", &dir_arg(&d)])
+        .args(["--bootstrap", "127.0.0.1:9", "--idle-timeout", "1"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = node.kill();
+    let out = node.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WARN") && !err.contains('\x1b'), "{err:?}");
+    // An OS error is said once, not once per layer.
+    let err = run_fails(&["keygen", "/nonexistent-dir/net.key"]);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// `--listen` takes a host name, as `--bootstrap` does.
+#[test]
+fn listen_takes_a_host_name() {
+    let d = tempfile::tempdir().unwrap();
+    let mut a = Proc::spawn(&["--listen", "localhost:0", "--data-dir", &dir_arg(&d)]);
+    a.expect_line("[STARTED] Peer active on 127.0.0.1:", T);
+    a.send("exit");
+    assert!(a.wait(T).success());
+}
+
 #[test]
 fn a_data_dir_serves_one_node_at_a_time() {
     let d = tempfile::tempdir().unwrap();

@@ -85,7 +85,7 @@ impl Net {
         let chunks_before = chunk_files(self.b_dir.path()).len();
         self.a.send(&format!("put {} 1", arg(&self.push_src)));
         // The file is imported on A; the push to B starts now.
-        self.a.expect_line("[PUT] push.bin:", T);
+        self.a.expect_line("[PUT] push.bin, ", T);
         self.b
             .send(&format!("get {} {}", self.get_id, arg(&self.out)));
         let part = part(&self.out);

@@ -388,6 +388,7 @@ impl Cluster {
     /// Runs `put PATH REPLICAS` on host `u`; returns the id, the ticket and the
     /// hosts that acknowledged a copy (the uploader first).
     fn put(&mut self, u: usize, path: &Path, replicas: usize) -> (String, String, Vec<usize>) {
+        let uploader = self.hosts[u].id;
         let host = &mut self.hosts[u];
         host.drain();
         // Plaintext: this test is about the network, and gets by id.
@@ -396,12 +397,20 @@ impl Cluster {
         let mut id = String::new();
         loop {
             let line = host.expect("put result", T, |l| {
-                ["[SENT] ", "[ERROR]", "id: ", "ticket: "]
-                    .iter()
-                    .any(|p| l.starts_with(p))
+                [
+                    "[SENT] ",
+                    "[ERROR]",
+                    "id: ",
+                    "ticket: ",
+                    "[PUT] this node keeps",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
             });
             assert!(!line.starts_with("[ERROR]"), "h{u}: {line}");
-            if let Some(rest) = line.strip_prefix("[SENT] copy held by ") {
+            if line.starts_with("[PUT] this node keeps a copy") {
+                holders.push((uploader, vec![lan_addr(u)]));
+            } else if let Some(rest) = line.strip_prefix("[SENT] copy held by ") {
                 let (holder, addrs) = rest.split_once(" (").expect("holder line");
                 let addrs: Vec<String> = addrs
                     .trim_end_matches(')')

@@ -93,7 +93,9 @@ fn note_resumed(
             part.display()
         );
     }
-    lock(&shared.stats).chunks_resumed += resumed;
+    let mut s = lock(&shared.stats);
+    s.chunks_resumed += resumed;
+    s.resumed_bytes += resumed_bytes;
 }
 
 /// Requests at once: `max_in_flight`, fewer if the chunks are large.

@@ -162,6 +162,9 @@ pub struct DownloadStats {
     pub chunks_fetched: usize,
     /// Chunks found intact in a `.part` file and not fetched again.
     pub chunks_resumed: usize,
+    /// Bytes of files found finished or of chunks found intact in a `.part`
+    /// (not fetched again).
+    pub resumed_bytes: u64,
     /// Files written as copies of another file of the tree with the same
     /// manifest, which was fetched once.
     pub copies: usize,
@@ -450,7 +453,9 @@ async fn write_file(
 ) -> Result<(), DownloadError> {
     match action {
         Action::Keep => {
-            lock(&shared.stats).chunks_resumed += f.chunks.len();
+            let mut s = lock(&shared.stats);
+            s.chunks_resumed += f.chunks.len();
+            s.resumed_bytes += f.size;
             progress.advance(f.size);
         }
         Action::Fetch => {

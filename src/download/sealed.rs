@@ -113,7 +113,9 @@ impl Job<'_> {
 async fn single_file(job: &Job<'_>, size: u64, out: &Path) -> Result<u64, DownloadError> {
     if kept(out, job.stream, &job.sealer, size).await? {
         job.progress.advance(job.stream.size);
-        lock(&job.shared.stats).chunks_resumed += job.stream.chunks.len();
+        let mut s = lock(&job.shared.stats);
+        s.chunks_resumed += job.stream.chunks.len();
+        s.resumed_bytes += size;
         return Ok(size);
     }
     check_file(out, job.opts.force)?;

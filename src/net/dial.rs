@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use quinn::{Connection, ConnectionError, RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, Instrument};
+use tracing::{debug, info, info_span, Instrument};
 
 use super::connection::{close, ConnMeta};
 use super::error::{JoinError, PeerLimit};
@@ -291,7 +291,13 @@ impl Network {
             .into());
         }
         if expect.is_none() {
-            info!(peer = %id, %addr, "peer id learned on first contact (address was not pinned)");
+            // Worth a line on a node that runs for long; a short-lived put
+            // or get would print it every time.
+            if self.inner.config.role == Role::Peer {
+                info!(peer = %id, %addr, "peer id learned on first contact (address was not pinned)");
+            } else {
+                debug!(peer = %id, %addr, "peer id learned on first contact (address was not pinned)");
+            }
         }
         Ok((conn, id))
     }

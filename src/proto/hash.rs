@@ -59,15 +59,20 @@ impl fmt::Debug for Hash {
 
 /// A string that is not a valid hash.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid file id {0:?}: expected 52 base32 characters (0-9, a-v)")]
-pub struct ParseHashError(String);
+#[error("invalid file id {input:?}: {why}")]
+pub struct ParseHashError {
+    input: String,
+    why: String,
+}
 
 impl FromStr for Hash {
     type Err = ParseHashError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseHashError(s.chars().take(80).collect());
-        decode_b32(s).map(Hash).ok_or_else(err)
+        decode_b32(s).map(Hash).ok_or_else(|| ParseHashError {
+            input: s.chars().take(80).collect(),
+            why: why_not_b32(s),
+        })
     }
 }
 
@@ -75,6 +80,25 @@ impl FromStr for Hash {
 /// shared by node ids and content hashes.
 pub fn encode_b32(bytes: &[u8; 32]) -> String {
     data_encoding::BASE32_DNSSEC.encode(bytes)
+}
+
+/// What is wrong with `s` as [`encode_b32`]'s form, for an error message.
+pub fn why_not_b32(s: &str) -> String {
+    let n = s.chars().count();
+    if n != 52 {
+        return format!("it is {n} characters long; an id is 52 base32 characters (0-9, a-v)");
+    }
+    let alphabet = |c: char| c.is_ascii_digit() || ('a'..='v').contains(&c.to_ascii_lowercase());
+    if let Some((i, c)) = s.chars().enumerate().find(|(_, c)| !alphabet(*c)) {
+        return format!(
+            "character {} ({c:?}) is not base32: an id uses 0-9 and a-v",
+            i + 1
+        );
+    }
+    // 52 characters hold 260 bits; the last 4 are padding and must be zero.
+    "its last character must be 0 or g (52 characters hold 260 bits, an id 256: the rest is \
+     padding); a character may have been mistyped"
+        .into()
 }
 
 /// Parses [`encode_b32`]'s form (either case).
@@ -130,20 +154,22 @@ impl fmt::Debug for NodeId {
 
 /// A string that is not a valid [`NodeId`].
 #[derive(Debug, thiserror::Error)]
-#[error("invalid node id {input:?}: expected 52 base32 characters (0-9, a-v)")]
+#[error("invalid node id {input:?}: {why}")]
 pub struct ParseNodeIdError {
     /// What was given.
     pub input: String,
+    /// What is wrong with it.
+    pub why: String,
 }
 
 impl FromStr for NodeId {
     type Err = ParseNodeIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseNodeIdError {
+        decode_b32(s).map(NodeId).ok_or_else(|| ParseNodeIdError {
             input: s.chars().take(80).collect(),
-        };
-        decode_b32(s).map(NodeId).ok_or_else(err)
+            why: why_not_b32(s),
+        })
     }
 }
 

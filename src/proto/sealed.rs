@@ -152,17 +152,20 @@ impl fmt::Display for FileKey {
     }
 }
 
+/// A string that is not a file key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid key: {0}")]
+pub struct ParseKeyError(String);
+
 impl FromStr for FileKey {
-    type Err = SealError;
+    type Err = ParseKeyError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bytes = data_encoding::BASE32_DNSSEC
-            .decode(s.trim().to_ascii_lowercase().as_bytes())
-            .map_err(|_| SealError::BadMeta("a key is 52 base32 characters".into()))?;
-        let bytes: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| SealError::BadMeta("a key is 32 bytes".into()))?;
-        Ok(FileKey(bytes))
+        super::hash::decode_b32(s.trim())
+            .map(FileKey)
+            .ok_or_else(|| {
+                ParseKeyError(super::hash::why_not_b32(s.trim()).replace("an id", "a key"))
+            })
     }
 }
 

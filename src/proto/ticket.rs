@@ -183,9 +183,11 @@ impl FromStr for Target {
         }) {
             return Ok(Target::Ticket(s.parse()?));
         }
-        s.parse::<Hash>()
-            .map(Target::Id)
-            .map_err(|e| ParseTicketError(format!("{e}; or a ticket starting with {PREFIX}")))
+        s.parse::<Hash>().map(Target::Id).map_err(|e| {
+            ParseTicketError(format!(
+                "{e}; or a ticket starting with {PREFIX} or {SEALED_PREFIX}"
+            ))
+        })
     }
 }
 

@@ -248,7 +248,12 @@ impl Replication {
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
         let answered = candidates.iter().filter(|(_, failed)| failed.is_none());
-        progress.begin(&name, tree.size * replicas.min(answered.count()) as u64);
+        let copies = replicas.min(answered.count());
+        let what = format!(
+            "{name}, {copies} cop{}",
+            if copies == 1 { "y" } else { "ies" }
+        );
+        progress.begin(&what, tree.size * copies as u64);
         let tree = Arc::new(tree);
         self.place(
             &tree,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::Connection;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub mod allowance;
 mod budget;
@@ -215,6 +215,9 @@ impl Service for Transfers {
                 }
             };
             // Only a HOLD that made the file held anew is news.
+            if let Some(id) = newly_held {
+                info!(file = %id.fmt_short(), peer = %ctx.uploader.source.id.fmt_short(), "[STORED] a copy is held here now");
+            }
             if let (Some(id), Some(on_hold)) = (newly_held, ctx.on_hold) {
                 on_hold.held(id).await;
             }

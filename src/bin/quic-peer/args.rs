@@ -20,7 +20,8 @@ use quic_peer::{NodeConfig, NodeId, PeerAddr};
 ///
 /// Start the first node with `quic-peer --listen 0.0.0.0:5000`, then join others
 /// with `quic-peer --bootstrap HOST:5000`. A running node reads commands on
-/// standard input: `peers`, `exit`.
+/// standard input: `put PATH [REPLICAS] [--public]`, `get ID|TICKET OUT
+/// [--force]`, `files`, `peers`, `id`, `help`, `exit`.
 #[derive(Parser, Debug)]
 #[command(name = "quic-peer", version, about, long_about)]
 pub struct Cli {
@@ -114,8 +115,9 @@ pub enum Command {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeArgs {
-    /// UDP address to listen on [default: 0.0.0.0:0, an ephemeral port]
-    #[arg(long, value_name = "ADDR", global = true)]
+    /// UDP address to listen on, as IP:PORT or HOST:PORT [default:
+    /// 0.0.0.0:0, an ephemeral port]
+    #[arg(long, value_name = "ADDR", global = true, value_parser = parse_listen)]
     listen: Option<SocketAddr>,
 
     /// A node to join through, as HOST:PORT or ID@HOST:PORT (pins its id). Repeatable.
@@ -265,6 +267,25 @@ fn seconds(name: &str, secs: f64) -> Result<Duration> {
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+/// A listening address: `IP:PORT`, or `HOST:PORT` resolved now (its first
+/// IPv4 address, as a node on `localhost` wants 127.0.0.1).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("not IP:PORT or HOST:PORT ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s} resolves to no address"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {

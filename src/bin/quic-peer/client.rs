@@ -89,12 +89,13 @@ pub async fn put(args: &NodeArgs, path: &Path, how: &PutHow) -> Result<()> {
         pad: how.pad,
     };
     let (node, _dir) = start(args, true).await?;
+    let node_id = node.id();
     let progress = TransferProgress::new("put");
     let result = node.put(path, &opts, progress.clone()).await;
     progress.finish();
     node.shutdown().await;
     let report = result?;
-    print_put(&report);
+    print_put(&report, node_id);
     if let Some(Shortfall::Failed { failed, .. }) = report.shortfall() {
         anyhow::bail!(
             "put stored only {} of {} copies: {failed} {} refused or failed (see the \

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use quic_peer::download::{DownloadStats, Progress};
 use quic_peer::replication::{PutReport, Shortfall};
+use quic_peer::NodeId;
 
 /// Prints a line for the user, flushing so that pipes see it at once.
 macro_rules! say {
@@ -30,7 +31,7 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// Prints what a put stored, where, how fast, and the id and ticket to get it.
-pub fn print_put(report: &PutReport) {
+pub fn print_put(report: &PutReport, me: NodeId) {
     say!("[PUT] {} bytes stored as {}", report.size, report.id);
     let secs = report.elapsed.as_secs_f64().max(1e-6);
     let sent = report.size * report.remote_copies as u64;
@@ -41,6 +42,10 @@ pub fn print_put(report: &PutReport) {
         sent as f64 / secs / 1e6
     );
     for h in &report.holders {
+        if h.id == me {
+            say!("[PUT] this node keeps a copy too");
+            continue;
+        }
         let addrs: Vec<String> = h.addrs.iter().map(ToString::to_string).collect();
         say!("[SENT] copy held by {} ({})", h.id, addrs.join(","));
     }
@@ -99,6 +104,8 @@ fn copies_line(report: &PutReport) -> String {
 /// peer it banned.
 pub fn print_get(out: &Path, stats: &DownloadStats) {
     let secs = stats.elapsed.as_secs_f64().max(1e-6);
+    // The speed of what came over the network: not what a resume found.
+    let fetched = stats.bytes.saturating_sub(stats.resumed_bytes);
     say!(
         "[RECEIVED] {} ({} bytes in {} file{}) in {:.2} s, {:.1} MB/s from {} peer{}; chunks fetched {}, resumed {}, bad {}{}",
         out.display(),
@@ -106,7 +113,7 @@ pub fn print_get(out: &Path, stats: &DownloadStats) {
         stats.files,
         if stats.files == 1 { "" } else { "s" },
         secs,
-        stats.bytes as f64 / secs / 1e6,
+        fetched as f64 / secs / 1e6,
         stats.per_peer.len(),
         if stats.per_peer.len() == 1 { "" } else { "s" },
         stats.chunks_fetched,
@@ -193,9 +200,14 @@ impl Progress for TransferProgress {
                 ..PlainProgress::default()
             };
             say!(
-                "[{}] {name}: {} to transfer",
+                "[{}] {name}: {} to {}",
                 self.what.to_uppercase(),
-                human(total)
+                human(total),
+                if self.what == "put" {
+                    "send"
+                } else {
+                    "receive"
+                }
             );
         }
     }

@@ -76,7 +76,7 @@ async fn put_in_background(node: Node, path: PathBuf, opts: PutOptions) {
     match node.put(&path, &opts, progress.clone()).await {
         Ok(report) => {
             progress.finish();
-            print_put(&report);
+            print_put(&report, node.id());
         }
         Err(e) => say!("[ERROR] put {}: {e}", path.display()),
     }
