@@ -45,6 +45,9 @@
 //!   them to the writer (steps 4 and 5).
 //! - `writer`: the `.part` file, the resume scan, copies, and the thread that
 //!   writes chunks in order (steps 3 and 5).
+//! - `sealed`: an encrypted file or tree ([`crate::proto::sealed`]), opened
+//!   with its key: fetched as one stream through the same workers, each
+//!   chunk checked by hash and then by its tag, and unpacked.
 //! - `shared`: what the workers of one download share: the peers' standing,
 //!   the stats, the last error, the bytes in flight.
 //! - [`score`]: what a node remembers about peers across downloads.

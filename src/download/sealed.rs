@@ -124,7 +124,7 @@ async fn single_file(job: &Job<'_>, size: u64, out: &Path) -> Result<u64, Downlo
     Ok(size)
 }
 
-/// A tree: the stream to `OUT.sealed`, then unpacked into its files.
+/// A tree: the stream to `OUT.qp-tree`, then unpacked into its files.
 /// Returns the files written and their bytes.
 async fn tree(job: &Job<'_>, meta: &Meta, out: &Path) -> Result<(usize, u64), DownloadError> {
     let paths = tree_paths(meta, out);
