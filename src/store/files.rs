@@ -313,8 +313,26 @@ impl Store {
         path: &Path,
         chunk_size: u32,
     ) -> Result<crate::store::chunker::Tree, ImportError> {
+        self.import_with(
+            |put| crate::store::chunker::build_tree(path, chunk_size, &mut |h, d, _| put(h, d)),
+            |tree| tree,
+        )
+    }
+
+    /// Imports what `cut` makes of a local file or tree: every chunk it
+    /// hands to `put` is stored, then the manifests of the tree `tree_of`
+    /// finds in its result, and the root is recorded as held (under the
+    /// root manifest's name: an encrypted tree's is
+    /// [`crate::proto::sealed::BODY_NAME`]).
+    pub(super) fn import_with<T>(
+        &self,
+        cut: impl FnOnce(
+            &mut dyn FnMut(crate::proto::Hash, &[u8]) -> std::io::Result<()>,
+        ) -> Result<T, crate::store::chunker::ChunkError>,
+        tree_of: impl Fn(&T) -> &crate::store::chunker::Tree,
+    ) -> Result<T, ImportError> {
         let mut store_err = None;
-        let tree = crate::store::chunker::build_tree(path, chunk_size, &mut |hash, data, _| {
+        let cut = cut(&mut |hash, data| {
             self.put_chunk(&hash, data).map(|_| ()).map_err(|e| {
                 let msg = e.to_string();
                 store_err = Some(e);
@@ -324,7 +342,8 @@ impl Store {
         if let Some(e) = store_err {
             return Err(e.into());
         }
-        let tree = tree?;
+        let cut = cut?;
+        let tree = tree_of(&cut);
         for (_, bytes) in &tree.manifests {
             self.put_manifest(bytes)?;
         }
@@ -340,7 +359,7 @@ impl Store {
                 is_dir: matches!(root, Some(Manifest::Dir(_))),
             },
         )?;
-        Ok(tree)
+        Ok(cut)
     }
 }
 

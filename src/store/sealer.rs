@@ -136,7 +136,10 @@ pub fn seal_tree(
         body,
     });
     let bytes = manifest.encode();
-    Manifest::decode(&bytes).map_err(|e| refuse(e.to_string()))?;
+    // Checked ahead by lay_out; the estimate made exact.
+    if bytes.len() > MAX_MANIFEST_SIZE {
+        return Err(refuse(TOO_MANY.into()));
+    }
     let root = Hash::of(&bytes);
     let size = manifest.chunked().map_or(0, |b| b.size);
     Ok(SealedTree {
@@ -161,32 +164,16 @@ impl super::Store {
         key: KeyChoice,
         pad: bool,
     ) -> Result<SealedTree, super::ImportError> {
-        let mut store_err = None;
-        let sealed = seal_tree(path, chunk_size, key, pad, &mut |hash, data, _| {
-            self.put_chunk(&hash, data).map(|_| ()).map_err(|e| {
-                let msg = e.to_string();
-                store_err = Some(e);
-                std::io::Error::other(msg)
-            })
-        });
-        if let Some(e) = store_err {
-            return Err(e.into());
-        }
-        let sealed = sealed?;
-        for (_, bytes) in &sealed.tree.manifests {
-            self.put_manifest(bytes)?;
-        }
-        self.add_file(
-            &sealed.tree.root,
-            &super::FileRecord {
-                name: sealed::BODY_NAME.to_string(),
-                size: sealed.tree.size,
-                is_dir: false,
-            },
-        )?;
-        Ok(sealed)
+        self.import_with(
+            |put| seal_tree(path, chunk_size, key, pad, &mut |h, d, _| put(h, d)),
+            |sealed| &sealed.tree,
+        )
     }
 }
+
+/// Why a tree is refused whose manifest would pass its cap.
+const TOO_MANY: &str =
+    "too many files or chunks for one manifest (a larger --chunk-size holds more)";
 
 /// A local file of the stream, with its size.
 type LocalFile = (PathBuf, u64);
@@ -239,9 +226,7 @@ fn lay_out(
     if meta_len > sealed::MAX_META_LEN
         || meta.chunk_count().saturating_mul(33) + meta_len as u64 + 256 > MAX_MANIFEST_SIZE as u64
     {
-        return Err(refuse(
-            "too many files or chunks for one manifest (a larger --chunk-size holds more)".into(),
-        ));
+        return Err(refuse(TOO_MANY.into()));
     }
     Ok((meta, files, content_len))
 }
