@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    at, get_to, put, random_bytes, store_network, store_node_with, wait_until, StoreNode,
+    assert_same_tree, at, get_to, put, random_bytes, shutdown, store_network, store_node_with,
+    wait_until, StoreNode,
 };
 use quic_peer::download::{download, DownloadOptions, NoProgress, Provider};
 use quic_peer::proto::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
@@ -31,12 +32,6 @@ fn non_holder<'a>(net: &'a [StoreNode], report: &replication::PutReport) -> &'a 
         .find(|s| !h.contains(&s.node.id()))
         .expect("a node without a copy")
         .node
-}
-
-async fn shutdown(net: Vec<StoreNode>) {
-    for s in net {
-        s.node.shutdown().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,24 +90,6 @@ fn write_tree(root: &Path) {
     .unwrap();
     // The same content twice: chunks are shared.
     std::fs::write(root.join("data/copy.bin"), random_bytes(3 * MIB + 17, 9)).unwrap();
-}
-
-fn assert_same_tree(a: &Path, b: &Path) {
-    let mut entries: Vec<_> = std::fs::read_dir(a).unwrap().map(|e| e.unwrap()).collect();
-    entries.sort_by_key(|e| e.file_name());
-    let mut other: Vec<_> = std::fs::read_dir(b).unwrap().map(|e| e.unwrap()).collect();
-    other.sort_by_key(|e| e.file_name());
-    let names = |v: &Vec<std::fs::DirEntry>| v.iter().map(|e| e.file_name()).collect::<Vec<_>>();
-    assert_eq!(names(&entries), names(&other), "in {}", a.display());
-    for e in entries {
-        let (pa, pb) = (e.path(), b.join(e.file_name()));
-        if e.file_type().unwrap().is_dir() {
-            assert!(pb.is_dir());
-            assert_same_tree(&pa, &pb);
-        } else {
-            assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,18 +402,7 @@ async fn a_download_never_has_more_bytes_in_flight_than_its_limit() {
     let path = src.path().join("f.bin");
     std::fs::write(&path, &data).unwrap();
     let chunk = 256 << 10;
-    let report = net[0]
-        .node
-        .put(
-            &path,
-            &quic_peer::replication::PutOptions {
-                chunk_size: chunk,
-                ..quic_peer::replication::PutOptions::public(1)
-            },
-            Arc::new(NoProgress),
-        )
-        .await
-        .expect("put");
+    let report = common::put_chunked(&net[0].node, &path, 1, chunk).await;
     let fetcher = non_holder(&net, &report);
     let providers = || {
         holders(&report)

@@ -28,18 +28,7 @@ async fn setup(size: usize, seed: u64) -> (Vec<StoreNode>, Hash, Vec<u8>, tempfi
     let data = random_bytes(size, seed);
     let path = dir.path().join("f.bin");
     std::fs::write(&path, &data).expect("write");
-    let report = net[0]
-        .node
-        .put(
-            &path,
-            &quic_peer::replication::PutOptions {
-                chunk_size: CHUNK,
-                ..quic_peer::replication::PutOptions::public(0)
-            },
-            Arc::new(NoProgress),
-        )
-        .await
-        .expect("put");
+    let report = common::put_chunked(&net[0].node, &path, 0, CHUNK).await;
     (net, report.id, data, dir)
 }
 
@@ -228,18 +217,7 @@ async fn a_false_provider_record_is_checked_and_not_believed() {
     let data = random_bytes(8 * MIB, 13);
     let path = dir.path().join("f.bin");
     std::fs::write(&path, &data).expect("write");
-    let report = net[0]
-        .node
-        .put(
-            &path,
-            &quic_peer::replication::PutOptions {
-                chunk_size: CHUNK,
-                ..quic_peer::replication::PutOptions::public(0)
-            },
-            Arc::new(NoProgress),
-        )
-        .await
-        .expect("put");
+    let report = common::put_chunked(&net[0].node, &path, 0, CHUNK).await;
     let (holder, fetcher, impostor) = (&net[0].node, &net[1].node, &net[2].node);
     assert!(
         impostor.dht().announce(report.id).await >= 1,

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{random_bytes, store_network, wait_until, StoreNode};
+use common::{assert_same_tree, random_bytes, shutdown, store_network, wait_until, StoreNode};
 use quic_peer::download::{part_path, DownloadError, DownloadOptions, NoProgress};
 use quic_peer::proto::manifest::{Manifest, SealedManifest};
 use quic_peer::proto::sealed::{self, Entry, EntryKind, FileKey, Meta, Sealer};
@@ -73,6 +73,21 @@ fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Files and directories below `dir`.
+fn entries_below(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            1 + if e.path().is_dir() {
+                entries_below(&e.path())
+            } else {
+                0
+            }
+        })
+        .sum()
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -162,9 +177,7 @@ async fn storage_nodes_hold_no_plaintext_and_no_name() {
         "{e:?}"
     );
     assert!(!by_id.exists() && !part_path(&by_id).exists());
-    for n in net {
-        n.node.shutdown().await;
-    }
+    shutdown(net).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,25 +197,8 @@ async fn a_tree_round_trips_with_names_empty_files_and_directories() {
     let report = put_sealed(&net[0].node, &root, 1).await;
     let out = src.path().join("copy");
     get(&net[2].node, read_cap(&report), &out).await.unwrap();
-    let tree = |d: &Path| {
-        let mut all: Vec<(PathBuf, Option<Vec<u8>>)> = Vec::new();
-        let mut stack = vec![d.to_path_buf()];
-        while let Some(p) = stack.pop() {
-            for e in std::fs::read_dir(&p).unwrap().flatten() {
-                let rel = e.path().strip_prefix(d).unwrap().to_path_buf();
-                if e.path().is_dir() {
-                    all.push((rel, None));
-                    stack.push(e.path());
-                } else {
-                    all.push((rel, Some(std::fs::read(e.path()).unwrap())));
-                }
-            }
-        }
-        all.sort();
-        all
-    };
-    assert_eq!(tree(&out), tree(&root));
-    assert_eq!(tree(&out).len(), 57);
+    assert_same_tree(&out, &root);
+    assert_eq!(entries_below(&out), 57);
     assert!(
         !out.with_file_name("copy.qp-tree").exists(),
         "the stream is removed"
@@ -210,9 +206,7 @@ async fn a_tree_round_trips_with_names_empty_files_and_directories() {
     // Again into the same place: every file is there, so it is refused.
     let e = get(&net[2].node, read_cap(&report), &out).await;
     assert!(matches!(e, Err(DownloadError::Exists(_))), "{e:?}");
-    for n in net {
-        n.node.shutdown().await;
-    }
+    shutdown(net).await;
 }
 
 /// A sealed file whose chunk 1 was sealed under another key: every chunk
@@ -286,9 +280,7 @@ async fn a_chunk_that_does_not_open_fails_the_get_with_nothing_written() {
         "not retried: no peer has a better copy"
     );
     assert!(!out.exists(), "nothing under the final name");
-    for n in net {
-        n.node.shutdown().await;
-    }
+    shutdown(net).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use common::adversary::{ip, join, memory};
 use common::{get_to, parse_started, random_bytes, store_node_with, wait_until, Proc};
-use quic_peer::download::NoProgress;
 use quic_peer::proto::frame::{read_frame, write_frame};
 use quic_peer::proto::manifest::{Manifest, MAX_CHUNK_SIZE};
 use quic_peer::proto::wire::{Request, Response, Role, MAX_CONTROL_FRAME};
@@ -121,18 +120,7 @@ async fn never_read_gets_cost_their_window_not_the_chunk() {
     let data = random_bytes(16 * MIB, 11);
     let path = src.path().join("sixteen.bin");
     std::fs::write(&path, &data).unwrap();
-    let report = good
-        .node
-        .put(
-            &path,
-            &quic_peer::replication::PutOptions {
-                chunk_size: MAX_CHUNK_SIZE,
-                ..quic_peer::replication::PutOptions::public(1)
-            },
-            Arc::new(NoProgress),
-        )
-        .await
-        .expect("put");
+    let report = common::put_chunked(&good.node, &path, 1, MAX_CHUNK_SIZE).await;
     assert!(report.holders.iter().any(|h| h.id == target_id));
     let chunk = match Manifest::decode(&report_manifest(&good.node, report.id)) {
         Ok(Manifest::File(f)) => f.chunks[0],

@@ -78,19 +78,26 @@ pub fn connected(node: &Node, id: NodeId) -> bool {
     node.connected_peers().contains(&id)
 }
 
-/// Puts `path` from `node` on `replicas` other nodes (default chunk size, no
-/// progress), and expects it to work.
+/// Puts `path` from `node` on `replicas` other nodes in plaintext (default
+/// chunk size, no progress), and expects it to work.
 pub async fn put(node: &Node, path: &std::path::Path, replicas: usize) -> PutReport {
-    node.put(
-        path,
-        &quic_peer::replication::PutOptions {
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            ..quic_peer::replication::PutOptions::public(replicas)
-        },
-        Arc::new(NoProgress),
-    )
-    .await
-    .expect("put")
+    put_chunked(node, path, replicas, DEFAULT_CHUNK_SIZE).await
+}
+
+/// [`put`] in chunks of `chunk_size` bytes.
+pub async fn put_chunked(
+    node: &Node,
+    path: &std::path::Path,
+    replicas: usize,
+    chunk_size: u32,
+) -> PutReport {
+    let opts = quic_peer::replication::PutOptions {
+        chunk_size,
+        ..quic_peer::replication::PutOptions::public(replicas)
+    };
+    node.put(path, &opts, Arc::new(NoProgress))
+        .await
+        .expect("put")
 }
 
 /// Gets `target` (a file id or a ticket) to `out` from whoever holds it, with
@@ -337,6 +344,33 @@ pub async fn store_network_until(
     let nodes: Vec<Node> = all.iter().map(|s| s.node.clone()).collect();
     wait_until(what, timeout, || nodes.iter().all(&ready)).await;
     all
+}
+
+/// Shuts every node of `net` down.
+pub async fn shutdown(net: Vec<StoreNode>) {
+    for s in net {
+        s.node.shutdown().await;
+    }
+}
+
+/// Asserts that the trees at `a` and `b` hold the same names, kinds and
+/// bytes.
+pub fn assert_same_tree(a: &std::path::Path, b: &std::path::Path) {
+    let mut entries: Vec<_> = std::fs::read_dir(a).unwrap().map(|e| e.unwrap()).collect();
+    entries.sort_by_key(|e| e.file_name());
+    let mut other: Vec<_> = std::fs::read_dir(b).unwrap().map(|e| e.unwrap()).collect();
+    other.sort_by_key(|e| e.file_name());
+    let names = |v: &Vec<std::fs::DirEntry>| v.iter().map(|e| e.file_name()).collect::<Vec<_>>();
+    assert_eq!(names(&entries), names(&other), "in {}", a.display());
+    for e in entries {
+        let (pa, pb) = (e.path(), b.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            assert!(pb.is_dir());
+            assert_same_tree(&pa, &pb);
+        } else {
+            assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+        }
+    }
 }
 
 /// Deterministic pseudo-random bytes (fast, no allocation games).
