@@ -6,7 +6,7 @@
 //!   any node's data directory, the owner's included; `get` with the ticket
 //!   returns the exact bytes, and resumes from a `.part`.
 //! - A directory tree round-trips with its names, empty files and empty
-//!   directories.
+//!   directories; a padded file is stored larger and read back at its size.
 //! - The id alone, a wrong key, and a chunk that hashes right but does not
 //!   open each fail clearly, with nothing written under the final name.
 //! - Nodes that never had the key repair an encrypted file after holders
@@ -206,6 +206,30 @@ async fn a_tree_round_trips_with_names_empty_files_and_directories() {
     // Again into the same place: every file is there, so it is refused.
     let e = get(&net[2].node, read_cap(&report), &out).await;
     assert!(matches!(e, Err(DownloadError::Exists(_))), "{e:?}");
+
+    // A padded file: stored larger, read back at its own size.
+    let path = src.path().join("padded.bin");
+    let data = random_bytes(MIB + 123_457, 8);
+    std::fs::write(&path, &data).unwrap();
+    let opts = PutOptions {
+        replicas: 1,
+        pad: true,
+        ..PutOptions::default()
+    };
+    let report = net[0]
+        .node
+        .put(&path, &opts, Arc::new(NoProgress))
+        .await
+        .expect("put");
+    let sealed_len = data.len() as u64 + 2 * sealed::TAG_LEN as u64;
+    assert_eq!(
+        report.size,
+        sealed::padme(data.len() as u64) + 2 * sealed::TAG_LEN as u64
+    );
+    assert!(report.size > sealed_len, "padding added");
+    let back = src.path().join("padded.back");
+    get(&net[2].node, read_cap(&report), &back).await.unwrap();
+    assert!(std::fs::read(&back).unwrap() == data, "the padding is cut");
     shutdown(net).await;
 }
 
