@@ -168,6 +168,35 @@ impl From<Ticket> for Target {
     }
 }
 
+/// A key was given for a ticket that carries another one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the key given differs from the key in the ticket")]
+pub struct KeyMismatch;
+
+impl Target {
+    /// This target read with `key` (`get ID --key KEY`): an id becomes a
+    /// ticket with no holders and the key; a ticket keeps its holders.
+    pub fn with_key(self, key: Option<FileKey>) -> Result<Target, KeyMismatch> {
+        let Some(key) = key else {
+            return Ok(self);
+        };
+        match self {
+            Target::Id(id) => Ok(Target::Ticket(Ticket {
+                id,
+                holders: Vec::new(),
+                key: Some(key),
+            })),
+            Target::Ticket(t) if t.key.is_none() || t.key == Some(key) => {
+                Ok(Target::Ticket(Ticket {
+                    key: Some(key),
+                    ..t
+                }))
+            }
+            Target::Ticket(_) => Err(KeyMismatch),
+        }
+    }
+}
+
 impl FromStr for Target {
     type Err = ParseTicketError;
 

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use quic_peer::download::DownloadOptions;
 use quic_peer::proto::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use quic_peer::proto::sealed::FileKey;
-use quic_peer::proto::ticket::{Target, Ticket};
+use quic_peer::proto::ticket::Target;
 use quic_peer::proto::wire::Role;
 use quic_peer::replication::{PutOptions, Sealing, Shortfall};
 use quic_peer::store::datadir::DataDir;
@@ -36,21 +36,9 @@ pub struct PutHow {
 
 /// `target` with `key` (`get ID --key KEY`): a ticket with no holders.
 pub fn with_key(target: Target, key: Option<FileKey>) -> Result<Target> {
-    let Some(key) = key else {
-        return Ok(target);
-    };
-    match target {
-        Target::Id(id) => Ok(Target::Ticket(Ticket {
-            id,
-            holders: Vec::new(),
-            key: Some(key),
-        })),
-        Target::Ticket(t) if t.key.is_none() || t.key == Some(key) => Ok(Target::Ticket(Ticket {
-            key: Some(key),
-            ..t
-        })),
-        Target::Ticket(_) => anyhow::bail!("--key differs from the key in the ticket"),
-    }
+    target
+        .with_key(key)
+        .map_err(|_| anyhow::anyhow!("--key differs from the key in the ticket"))
 }
 
 /// Stores the file or directory at `path` with `replicas` copies on other
