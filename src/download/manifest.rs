@@ -92,6 +92,11 @@ pub(super) enum Item<'a> {
 }
 
 impl TreeManifests {
+    /// The name the tree's root was stored under.
+    pub(super) fn root_name(&self) -> Option<&str> {
+        self.manifests.get(&self.root).map(Manifest::name)
+    }
+
     /// A tree of these manifests, for tests of what walks it.
     #[cfg(test)]
     pub(super) fn of(root: Hash, all: Vec<Manifest>) -> Result<TreeManifests, TreeError> {

@@ -409,7 +409,7 @@ fn all_banned(id: Hash, banned: &[NodeId]) -> DownloadError {
 }
 
 /// Writes `tree` to `out` as planned, the progress sized for it all and
-/// named for `out`: kept files as they are, the others fetched or copied one
+/// named as the file was stored: kept files as they are, the others fetched or copied one
 /// after the other.
 async fn write_tree(
     providers: &[Provider],
@@ -424,10 +424,13 @@ async fn write_tree(
         let force = opts.force;
         blocking(out.clone(), move || plan::plan(&tree, &out, force)).await?
     };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let name = match tree.root_name() {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => out
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+    };
     progress.begin(&name, tree.stats.size);
     for (index, item) in tree.walk(out).enumerate() {
         match item? {

@@ -53,10 +53,14 @@ pub(super) async fn download_sealed(
         chunk_size: meta.chunk_size,
         chunks: m.body.chunks.clone(),
     };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+    // The name sealed inside, which only a key holder sees.
+    let name = match meta.entries.first() {
+        Some(e) if !e.name.is_empty() => e.name.clone(),
+        _ => out
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+    };
     progress.begin(&name, meta.stream_len);
     let job = Job {
         providers,
