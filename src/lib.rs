@@ -33,6 +33,8 @@
 //! net/          the network core: endpoint, accept, dial, one handler per
 //!               connection, router (request streams -> services), limits,
 //!               membership (peer table), maintain (gossip, dialing, bootstrap)
+//! observe/      per-node Prometheus registry, journal of recent events, puts and
+//!               gets under way: recorded by every layer, read by the dashboard
 //! config        NodeConfig: every setting, for every layer
 //! crypto/       identity (Ed25519 key + rcgen certificate), netkey (private
 //!               networks), tls (rustls verifiers, id pinning, allow lists)
@@ -68,6 +70,7 @@ pub mod dht;
 pub mod download;
 pub mod net;
 pub mod node;
+pub mod observe;
 pub mod proto;
 pub mod replication;
 pub mod store;

@@ -26,6 +26,8 @@ use crate::download::score::PeerScores;
 use crate::download::{DownloadError, DownloadOptions, DownloadStats, Progress};
 use crate::net::membership::{PeerEvent, PeerInfo};
 use crate::net::{EndpointError, Network};
+use crate::observe::metrics::{ResultLabel, IN};
+use crate::observe::{Task, TaskState};
 use crate::proto::ticket::Target;
 use crate::proto::wire::{RequestKind, Role};
 use crate::proto::NodeId;
@@ -97,6 +99,7 @@ impl Node {
             Some(Arc::new(dht.clone())),
             budget,
             Allowances::new(allowance_policy(net.config())),
+            net.observe().clone(),
         );
         net.serve(&Transfers::KINDS, Arc::new(transfers));
         net.serve(&[RequestKind::Dht], Arc::new(dht.clone()));
@@ -200,12 +203,45 @@ impl Node {
         opts: &PutOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<PutReport, PutError> {
+        let observe = self.inner.net.observe();
+        let task = observe.activity.start("put");
+        let progress = Arc::new(Tracked {
+            task: task.clone(),
+            inner: progress,
+        });
         let stopping = self.inner.net.stopping();
         let put = self.inner.replication.put(path, opts, progress);
-        tokio::select! {
+        let result = tokio::select! {
             r = put => r,
             _ = stopping.cancelled() => Err(PutError::Stopped),
-        }
+        };
+        let label = match &result {
+            Ok(report) => {
+                task.finish(TaskState::Done { file: None });
+                let name = path.file_name().unwrap_or(path.as_os_str());
+                observe.journal.record(
+                    "put",
+                    format!(
+                        "{} stored with {} of {} copies elsewhere",
+                        name.to_string_lossy(),
+                        report.remote_copies,
+                        report.wanted
+                    ),
+                );
+                "ok"
+            }
+            Err(e) => {
+                task.finish(TaskState::Failed(e.to_string()));
+                "failed"
+            }
+        };
+        observe
+            .metrics
+            .get()
+            .puts
+            .get_or_create(&ResultLabel { result: label })
+            .inc();
+        result
     }
 
     /// Finds who holds `target` and downloads it to `out`
@@ -219,12 +255,77 @@ impl Node {
         opts: &DownloadOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<DownloadStats, DownloadError> {
+        let task = self.inner.net.observe().activity.start("get");
+        self.get_tracked(task, target, out, opts, progress).await
+    }
+
+    /// [`Node::get`], shown as `task` (made by the caller, who wants its
+    /// number before the get ends).
+    pub async fn get_tracked(
+        &self,
+        task: Arc<Task>,
+        target: &Target,
+        out: &Path,
+        opts: &DownloadOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<DownloadStats, DownloadError> {
+        let observe = self.inner.net.observe();
+        let progress = Arc::new(Tracked {
+            task: task.clone(),
+            inner: progress,
+        });
         let stopping = self.inner.net.stopping();
         let get = self.inner.replication.get(target, out, opts, progress);
-        tokio::select! {
+        let result = tokio::select! {
             r = get => r,
             _ = stopping.cancelled() => Err(DownloadError::Stopped(out.to_path_buf())),
+        };
+        let m = observe.metrics.get();
+        let label = match &result {
+            Ok(stats) => {
+                let file = (stats.files == 1 && out.is_file()).then(|| out.to_path_buf());
+                task.finish(TaskState::Done { file });
+                let fetched = stats.bytes.saturating_sub(stats.resumed_bytes);
+                let secs = stats.elapsed.as_secs_f64();
+                if secs > 0.0 {
+                    m.download_bytes_per_second.observe(fetched as f64 / secs);
+                }
+                m.chunks
+                    .get_or_create(&IN)
+                    .inc_by(stats.chunks_fetched as u64);
+                m.chunk_bytes.get_or_create(&IN).inc_by(fetched);
+                m.bans.inc_by(stats.banned_peers.len() as u64);
+                observe.journal.record(
+                    "get",
+                    format!("{} fetched ({} bytes)", task.name(), stats.bytes),
+                );
+                "ok"
+            }
+            Err(e) => {
+                task.finish(TaskState::Failed(e.to_string()));
+                "failed"
+            }
+        };
+        m.downloads
+            .get_or_create(&ResultLabel { result: label })
+            .inc();
+        result
+    }
+
+    /// The node's metrics in the Prometheus text format, gauges brought up
+    /// to date first.
+    pub fn metrics_text(&self) -> String {
+        self.inner.net.refresh_metrics();
+        let observe = self.inner.net.observe();
+        let m = observe.metrics.get();
+        m.dht_contacts
+            .set(self.inner.dht.routing_table_len() as i64);
+        if let Some(store) = &self.inner.store {
+            m.store_bytes.set(store.used() as i64);
+            m.store_quota_bytes.set(store.quota() as i64);
+            m.store_files.set(store.held_count() as i64);
         }
+        observe.metrics.encode()
     }
 
     /// Graceful shutdown, in order: stop accepting and maintaining, save the
@@ -251,8 +352,23 @@ impl Node {
     }
 }
 
-/// Every `gc_interval`, collects the chunks and manifests no held file uses
-/// (incoming copies that never finished) once older than `gc_grace`.
+/// A put's or get's progress, passed on and kept for the dashboard.
+struct Tracked {
+    task: Arc<Task>,
+    inner: Arc<dyn Progress>,
+}
+
+impl Progress for Tracked {
+    fn begin(&self, name: &str, total_bytes: u64) {
+        self.task.begin(name, total_bytes);
+        self.inner.begin(name, total_bytes);
+    }
+    fn advance(&self, bytes: u64) {
+        self.task.advance(bytes);
+        self.inner.advance(bytes);
+    }
+}
+
 /// What each kind of peer may make this node store.
 fn allowance_policy(config: &NodeConfig) -> AllowancePolicy {
     AllowancePolicy {
@@ -264,6 +380,8 @@ fn allowance_policy(config: &NodeConfig) -> AllowancePolicy {
     }
 }
 
+/// Every `gc_interval`, collects the chunks and manifests no held file uses
+/// (incoming copies that never finished) once older than `gc_grace`.
 async fn collect_garbage(net: Network, store: Store) {
     let cfg = net.config();
     let (interval, grace) = (cfg.gc_interval, cfg.gc_grace);

@@ -31,6 +31,7 @@ use crate::dht::query::{Lookup, LookupConfig, Poll};
 use crate::dht::{distance, key_of, K};
 use crate::net::router::ServeFuture;
 use crate::net::{ConnectError, Network, PeerListener};
+use crate::observe::Metrics;
 use crate::proto::frame::{read_frame, write_frame, FrameError};
 use crate::proto::wire::{DhtRequest, PeerRecord, Request, Response, Role, MAX_CONTROL_FRAME};
 use crate::proto::{Hash, NodeId};
@@ -109,6 +110,8 @@ pub(super) struct Running {
     calls: JoinSet<Answer>,
     request: DhtRequest,
     slow_after: Duration,
+    /// Counts the lookup and its time once it ends.
+    metrics: Metrics,
 }
 
 impl Running {
@@ -124,6 +127,9 @@ impl Running {
     /// What the lookup found, with `providers` (those proven), from `start`.
     pub(super) fn outcome(mut self, start: Instant, providers: Vec<PeerRecord>) -> LookupOutcome {
         self.calls.abort_all();
+        let m = self.metrics.get();
+        m.dht_lookups.inc();
+        m.dht_lookup_seconds.observe(start.elapsed().as_secs_f64());
         let failed = self
             .lookup
             .failed(K)
@@ -334,6 +340,7 @@ impl Dht {
             lookup: Lookup::new(target, seeds, cfg),
             errors: HashMap::new(),
             calls: JoinSet::new(),
+            metrics: self.inner.net.observe().metrics.clone(),
             request,
             slow_after: cfg.slow_after,
         }

@@ -15,6 +15,7 @@ use tracing::{debug, warn, Instrument};
 use super::limits::ConnPermit;
 use super::membership::{ConnHandle, LeftReason, PeerEvent, Registered};
 use super::{lock, Network};
+use crate::observe::metrics::{ReasonLabel, IN, OUT};
 use crate::proto::frame::{read_frame, write_frame, FrameError};
 use crate::proto::wire::{Control, ErrorCode, LeaveReason, Role, MAX_CONTROL_FRAME};
 use crate::proto::NodeId;
@@ -136,6 +137,13 @@ impl Network {
             }
         };
         let addr = conn.remote_address();
+        let direction = if meta.outbound { OUT } else { IN };
+        self.observe()
+            .metrics
+            .get()
+            .connections_opened
+            .get_or_create(&direction)
+            .inc();
         self.emit(PeerEvent::Connected {
             id: meta.id,
             addr,
@@ -162,6 +170,19 @@ impl Network {
         };
         let (reason, replaced) = left_reason(&err);
         debug!(reason = %reason, "connection closed");
+        let metrics = &self.observe().metrics;
+        metrics.connection_closed(&conn.stats());
+        let why = match (&reason, replaced) {
+            (_, true) => "replaced",
+            (LeftReason::Leave, _) => "leave",
+            (LeftReason::TimedOut, _) => "timed_out",
+            (LeftReason::Closed(_), _) => "closed",
+        };
+        metrics
+            .get()
+            .connections_closed
+            .get_or_create(&ReasonLabel { reason: why })
+            .inc();
         let left = lock(&self.inner.peers).unregister(
             id,
             conn.stable_id(),
@@ -218,7 +239,11 @@ impl Network {
                         close(&conn, ErrorCode::UnexpectedMessage, &"gossip from a client");
                         return;
                     }
-                    let new = lock(&self.inner.peers).learn(&records, Instant::now());
+                    let new = {
+                        let mut peers = lock(&self.inner.peers);
+                        peers.told(id, &records, Instant::now());
+                        peers.learn(&records, Instant::now())
+                    };
                     debug!(count = records.len(), new, "gossip received");
                 }
                 Control::Ping(n) => {

@@ -187,7 +187,13 @@ pub enum Registered {
 pub struct PeerTable {
     me: NodeId,
     peers: HashMap<NodeId, PeerEntry>,
+    /// Whom each connected peer's gossip named, and when last: the links of
+    /// the network as this node knows it (the dashboard's picture).
+    told: HashMap<NodeId, HashMap<NodeId, Instant>>,
 }
+
+/// Peers remembered per teller for [`PeerTable::links`].
+pub const TOLD_PER_PEER: usize = 64;
 
 /// Delay before redialing a peer after `failures` failed dials.
 pub fn dial_backoff(failures: u32) -> Duration {
@@ -214,6 +220,7 @@ impl PeerTable {
         PeerTable {
             me,
             peers: HashMap::new(),
+            told: HashMap::new(),
         }
     }
 
@@ -366,6 +373,50 @@ impl PeerTable {
         new
     }
 
+    /// `teller`'s gossip named the peers in `records` (its connections).
+    /// At most [`TOLD_PER_PEER`] are remembered per teller.
+    pub fn told(&mut self, teller: NodeId, records: &[PeerRecord], now: Instant) {
+        let named = self.told.entry(teller).or_default();
+        for r in records.iter().filter(|r| r.id != teller) {
+            if named.len() < TOLD_PER_PEER || named.contains_key(&r.id) {
+                named.insert(r.id, now);
+            }
+        }
+    }
+
+    /// Forgets what `id` told and what was told of it (it left).
+    pub fn forget_told(&mut self, id: &NodeId) {
+        self.told.remove(id);
+        for named in self.told.values_mut() {
+            named.remove(id);
+        }
+    }
+
+    /// Links between peers as connected peers' gossip within `ttl` named
+    /// them, plus this node's own connections to full nodes.
+    pub fn links(&mut self, now: Instant, ttl: Duration) -> Vec<(NodeId, NodeId)> {
+        let connected: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|e| e.conn.is_some() && e.role == Role::Peer)
+            .map(|e| e.id)
+            .collect();
+        self.told.retain(|teller, named| {
+            named.retain(|_, at| now.saturating_duration_since(*at) <= ttl);
+            connected.contains(teller) && !named.is_empty()
+        });
+        let mut links: Vec<(NodeId, NodeId)> = connected.iter().map(|id| (self.me, *id)).collect();
+        for (teller, named) in &self.told {
+            links.extend(
+                named
+                    .keys()
+                    .filter(|n| **n != self.me)
+                    .map(|n| (*teller, *n)),
+            );
+        }
+        links
+    }
+
     /// Marks activity from a connected peer.
     pub fn seen(&mut self, id: NodeId, now: Instant) {
         if let Some(e) = self.peers.get_mut(&id) {
@@ -460,6 +511,11 @@ impl PeerTable {
             .values()
             .filter(|e| e.role == Role::Peer && e.conn.is_some())
             .count()
+    }
+
+    /// Number of peers known from gossip and not connected.
+    pub fn known_peers(&self) -> usize {
+        self.peers.values().filter(|e| e.conn.is_none()).count()
     }
 
     /// A snapshot of every peer, members first.

@@ -61,6 +61,7 @@ pub use router::{RequestStream, Service};
 
 use crate::config::NodeConfig;
 use crate::crypto::identity::Identity;
+use crate::observe::Observe;
 use crate::proto::wire::{Control, ErrorCode, LeaveReason, RequestKind, Role};
 use crate::proto::NodeId;
 use limits::{
@@ -122,6 +123,8 @@ struct Inner {
     tasks: TaskTracker,
     /// Control-stream writers, waited for at shutdown so LEAVE goes out.
     writers: TaskTracker,
+    /// Metrics, journal and activity, for every layer to record into.
+    observe: Observe,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -171,6 +174,7 @@ impl Network {
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 writers: TaskTracker::new(),
+                observe: Observe::default(),
             }),
         })
     }
@@ -199,6 +203,42 @@ impl Network {
         self.inner
             .tasks
             .spawn(async move { n.maintenance_loop().await });
+    }
+
+    /// The node's metrics, journal and activity.
+    pub fn observe(&self) -> &Observe {
+        &self.inner.observe
+    }
+
+    /// Brings the connection and peer gauges and the transport byte
+    /// counters up to date (just before a scrape or a dashboard update) and
+    /// returns the transport bytes received and sent so far.
+    pub fn refresh_metrics(&self) -> [u64; 2] {
+        let (connections, members, known) = {
+            let peers = lock(&self.inner.peers);
+            let snapshot = peers.connections();
+            let members = peers.connected_peers();
+            let known = peers.known_peers();
+            (snapshot, members, known)
+        };
+        let m = self.inner.observe.metrics.get();
+        m.connections.set(connections.len() as i64);
+        m.peers.set(members as i64);
+        m.known_peers.set(known as i64);
+        let mut live = [0u64; 2];
+        for (_, _, c) in &connections {
+            let stats = c.conn.stats();
+            live[0] = live[0].saturating_add(stats.udp_rx.bytes);
+            live[1] = live[1].saturating_add(stats.udp_tx.bytes);
+        }
+        self.inner.observe.metrics.transport_now(live)
+    }
+
+    /// The links of the network as this node knows it: its own connections
+    /// to full nodes, and those its peers' recent gossip named.
+    pub fn links(&self) -> Vec<(NodeId, NodeId)> {
+        let ttl = self.inner.config.gossip_interval * 3;
+        lock(&self.inner.peers).links(Instant::now(), ttl)
     }
 
     /// This node's id.
@@ -323,6 +363,16 @@ impl Network {
         if self.inner.stopping.is_cancelled() {
             return;
         }
+        let journal = &self.inner.observe.journal;
+        match &event {
+            PeerEvent::Connected { .. } => {}
+            PeerEvent::Joined { id, addr } => {
+                journal.record("join", format!("{} joined from {addr}", id.fmt_short()))
+            }
+            PeerEvent::Left { id, reason } => {
+                journal.record("leave", format!("{} {reason}", id.fmt_short()))
+            }
+        }
         // No subscribers is fine.
         let _ = self.inner.events.send(event);
     }
@@ -345,6 +395,7 @@ impl Network {
     /// A member left: its listeners forget it too (unless this node is the
     /// one stopping: then what they know is kept for the next start).
     fn left(&self, id: NodeId, reason: membership::LeftReason) {
+        lock(&self.inner.peers).forget_told(&id);
         if !self.inner.stopping.is_cancelled() {
             for l in self.listeners() {
                 l.left(id);

@@ -23,6 +23,7 @@ use tracing::{debug, warn, Instrument};
 use super::connection::close;
 use super::limits::{held_back, LogKey, TokenBucket};
 use super::Network;
+use crate::observe::metrics::KindLabel;
 use crate::proto::frame::{read_frame, FrameError};
 use crate::proto::wire::{ErrorCode, Request, RequestKind, Role, MAX_CONTROL_FRAME};
 use crate::proto::NodeId;
@@ -128,6 +129,7 @@ impl Network {
             };
             let now = Instant::now();
             if !limit.bucket.take(now) {
+                self.observe().metrics.error("any", ErrorCode::RateLimited);
                 let _ = send.reset(ErrorCode::RateLimited.var_int());
                 let _ = recv.stop(ErrorCode::RateLimited.var_int());
                 let rate = limit.rate;
@@ -172,6 +174,7 @@ impl Network {
         .await;
         let request = match first {
             Err(_) => {
+                self.observe().metrics.error("any", ErrorCode::Timeout);
                 let _ = recv.stop(ErrorCode::Timeout.var_int());
                 return;
             }
@@ -191,11 +194,20 @@ impl Network {
                 return;
             }
             Ok(Err(e)) => {
+                self.observe().metrics.error("any", e.code());
                 self.close_hostile(&conn, e.code(), &format!("bad request: {e}"));
                 return;
             }
         };
-        let Some(service) = self.inner.router.get(request.kind()) else {
+        let kind = request.kind();
+        let metrics = &self.observe().metrics;
+        metrics
+            .get()
+            .requests
+            .get_or_create(&KindLabel { kind: kind.label() })
+            .inc();
+        let Some(service) = self.inner.router.get(kind) else {
+            metrics.error(kind.label(), ErrorCode::UnexpectedMessage);
             let mut send = send;
             let _ = send.reset(ErrorCode::UnexpectedMessage.var_int());
             let _ = recv.stop(ErrorCode::UnexpectedMessage.var_int());

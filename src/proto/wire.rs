@@ -357,6 +357,23 @@ pub enum RequestKind {
     Prove,
 }
 
+impl RequestKind {
+    /// A short name, for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestKind::Join => "join",
+            RequestKind::GetChunk => "get_chunk",
+            RequestKind::PutChunk => "put_chunk",
+            RequestKind::GetManifest => "get_manifest",
+            RequestKind::PutManifest => "put_manifest",
+            RequestKind::Hold => "hold",
+            RequestKind::Has => "has",
+            RequestKind::Dht => "dht",
+            RequestKind::Prove => "prove",
+        }
+    }
+}
+
 impl Request {
     /// What this request asks for.
     pub fn kind(&self) -> RequestKind {

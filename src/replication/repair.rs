@@ -43,6 +43,7 @@ use crate::dht::behaviour::jitter;
 use crate::dht::kbucket::Contact;
 use crate::dht::{distance, key_of, Distance};
 use crate::download::NoProgress;
+use crate::observe::metrics::ActionLabel;
 use crate::proto::wire::Role;
 use crate::proto::{Hash, NodeId};
 use crate::store::chunker::Tree;
@@ -233,10 +234,29 @@ impl Replication {
             .ok()?
     }
 
+    /// Counts a repair `action` and puts `text` in the journal as `kind`.
+    fn record(&self, action: &'static str, kind: &'static str, text: impl FnOnce() -> String) {
+        let observe = self.net.observe();
+        observe
+            .metrics
+            .get()
+            .repairs
+            .get_or_create(&ActionLabel { action })
+            .inc();
+        observe.journal.record(kind, text());
+    }
+
     /// Remembers (and logs) that `peer` failed to prove it holds `file`.
     fn distrust(&self, file: Hash, peer: NodeId) {
         warn!(file = %file.fmt_short(), peer = %peer.fmt_short(),
             "[REPAIR] peer failed to prove it holds the file: not counted");
+        self.record("unproven", "repair", || {
+            format!(
+                "{} failed to prove it holds {}: not counted",
+                peer.fmt_short(),
+                file.fmt_short()
+            )
+        });
         let period = self.net.config().repair_interval * DISTRUST_INTERVALS;
         self.memory().distrust.add(file, peer, period);
     }
@@ -318,7 +338,14 @@ impl Replication {
         };
         match check(conn, &expected, self.net.config().rpc_timeout).await {
             Shown::Holds => {
-                info!(file = %file.fmt_short(), to = %c.id.fmt_short(), "[REPAIR] copy restored")
+                info!(file = %file.fmt_short(), to = %c.id.fmt_short(), "[REPAIR] copy restored");
+                self.record("copied", "repair", || {
+                    format!(
+                        "a copy of {} restored on {}",
+                        file.fmt_short(),
+                        c.id.fmt_short()
+                    )
+                });
             }
             Shown::Silent => {}
             Shown::Missing | Shown::Failed => self.distrust(file, c.id),
@@ -332,7 +359,13 @@ impl Replication {
         };
         match tokio::task::spawn_blocking(move || store.release_file(&file)).await {
             Ok(Ok(true)) => {
-                info!(file = %file.fmt_short(), closer, "[TRIM] copy beyond R+1 dropped")
+                info!(file = %file.fmt_short(), closer, "[TRIM] copy beyond R+1 dropped");
+                self.record("trimmed", "trim", || {
+                    format!(
+                        "this node's copy of {} dropped: {closer} closer holders",
+                        file.fmt_short()
+                    )
+                });
             }
             Ok(Ok(false)) => {}
             Ok(Err(e)) => warn!(file = %file.fmt_short(), "cannot drop a copy: {e}"),

@@ -198,6 +198,16 @@ impl Store {
         files.into_iter().filter(|f| f.complete).collect()
     }
 
+    /// How many files are held (complete or not); 0 if the index cannot be
+    /// read.
+    pub fn held_count(&self) -> u64 {
+        let count = || -> Result<u64, StoreError> {
+            let tx = self.inner.db.begin_read()?;
+            Ok(redb::ReadableTableMetadata::len(&tx.open_table(FILES)?)?)
+        };
+        count().unwrap_or(0)
+    }
+
     /// Every held file, with whether all its chunks are present (which also
     /// refreshes what [`Store::holds`] knows to be incomplete).
     pub fn files(&self) -> Result<Vec<HeldFile>, StoreError> {

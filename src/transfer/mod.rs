@@ -25,6 +25,8 @@ pub use budget::{Account, BudgetPermit, ChunkBudget};
 
 use crate::net::router::{RequestStream, ServeFuture};
 use crate::net::Service;
+use crate::observe::metrics::{IN, OUT};
+use crate::observe::{Metrics, Observe};
 use crate::proto::frame::{read_frame, write_frame, FrameError};
 use crate::proto::manifest::{Manifest, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
 use crate::proto::wire::{
@@ -152,6 +154,7 @@ pub struct Transfers {
     on_hold: Option<Arc<dyn HoldListener>>,
     budget: ChunkBudget,
     allowances: Arc<Allowances>,
+    observe: Observe,
 }
 
 /// What a handler knows of the stream it serves.
@@ -163,6 +166,7 @@ struct Ctx {
     uploader: allowance::Uploader,
     allowances: Arc<Allowances>,
     on_hold: Option<Arc<dyn HoldListener>>,
+    metrics: Metrics,
 }
 
 impl Transfers {
@@ -179,18 +183,21 @@ impl Transfers {
 
     /// Serves from `store`, holding at most `budget` bytes of chunk data
     /// in memory for peers and storing for each within `allowances`;
-    /// `on_hold` agrees to HOLDs and hears of every file held anew.
+    /// `on_hold` agrees to HOLDs and hears of every file held anew; what
+    /// it serves and takes is counted in `observe`.
     pub fn new(
         store: Option<Store>,
         on_hold: Option<Arc<dyn HoldListener>>,
         budget: ChunkBudget,
         allowances: Allowances,
+        observe: Observe,
     ) -> Self {
         Transfers {
             store,
             on_hold,
             budget,
             allowances: Arc::new(allowances),
+            observe,
         }
     }
 }
@@ -204,7 +211,9 @@ impl Service for Transfers {
             uploader: self.allowances.uploader(stream.peer, ip),
             allowances: self.allowances.clone(),
             on_hold: self.on_hold.clone(),
+            metrics: self.observe.metrics.clone(),
         };
+        let journal = self.observe.journal.clone();
         Box::pin(async move {
             let served = serve(&ctx, stream.request, stream.send, stream.recv);
             let newly_held = match tokio::time::timeout(STREAM_DEADLINE, served).await {
@@ -216,7 +225,12 @@ impl Service for Transfers {
             };
             // Only a HOLD that made the file held anew is news.
             if let Some(id) = newly_held {
-                info!(file = %id.fmt_short(), peer = %ctx.uploader.source.id.fmt_short(), "[STORED] a copy is held here now");
+                let peer = ctx.uploader.source.id.fmt_short();
+                info!(file = %id.fmt_short(), %peer, "[STORED] a copy is held here now");
+                journal.record(
+                    "stored",
+                    format!("a copy of {} is held here now, for {peer}", id.fmt_short()),
+                );
             }
             if let (Some(id), Some(on_hold)) = (newly_held, ctx.on_hold) {
                 on_hold.held(id).await;
@@ -238,8 +252,22 @@ async fn serve(
     let store = ctx.store.clone();
     let budget = &ctx.account;
     let mut newly_held = None;
+    let kind = request.kind().label();
+    // Refusals are counted by kind and reason.
+    let answer = |resp: Response| {
+        if let Response::Nack(reason) = &resp {
+            ctx.metrics.error(kind, reason);
+        }
+        resp
+    };
     let result = match request {
-        Request::GetChunk { hash } => send_chunk(store, budget, hash, &mut send).await,
+        Request::GetChunk { hash } => match send_chunk(store, budget, hash, &mut send).await {
+            Ok(Some(len)) => {
+                ctx.metrics.chunk(&OUT, len);
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        },
         Request::GetManifest { id } => send_manifest(store, budget, id, &mut send).await,
         Request::Has { id } => {
             let resp = answer_has(store, id).await;
@@ -256,15 +284,19 @@ async fn serve(
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
         Request::PutChunk { hash, len } => {
-            let resp = receive_chunk(ctx, hash, len, &mut recv).await;
+            let resp = answer(receive_chunk(ctx, hash, len, &mut recv).await);
+            if resp == Response::Ack {
+                ctx.metrics.chunk(&IN, u64::from(len));
+            }
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
         Request::PutManifest { id, len } => {
-            let resp = receive_manifest(ctx, id, len, &mut recv).await;
+            let resp = answer(receive_manifest(ctx, id, len, &mut recv).await);
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
         Request::Hold { id } => {
             let (resp, anew) = hold::hold(ctx, id).await;
+            let resp = answer(resp);
             newly_held = anew.then_some(id);
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
@@ -521,17 +553,23 @@ async fn send_chunk(
     budget: &Account,
     hash: Hash,
     send: &mut quinn::SendStream,
-) -> Result<(), FrameError> {
+) -> Result<Option<u64>, FrameError> {
     let opened = match &store {
         Some(s) => blocking(s.clone(), move |s| s.open_chunk(&hash)).await,
         None => Ok(None),
     };
     let mut reader = match opened {
         Ok(Some(reader)) => reader,
-        Ok(None) => return write_frame(send, &Response::NotFound, MAX_CONTROL_FRAME).await,
+        Ok(None) => {
+            return write_frame(send, &Response::NotFound, MAX_CONTROL_FRAME)
+                .await
+                .map(|()| None)
+        }
         Err(e) => {
             warn!("store: {e}");
-            return write_frame(send, &Response::NotFound, MAX_CONTROL_FRAME).await;
+            return write_frame(send, &Response::NotFound, MAX_CONTROL_FRAME)
+                .await
+                .map(|()| None);
         }
     };
     let len = reader.len();
@@ -557,11 +595,11 @@ async fn send_chunk(
                     "stored chunk {hash} failed verification"
                 ))));
             }
-            return write_piece(send, piece, permit).await;
+            return write_piece(send, piece, permit).await.map(|()| Some(len));
         }
         write_piece(send, piece, permit).await?;
     }
-    Ok(())
+    Ok(Some(len))
 }
 
 /// Hands one piece to quinn: it waits for the peer's flow control, at most

@@ -102,6 +102,7 @@ impl DhtLiar {
                 None,
                 ChunkBudget::new(0),
                 quic_peer::transfer::Allowances::new(Default::default()),
+                net.observe().clone(),
             )),
         );
         net.start();
