@@ -11,6 +11,8 @@
 //! Each layer uses only the layers below it.
 //!
 //! ```text
+//! dashboard/    the web page and /metrics (axum): access rules (token, Host, Origin),
+//!               the page's JSON built once a second, gets and puts from the page
 //! node          composition root: builds the core and the services, registers them,
 //!               starts their loops, shuts down in order
 //! replication/  put to the R closest nodes, get, repair (proven holders only, one
@@ -66,6 +68,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod dashboard;
 pub mod dht;
 pub mod download;
 pub mod net;

@@ -5,6 +5,7 @@
 pub mod adversary;
 pub mod bomb;
 pub mod dht_liar;
+pub mod http;
 pub mod liar;
 
 use std::io::{BufRead, BufReader};

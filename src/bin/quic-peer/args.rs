@@ -30,6 +30,22 @@ pub struct Cli {
 
     #[command(flatten)]
     pub node: NodeArgs,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Where a running node serves its dashboard and metrics.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Serve the dashboard and /metrics at ADDR (HOST:PORT); if the port is
+    /// taken, a free one. A non-loopback address needs the token for
+    /// everything, not just actions.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8480", value_parser = parse_listen)]
+    pub http: SocketAddr,
+    /// Serve no dashboard and no metrics.
+    #[arg(long, conflicts_with = "http")]
+    pub no_http: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +126,10 @@ pub enum Command {
         /// Number of nodes.
         #[arg(long, default_value_t = 5)]
         nodes: usize,
+        /// Keep the nodes and their dashboards running after the demo,
+        /// until Ctrl-C.
+        #[arg(long)]
+        stay: bool,
     },
 }
 

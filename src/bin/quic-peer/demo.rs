@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+
 use anyhow::{Context, Result};
+use quic_peer::dashboard::{Dashboard, DashboardOptions, DEFAULT_PORT};
 use quic_peer::download::{DownloadOptions, NoProgress};
 use quic_peer::proto::manifest::DEFAULT_CHUNK_SIZE;
 use quic_peer::proto::ticket::{Target, Ticket};
@@ -26,19 +29,20 @@ const FILE_SIZE: usize = 12 * 1024 * 1024 + 12_345;
 /// How long the nodes have to all see each other.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(30);
 
-/// Runs the demo with `nodes` nodes in a scratch directory, removed after.
-pub async fn demo(nodes: usize) -> Result<()> {
+/// Runs the demo with `nodes` nodes in a scratch directory, removed after;
+/// with `stay`, keeps them running until Ctrl-C first.
+pub async fn demo(nodes: usize, stay: bool) -> Result<()> {
     anyhow::ensure!(
         (5..=64).contains(&nodes),
         "--nodes must be between 5 and 64"
     );
     let work = std::env::temp_dir().join(format!("quic-peer-demo-{}", std::process::id()));
-    let result = run_demo(nodes, &work).await;
+    let result = run_demo(nodes, stay, &work).await;
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
-async fn run_demo(nodes: usize, work: &Path) -> Result<()> {
+async fn run_demo(nodes: usize, stay: bool, work: &Path) -> Result<()> {
     let started = Instant::now();
     let cluster = Cluster::start(nodes, work).await?;
     cluster.wait_until_all_connected().await?;
@@ -46,6 +50,10 @@ async fn run_demo(nodes: usize, work: &Path) -> Result<()> {
     let report = put_from_node_1(&cluster, &src).await?;
     let stopped = stop_a_remote_holder(&cluster, &report).await?;
     fetch_by_id_elsewhere(&cluster, &report, stopped, work, &data).await?;
+    if stay {
+        say!("[HTTP] the nodes keep running: open a dashboard above; Ctrl-C stops them");
+        tokio::signal::ctrl_c().await?;
+    }
     cluster.stop_all_but(stopped).await?;
     say!(
         "[DONE] demo finished in {:.1} s",
@@ -73,6 +81,7 @@ impl Cluster {
             first.local_addr(),
             first.id()
         );
+        serve_dashboard(&first, 0, work).await?;
         let mut all = vec![first.clone()];
         for i in 1..nodes {
             let node = Node::start(config(i, vec![first.addr()])).await?;
@@ -81,6 +90,7 @@ impl Cluster {
                 node.local_addr(),
                 node.id()
             );
+            serve_dashboard(&node, i, work).await?;
             all.push(node);
         }
         Ok(Cluster { nodes: all })
@@ -148,6 +158,23 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// Serves node `i`'s dashboard (port 8480 + i, or a free one) and prints
+/// its address with the token.
+async fn serve_dashboard(node: &Node, i: usize, work: &Path) -> Result<()> {
+    let port = u16::try_from(usize::from(DEFAULT_PORT) + i).unwrap_or(0);
+    let dashboard = Dashboard::start(
+        node.clone(),
+        DashboardOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            token: Some(Dashboard::new_token()),
+            work_dir: work.join(format!("node-{i}")).join("dashboard"),
+        },
+    )
+    .await?;
+    say!("[HTTP] node {i} dashboard at {}", dashboard.url());
+    Ok(())
 }
 
 /// Writes a file of random bytes, a few chunks long; returns its path and

@@ -84,7 +84,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Id) => identity::print_id(&cli.node),
         Some(Command::Keygen { file, force }) => identity::keygen(&file, force),
-        Some(Command::Demo { nodes }) => demo::demo(nodes).await,
+        Some(Command::Demo { nodes, stay }) => demo::demo(nodes, stay).await,
         Some(Command::Bench { size_mib }) => bench::run(size_mib).await,
         Some(Command::BenchBareServer) => bench::bare_server().await,
         Some(Command::Put {
@@ -115,6 +115,6 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let target = client::with_key(target, key)?;
             client::get(&cli.node, &target, &out, retry_for, max_in_flight, force).await
         }
-        None => run::run_node(&cli.node).await,
+        None => run::run_node(&cli.node, &cli.http).await,
     }
 }

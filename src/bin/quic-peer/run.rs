@@ -11,13 +11,18 @@ use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::args::NodeArgs;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use quic_peer::dashboard::{Dashboard, DashboardOptions};
+
+use crate::args::{HttpArgs, NodeArgs};
 use crate::display::say;
 use crate::interactive;
 
 /// Runs a node with its data directory locked until it is told to stop, then
 /// shuts it down in order.
-pub async fn run_node(args: &NodeArgs) -> Result<()> {
+pub async fn run_node(args: &NodeArgs, http: &HttpArgs) -> Result<()> {
     let config = args.config()?;
     let dir = args.data_dir()?;
     let config = NodeConfig {
@@ -26,6 +31,9 @@ pub async fn run_node(args: &NodeArgs) -> Result<()> {
     };
     let node = Node::start(config).await?;
     print_started(&node, &dir);
+    if !http.no_http {
+        serve_dashboard(&node, http.http, dir.path()).await?;
+    }
     let printer = tokio::spawn(print_events(node.clone()));
     serve_until_exit(&node).await?;
     node.shutdown().await;
@@ -49,6 +57,26 @@ fn print_started(node: &Node, dir: &DataDir) {
         say!("[ALLOW] only {} listed peer(s) may connect", allow.len());
     }
     say!("[WAITING] Listening for incoming peer connections...");
+}
+
+/// Serves the dashboard and says where, with the token that lets the page
+/// act (a new one each start, as Jupyter does).
+async fn serve_dashboard(node: &Node, addr: SocketAddr, data_dir: &Path) -> Result<()> {
+    let opts = DashboardOptions {
+        addr,
+        token: Some(Dashboard::new_token()),
+        work_dir: data_dir.join("dashboard"),
+    };
+    let dashboard = Dashboard::start(node.clone(), opts).await?;
+    if let Some(port) = dashboard.moved_from {
+        say!(
+            "[HTTP] port {port} is taken: serving on {}",
+            dashboard.addr()
+        );
+    }
+    say!("[HTTP] dashboard at {}", dashboard.url());
+    say!("[HTTP] metrics at http://{}/metrics", dashboard.addr());
+    Ok(())
 }
 
 /// Runs the commands read on standard input until `exit`, Ctrl-C or SIGTERM.
