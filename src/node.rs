@@ -92,7 +92,7 @@ impl Node {
         let budget = ChunkBudget::new(config.chunk_memory);
         let net = Network::bind(config, identity)?;
         let dht = Dht::new(net.clone(), store.clone());
-        let scores = PeerScores::new();
+        let scores = PeerScores::counting(net.observe().metrics.get().bans.clone());
         let replication = Replication::new(net.clone(), dht.clone(), store.clone(), scores.clone());
         let transfers = Transfers::new(
             store.clone(),
@@ -205,6 +205,7 @@ impl Node {
     ) -> Result<PutReport, PutError> {
         let observe = self.inner.net.observe();
         let task = observe.activity.start("put");
+        let _unfinished = Unfinished(task.clone());
         let progress = Arc::new(Tracked {
             task: task.clone(),
             inner: progress,
@@ -270,6 +271,7 @@ impl Node {
         progress: Arc<dyn Progress>,
     ) -> Result<DownloadStats, DownloadError> {
         let observe = self.inner.net.observe();
+        let _unfinished = Unfinished(task.clone());
         let progress = Arc::new(Tracked {
             task: task.clone(),
             inner: progress,
@@ -285,7 +287,7 @@ impl Node {
             Ok(stats) => {
                 let file = (stats.files == 1 && out.is_file()).then(|| out.to_path_buf());
                 task.finish(TaskState::Done { file });
-                let fetched = stats.bytes.saturating_sub(stats.resumed_bytes);
+                let fetched = stats.fetched_bytes;
                 let secs = stats.elapsed.as_secs_f64();
                 if secs > 0.0 {
                     m.download_bytes_per_second.observe(fetched as f64 / secs);
@@ -294,7 +296,6 @@ impl Node {
                     .get_or_create(&IN)
                     .inc_by(stats.chunks_fetched as u64);
                 m.chunk_bytes.get_or_create(&IN).inc_by(fetched);
-                m.bans.inc_by(stats.banned_peers.len() as u64);
                 observe.journal.record(
                     "get",
                     format!("{} fetched ({} bytes)", task.name(), stats.bytes),
@@ -366,6 +367,15 @@ impl Progress for Tracked {
     fn advance(&self, bytes: u64) {
         self.task.advance(bytes);
         self.inner.advance(bytes);
+    }
+}
+
+/// Marks a task failed if the put or get it shows is dropped unfinished.
+struct Unfinished(Arc<Task>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        self.0.abandon();
     }
 }
 

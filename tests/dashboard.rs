@@ -78,6 +78,7 @@ async fn metrics_count_a_get_made_through_the_api() {
         &before.1,
         "quic_peer_transport_bytes_total{direction=\"in\"}",
     );
+    let chunk_before = sample(&before.1, "quic_peer_chunk_bytes_total{direction=\"in\"}");
 
     let base2 = base.clone();
     let (t, after, fetched) = tokio::task::spawn_blocking(move || {
@@ -115,7 +116,11 @@ async fn metrics_count_a_get_made_through_the_api() {
         in_after - in_before >= size as f64,
         "transport bytes grew by the file"
     );
-    assert!(chunk_in >= size as f64);
+    assert_eq!(
+        chunk_in - chunk_before,
+        size as f64,
+        "verified chunk bytes count the file once"
+    );
     assert_eq!(
         sample(&after, "quic_peer_downloads_total{result=\"ok\"}"),
         1.0
@@ -155,7 +160,10 @@ async fn actions_need_the_token_and_this_origin() {
             ),
             (
                 "a rebound host name",
-                get(&format!("{base}/api/state"), &[("host", "evil.example")]),
+                get(
+                    &format!("{base}/api/state"),
+                    &[("host", &host.replace("127.0.0.1", "evil.example"))],
+                ),
             ),
             (
                 "a download without the token",

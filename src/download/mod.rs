@@ -163,6 +163,8 @@ pub struct DownloadStats {
     pub bytes: u64,
     /// Chunks fetched from peers.
     pub chunks_fetched: usize,
+    /// Bytes of those chunks (of plaintext, for an encrypted file).
+    pub fetched_bytes: u64,
     /// Chunks found intact in a `.part` file and not fetched again.
     pub chunks_resumed: usize,
     /// Bytes of files found finished or of chunks found intact in a `.part`

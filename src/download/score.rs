@@ -25,6 +25,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::proto::NodeId;
 
 /// How long a ban lasts.
@@ -122,12 +124,22 @@ impl Entry {
 #[derive(Debug, Clone, Default)]
 pub struct PeerScores {
     inner: Arc<Mutex<HashMap<NodeId, Entry>>>,
+    /// Bumped at every ban.
+    bans: Counter,
 }
 
 impl PeerScores {
     /// An empty table.
     pub fn new() -> PeerScores {
         PeerScores::default()
+    }
+
+    /// An empty table that counts its bans in `bans` (a node's metric).
+    pub fn counting(bans: Counter) -> PeerScores {
+        PeerScores {
+            bans,
+            ..PeerScores::default()
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Entry>> {
@@ -173,6 +185,7 @@ impl PeerScores {
         }
         e.score.bans += 1;
         e.banned_until = Some(now + BAN_FOR);
+        self.bans.inc();
         true
     }
 

@@ -168,6 +168,7 @@ async fn deliver(p: &Provider, job: &Job, i: usize, data: Vec<u8>) -> ControlFlo
     job.progress.advance(len as u64);
     let mut s = lock(&job.shared.stats);
     s.chunks_fetched += 1;
+    s.fetched_bytes += len as u64;
     match s.per_peer.iter_mut().find(|(id, _)| *id == p.id) {
         Some((_, n)) => *n += 1,
         None => s.per_peer.push((p.id, 1)),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use super::limits::ConnPermit;
-use super::membership::{ConnHandle, LeftReason, PeerEvent, Registered};
+use super::membership::{ConnHandle, LeftReason, PeerEvent, Registered, TOLD_ROUNDS};
 use super::{lock, Network};
 use crate::observe::metrics::{ReasonLabel, IN, OUT};
 use crate::proto::frame::{read_frame, write_frame, FrameError};
@@ -171,7 +171,6 @@ impl Network {
         let (reason, replaced) = left_reason(&err);
         debug!(reason = %reason, "connection closed");
         let metrics = &self.observe().metrics;
-        metrics.connection_closed(&conn.stats());
         let why = match (&reason, replaced) {
             (_, true) => "replaced",
             (LeftReason::Leave, _) => "leave",
@@ -183,14 +182,20 @@ impl Network {
             .connections_closed
             .get_or_create(&ReasonLabel { reason: why })
             .inc();
-        let left = lock(&self.inner.peers).unregister(
-            id,
-            conn.stable_id(),
-            reason,
-            replaced,
-            self.inner.config.handshake_timeout,
-            Instant::now(),
-        );
+        let left = {
+            let mut peers = lock(&self.inner.peers);
+            // Its bytes move from live to closed under the lock the metrics
+            // read both under, so they are never counted twice.
+            metrics.connection_closed(&conn.stats());
+            peers.unregister(
+                id,
+                conn.stable_id(),
+                reason,
+                replaced,
+                self.inner.config.handshake_timeout,
+                Instant::now(),
+            )
+        };
         if let Some(reason) = left {
             self.left(id, reason);
         }
@@ -241,7 +246,8 @@ impl Network {
                     }
                     let new = {
                         let mut peers = lock(&self.inner.peers);
-                        peers.told(id, &records, Instant::now());
+                        let ttl = self.inner.config.gossip_interval * TOLD_ROUNDS;
+                        peers.told(id, &records, Instant::now(), ttl);
                         peers.learn(&records, Instant::now())
                     };
                     debug!(count = records.len(), new, "gossip received");

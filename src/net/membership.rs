@@ -194,6 +194,8 @@ pub struct PeerTable {
 
 /// Peers remembered per teller for [`PeerTable::links`].
 pub const TOLD_PER_PEER: usize = 64;
+/// Gossip rounds a peer's naming of another is remembered.
+pub const TOLD_ROUNDS: u32 = 3;
 
 /// Delay before redialing a peer after `failures` failed dials.
 pub fn dial_backoff(failures: u32) -> Duration {
@@ -374,9 +376,10 @@ impl PeerTable {
     }
 
     /// `teller`'s gossip named the peers in `records` (its connections).
-    /// At most [`TOLD_PER_PEER`] are remembered per teller.
-    pub fn told(&mut self, teller: NodeId, records: &[PeerRecord], now: Instant) {
+    /// At most [`TOLD_PER_PEER`] are remembered per teller, each for `ttl`.
+    pub fn told(&mut self, teller: NodeId, records: &[PeerRecord], now: Instant, ttl: Duration) {
         let named = self.told.entry(teller).or_default();
+        named.retain(|_, at| now.saturating_duration_since(*at) <= ttl);
         for r in records.iter().filter(|r| r.id != teller) {
             if named.len() < TOLD_PER_PEER || named.contains_key(&r.id) {
                 named.insert(r.id, now);

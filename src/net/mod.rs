@@ -214,30 +214,28 @@ impl Network {
     /// counters up to date (just before a scrape or a dashboard update) and
     /// returns the transport bytes received and sent so far.
     pub fn refresh_metrics(&self) -> [u64; 2] {
-        let (connections, members, known) = {
-            let peers = lock(&self.inner.peers);
-            let snapshot = peers.connections();
-            let members = peers.connected_peers();
-            let known = peers.known_peers();
-            (snapshot, members, known)
-        };
-        let m = self.inner.observe.metrics.get();
+        let metrics = &self.inner.observe.metrics;
+        let m = metrics.get();
+        // Under the peer table's lock, as a closing connection moves its
+        // bytes from live to closed: each byte is counted once.
+        let peers = lock(&self.inner.peers);
+        let connections = peers.connections();
         m.connections.set(connections.len() as i64);
-        m.peers.set(members as i64);
-        m.known_peers.set(known as i64);
+        m.peers.set(peers.connected_peers() as i64);
+        m.known_peers.set(peers.known_peers() as i64);
         let mut live = [0u64; 2];
         for (_, _, c) in &connections {
             let stats = c.conn.stats();
             live[0] = live[0].saturating_add(stats.udp_rx.bytes);
             live[1] = live[1].saturating_add(stats.udp_tx.bytes);
         }
-        self.inner.observe.metrics.transport_now(live)
+        metrics.transport_now(live)
     }
 
     /// The links of the network as this node knows it: its own connections
     /// to full nodes, and those its peers' recent gossip named.
     pub fn links(&self) -> Vec<(NodeId, NodeId)> {
-        let ttl = self.inner.config.gossip_interval * 3;
+        let ttl = self.inner.config.gossip_interval * membership::TOLD_ROUNDS;
         lock(&self.inner.peers).links(Instant::now(), ttl)
     }
 

@@ -76,6 +76,18 @@ impl Task {
             (state, Some(self.started.elapsed()));
     }
 
+    /// Marks the task failed if it is still running: its caller went away
+    /// without finishing it.
+    pub fn abandon(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.0 == TaskState::Running {
+            *s = (
+                TaskState::Failed("stopped before it finished".into()),
+                Some(self.started.elapsed()),
+            );
+        }
+    }
+
     fn running(&self) -> bool {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0 == TaskState::Running
     }
