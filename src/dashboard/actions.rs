@@ -19,7 +19,7 @@ use crate::download::{DownloadOptions, NoProgress};
 use crate::observe::TaskState;
 use crate::proto::sealed::FileKey;
 use crate::proto::ticket::Target;
-use crate::replication::{PutOptions, Sealing};
+use crate::replication::{PutError, PutOptions, Sealing};
 
 /// Most copies a put from the page may ask for.
 const MAX_REPLICAS: usize = 20;
@@ -63,6 +63,7 @@ pub async fn start_get(
         _ => None,
     };
     let target = target.with_key(key).map_err(bad)?;
+    prune_downloads(&app).await;
     let task = app.node.net().observe().activity.start("get");
     let out = app.downloads.join(task.id.to_string());
     let id = task.id;
@@ -110,10 +111,41 @@ pub async fn put(
         return Err(bad(format!("copies must be between 1 and {MAX_REPLICAS}")));
     }
     let dir = app.uploads.join(format!("{:016x}", rand::random::<u64>()));
-    let result = receive_and_put(&app, &dir, &name, replicas, q.public, body).await;
-    // The store keeps its own copy: the upload goes either way.
-    let _ = tokio::fs::remove_dir_all(&dir).await;
-    result
+    // Its own task: a browser that goes away does not leave the upload
+    // behind or the put half done.
+    let work = tokio::spawn(async move {
+        let result = receive_and_put(&app, &dir, &name, replicas, q.public, body).await;
+        // The store keeps its own copy: the upload goes either way.
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        result
+    });
+    work.await.map_err(failed)?
+}
+
+/// Removes what gets no longer listed fetched (the page keeps the last
+/// few), so the scratch space does not grow with every get.
+async fn prune_downloads(app: &App) {
+    let Ok(mut dir) = tokio::fs::read_dir(&app.downloads).await else {
+        return;
+    };
+    let activity = &app.node.net().observe().activity;
+    while let Ok(Some(entry)) = dir.next_entry().await {
+        let listed = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| activity.task(n).is_some());
+        if !listed {
+            let path = entry.path();
+            let removed = match entry.file_type().await {
+                Ok(t) if t.is_dir() => tokio::fs::remove_dir_all(&path).await,
+                _ => tokio::fs::remove_file(&path).await,
+            };
+            if let Err(e) = removed {
+                tracing::debug!("dashboard: cannot remove {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 async fn receive_and_put(
@@ -147,7 +179,12 @@ async fn receive_and_put(
         .node
         .put(&path, &opts, Arc::new(NoProgress))
         .await
-        .map_err(failed)?;
+        .map_err(|e| match e {
+            PutError::NoCopies { .. } | PutError::Stopped => {
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            PutError::Chunk(_) | PutError::Import(_) => failed(e),
+        })?;
     Ok(Json(serde_json::json!({
         "id": report.id.to_string(),
         "ticket": report.ticket.to_string(),

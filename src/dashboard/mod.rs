@@ -20,6 +20,8 @@ pub mod view;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -91,8 +93,26 @@ struct App {
     node: Node,
     access: Access,
     state: watch::Receiver<String>,
+    /// Event streams open now.
+    viewers: Arc<AtomicUsize>,
     downloads: PathBuf,
     uploads: PathBuf,
+}
+
+/// One open event stream, counted while it lives.
+struct Viewer(Arc<AtomicUsize>);
+
+impl Viewer {
+    fn new(count: &Arc<AtomicUsize>) -> Viewer {
+        count.fetch_add(1, Ordering::Relaxed);
+        Viewer(count.clone())
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Dashboard {
@@ -130,16 +150,18 @@ impl Dashboard {
         let mut sampler = Sampler::new(node.clone());
         let first = serde_json::to_string(&sampler.sample().await).unwrap_or_default();
         let (tx, rx) = watch::channel(first);
+        let viewers = Arc::new(AtomicUsize::new(0));
         let app = App {
             node: node.clone(),
             access: Access::new(opts.token.as_deref(), loopback, addr.port()),
             state: rx,
+            viewers: viewers.clone(),
             downloads,
             uploads,
         };
         let router = routes(app);
         let stopping = node.net().stopping();
-        tokio::spawn(sampler.run(tx));
+        tokio::spawn(sampler.run(tx, viewers));
         tokio::spawn(async move {
             let serve = axum::serve(listener, router)
                 .with_graceful_shutdown(stopping.clone().cancelled_owned());
@@ -206,10 +228,12 @@ fn routes(app: App) -> Router {
         .route("/api/state", get(state))
         .route("/api/events", get(events))
         .route("/api/get", post(actions::start_get))
-        .route("/api/put", post(actions::put))
+        .route(
+            "/api/put",
+            post(actions::put).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/api/download/{id}", get(actions::download))
         .route("/metrics", get(metrics))
-        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(app.clone(), guarded))
         .with_state(app)
 }
@@ -250,13 +274,18 @@ async fn state(State(app): State<App>) -> Response {
 
 /// The state as it changes, one `state` event a second.
 async fn events(State(app): State<App>) -> impl IntoResponse {
-    let stream = futures_util::stream::unfold((app.state, true), |(mut rx, first)| async move {
+    let viewer = Viewer::new(&app.viewers);
+    let start = (app.state, viewer, true);
+    let stream = futures_util::stream::unfold(start, |(mut rx, viewer, first)| async move {
         if !first {
             rx.changed().await.ok()?;
         }
         let json = rx.borrow_and_update().clone();
         let event = Event::default().event("state").data(json);
-        Some((Ok::<_, std::convert::Infallible>(event), (rx, false)))
+        Some((
+            Ok::<_, std::convert::Infallible>(event),
+            (rx, viewer, false),
+        ))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

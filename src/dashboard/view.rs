@@ -4,6 +4,8 @@
 //! nobody watches).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -20,6 +22,9 @@ use crate::proto::NodeId;
 pub const SAMPLES: usize = 300;
 /// Files listed at most (the page is a view, not an index).
 pub const MAX_FILES: usize = 500;
+/// Nodes drawn at most: this node, its connections, then others named by
+/// gossip (which a hostile peer could fill with inventions).
+pub const MAX_GRAPH: usize = 200;
 /// How often the held files are listed again (it reads the store).
 const FILES_EVERY: Duration = Duration::from_secs(3);
 /// How often the state is built when no page watches (for `/api/state`).
@@ -173,7 +178,7 @@ impl Sampler {
     /// Publishes a snapshot on `tx` every second while a page watches
     /// (every [`IDLE_EVERY`] otherwise) until the node stops. The traffic
     /// chart is sampled every second either way.
-    pub async fn run(mut self, tx: watch::Sender<String>) {
+    pub async fn run(mut self, tx: watch::Sender<String>, viewers: Arc<AtomicUsize>) {
         let stopping = self.node.net().stopping();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut built = Instant::now();
@@ -182,8 +187,7 @@ impl Sampler {
                 _ = stopping.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            // The dashboard keeps one receiver; each open page holds another.
-            let watched = tx.receiver_count() > 1;
+            let watched = viewers.load(Ordering::Relaxed) > 0;
             if !watched && built.elapsed() < IDLE_EVERY {
                 let bytes = self.node.net().refresh_metrics();
                 self.throughput(bytes);
@@ -299,22 +303,20 @@ fn graph(node: &Node) -> Graph {
     let links = node.net().links();
     let mut kinds: BTreeMap<NodeId, &'static str> = BTreeMap::new();
     kinds.insert(me, "self");
-    for (a, b) in &links {
-        for id in [a, b] {
-            let kind = if *id == me {
-                "self"
-            } else if connected.contains(id) {
-                "connected"
-            } else {
-                "known"
-            };
-            kinds.entry(*id).or_insert(kind);
-        }
+    for id in &connected {
+        kinds.insert(*id, "connected");
     }
-    // One line per pair, whichever side named it.
+    for id in links.iter().flat_map(|(a, b)| [a, b]) {
+        if kinds.len() >= MAX_GRAPH {
+            break;
+        }
+        kinds.entry(*id).or_insert("known");
+    }
+    // One line per pair, whichever side named it, between nodes drawn.
     let mut seen = HashSet::new();
     let links = links
         .into_iter()
+        .filter(|(a, b)| kinds.contains_key(a) && kinds.contains_key(b))
         .filter(|(a, b)| seen.insert(if a < b { (*a, *b) } else { (*b, *a) }))
         .map(|(a, b)| Link {
             source: a.to_string(),
@@ -372,18 +374,21 @@ fn transfers(node: &Node) -> Vec<TransferView> {
 async fn store_view(node: &Node) -> Option<StoreView> {
     let store = node.store()?.clone();
     let (used, quota) = (store.used(), store.quota());
-    let listed = tokio::task::spawn_blocking(move || store.files()).await;
-    let mut files = match listed {
-        Ok(Ok(files)) => files,
-        Ok(Err(e)) => {
+    let listed =
+        tokio::task::spawn_blocking(move || (store.some_files(MAX_FILES), store.held_count()))
+            .await;
+    let (mut files, held) = match listed {
+        Ok((Ok(files), held)) => (files, held),
+        Ok((Err(e), _)) => {
             tracing::warn!("dashboard: cannot list the held files: {e}");
-            Vec::new()
+            (Vec::new(), 0)
         }
-        Err(_) => Vec::new(),
+        Err(_) => (Vec::new(), 0),
     };
     files.sort_by(|a, b| a.record.name.cmp(&b.record.name));
-    let more_files = files.len().saturating_sub(MAX_FILES);
-    files.truncate(MAX_FILES);
+    let more_files = usize::try_from(held)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(files.len());
     let me = node.id();
     let files = files
         .into_iter()

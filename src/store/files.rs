@@ -208,22 +208,43 @@ impl Store {
         count().unwrap_or(0)
     }
 
+    /// The records of the first `limit` held files, in id order.
+    fn file_records(&self, limit: usize) -> Result<Vec<(Hash, FileRecord)>, StoreError> {
+        let tx = self.inner.db.begin_read()?;
+        let table = tx.open_table(FILES)?;
+        let mut out = Vec::new();
+        for row in table.iter()?.take(limit) {
+            let (k, v) = row?;
+            if let Ok(record) = postcard::from_bytes::<FileRecord>(v.value()) {
+                out.push((Hash::from_bytes(*k.value()), record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first `limit` held files in id order, each checked for
+    /// completeness (a view: the cost is bounded by `limit`, not by
+    /// everything held).
+    pub fn some_files(&self, limit: usize) -> Result<Vec<HeldFile>, StoreError> {
+        let records = self.file_records(limit)?;
+        records
+            .into_iter()
+            .map(|(id, record)| {
+                let complete = self.is_complete(&id)?;
+                Ok(HeldFile {
+                    id,
+                    record,
+                    complete,
+                })
+            })
+            .collect()
+    }
+
     /// Every held file, with whether all its chunks are present (which also
     /// refreshes what [`Store::holds`] knows to be incomplete).
     pub fn files(&self) -> Result<Vec<HeldFile>, StoreError> {
         self.inner.suspect.store(false, Ordering::SeqCst);
-        let records: Vec<(Hash, FileRecord)> = {
-            let tx = self.inner.db.begin_read()?;
-            let table = tx.open_table(FILES)?;
-            let mut out = Vec::new();
-            for row in table.iter()? {
-                let (k, v) = row?;
-                if let Ok(record) = postcard::from_bytes::<FileRecord>(v.value()) {
-                    out.push((Hash::from_bytes(*k.value()), record));
-                }
-            }
-            out
-        };
+        let records = self.file_records(usize::MAX)?;
         let held = records
             .into_iter()
             .map(|(id, record)| {
