@@ -62,8 +62,13 @@ pub(super) async fn worker(p: Provider, job: Job) {
             Next::Done => return,
             Next::Wait => {
                 drop(_permit);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
+                // Something in flight may come back to the queue; once
+                // every chunk is in, the file's other workers are told at
+                // once (a one-chunk file would otherwise wait here).
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
+                    _ = job.all_in.cancelled() => return,
+                }
             }
         };
         if duplicate {
