@@ -68,6 +68,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use quinn::Connection;
 
 use crate::download::manifest::{Item, TreeManifests};
@@ -410,6 +411,9 @@ fn all_banned(id: Hash, banned: &[NodeId]) -> DownloadError {
     }
 }
 
+/// Files of one chunk fetched at once in a tree.
+pub const FILES_AT_ONCE: usize = 16;
+
 /// Writes `tree` to `out` as planned, the progress sized for it all and
 /// named as the file was stored: kept files as they are, the others fetched or copied one
 /// after the other.
@@ -434,18 +438,56 @@ async fn write_tree(
             .unwrap_or_default(),
     };
     progress.begin(&name, tree.stats.size);
+    // Directories as they come; then files of one chunk, FILES_AT_ONCE at a
+    // time (a request each: one after the other, a tree of small files
+    // waits on round trips); then larger files one at a time (each takes
+    // the whole in-flight budget); copies last, once what they copy is done.
+    let (mut small, mut large, mut copies) = (Vec::new(), Vec::new(), Vec::new());
     for (index, item) in tree.walk(out).enumerate() {
         match item? {
             Item::Dir(path) => std::fs::create_dir_all(&path).map_err(io(&path))?,
             Item::File {
                 path, id, manifest, ..
-            } => {
-                let action = plan.action(index, &path, &id);
-                write_file(providers, shared, action, manifest, &path, opts, progress).await?;
-            }
+            } => match plan.action(index, &path, &id) {
+                copy @ Action::Copy(_) => copies.push((copy, manifest, path)),
+                action if manifest.chunks.len() <= 1 => small.push((action, manifest, path)),
+                action => large.push((action, manifest, path)),
+            },
         }
     }
+    let mut small = small.into_iter();
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < FILES_AT_ONCE {
+            let Some((action, f, path)) = small.next() else {
+                break;
+            };
+            running.push(write_item(
+                providers, shared, action, f, path, opts, progress,
+            ));
+        }
+        match running.next().await {
+            Some(done) => done?,
+            None => break,
+        }
+    }
+    for (action, f, path) in large.into_iter().chain(copies) {
+        write_file(providers, shared, action, f, &path, opts, progress).await?;
+    }
     Ok(())
+}
+
+/// [`write_file`] with the path owned, for files written at once.
+async fn write_item(
+    providers: &[Provider],
+    shared: &Arc<Shared>,
+    action: Action<'_>,
+    f: &FileManifest,
+    path: PathBuf,
+    opts: &DownloadOptions,
+    progress: &Arc<dyn Progress>,
+) -> Result<(), DownloadError> {
+    write_file(providers, shared, action, f, &path, opts, progress).await
 }
 
 /// Writes the file `f` to `path` as `action` says: kept as it is, fetched,
