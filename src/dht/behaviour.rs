@@ -29,6 +29,7 @@ use crate::dht::kbucket::{Contact, Insert, RoutingTable};
 use crate::dht::providers::ProviderStore;
 use crate::dht::query::{Lookup, LookupConfig, Poll};
 use crate::dht::{distance, key_of, K};
+use crate::net::membership::LeftReason;
 use crate::net::router::ServeFuture;
 use crate::net::{ConnectError, Network, PeerListener};
 use crate::observe::Metrics;
@@ -634,8 +635,18 @@ impl PeerListener for Dht {
         }
     }
 
-    fn left(&self, id: NodeId) {
-        self.state().table.remove(&id);
+    fn left(&self, id: NodeId, reason: &LeftReason) {
+        let mut state = self.state();
+        state.table.remove(&id);
+        // A holder that said LEAVE or went silent is not offered to getters
+        // until it announces again: a get would dial it and wait. One whose
+        // connection closed for another reason may still be up.
+        if matches!(reason, LeftReason::Leave | LeftReason::TimedOut) {
+            let withdrawn = state.providers.withdraw(&id);
+            if withdrawn > 0 {
+                debug!(peer = %id.fmt_short(), withdrawn, "provider records of a departed peer withdrawn");
+            }
+        }
     }
 }
 

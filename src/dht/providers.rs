@@ -186,6 +186,20 @@ impl ProviderStore {
         live.into_iter().map(|r| r.peer.clone()).collect()
     }
 
+    /// Drops every record of `provider` (it left); returns how many.
+    pub fn withdraw(&mut self, provider: &NodeId) -> usize {
+        let keys: Vec<NodeId> = self
+            .records
+            .iter()
+            .filter(|(_, l)| l.iter().any(|r| r.peer.id == *provider))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in &keys {
+            self.remove(key, provider);
+        }
+        keys.len()
+    }
+
     /// Drops expired records.
     pub fn expire(&mut self, now: Instant) {
         let expired: Vec<(NodeId, NodeId)> = self

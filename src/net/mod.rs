@@ -77,8 +77,9 @@ pub trait PeerListener: Send + Sync + 'static {
     /// A connection to `id`, whose key the handshake proved, is up. `addrs`
     /// holds the address it was reached at, then those it announced.
     fn proven(&self, id: NodeId, role: Role, addrs: &[SocketAddr]);
-    /// `id` left or went silent. Not called while this node is stopping.
-    fn left(&self, id: NodeId);
+    /// `id` left or went silent, as `reason` says. Not called while this
+    /// node is stopping.
+    fn left(&self, id: NodeId, reason: &membership::LeftReason);
 }
 
 /// The network core of one node. Cheap to clone; all clones drive the same
@@ -396,7 +397,7 @@ impl Network {
         lock(&self.inner.peers).forget_told(&id);
         if !self.inner.stopping.is_cancelled() {
             for l in self.listeners() {
-                l.left(id);
+                l.left(id, &reason);
             }
         }
         self.emit(PeerEvent::Left { id, reason });
@@ -434,8 +435,15 @@ impl Network {
             .endpoint
             .close(ErrorCode::Shutdown.var_int(), ErrorCode::Shutdown.reason());
         self.inner.tasks.close();
-        let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
-        let _ = tokio::time::timeout(grace, self.inner.endpoint.wait_idle()).await;
+        if tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            debug!("shutdown: tasks still running after {grace:?}");
+        }
+        if tokio::time::timeout(grace, self.inner.endpoint.wait_idle()).await.is_err() {
+            debug!("shutdown: connections still draining after {grace:?}");
+        }
         // Services and listeners hold this network: let them go, so that a
         // stopped node is freed (and its store can be opened again).
         self.inner.router.clear();
