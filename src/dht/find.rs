@@ -16,7 +16,8 @@
 //!   [`MAX_CANDIDATES`].
 //! - Unchecked records never end the lookup. The search ends when `want`
 //!   providers proved themselves; when the lookup is over and every check
-//!   has ended; or, once a provider proved itself and a path converged (a
+//!   has ended; once a provider proved itself, a path converged and every
+//!   check has ended; or, once a provider proved itself and a path converged (a
 //!   liar's path may not: its inventions time out), after a settling time as
 //!   long as that first proof took (at least [`MIN_SETTLE`], at most the RPC
 //!   timeout), in which the honest providers heard of at about the same
@@ -44,7 +45,7 @@ pub const CHECKS_IN_FLIGHT: usize = 64;
 pub const MAX_CANDIDATES: usize = 256;
 /// Shortest wait, after the first proof, for other providers to prove
 /// themselves.
-pub const MIN_SETTLE: Duration = Duration::from_millis(200);
+pub const MIN_SETTLE: Duration = Duration::from_millis(50);
 
 /// A provider that proved it holds the file: it answered HAS with yes over
 /// a connection pinned to its id.
@@ -233,6 +234,12 @@ impl Checks {
         };
         if !lookup_over && converged == 0 {
             return false;
+        }
+        // A path converged and every candidate heard of was checked: nothing
+        // is left to settle (a lookup still waiting on a contact that died
+        // finds no provider the converged path did not).
+        if idle {
+            return true;
         }
         let settle = first.clamp(MIN_SETTLE, max_settle.max(MIN_SETTLE));
         let at = *self.settle_at.get_or_insert(Instant::now() + settle);
