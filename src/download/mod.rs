@@ -190,8 +190,11 @@ pub struct DownloadStats {
     pub peak_in_flight_bytes: u64,
     /// Chunks served by each provider.
     pub per_peer: Vec<(NodeId, usize)>,
-    /// Wall time.
+    /// Wall time ([`Replication::get`](crate::replication::Replication::get):
+    /// from its start, finding the holders included).
     pub elapsed: Duration,
+    /// Of that, the time spent finding and proving the holders.
+    pub finding: Duration,
 }
 
 /// Why a download failed.

@@ -62,13 +62,17 @@ impl Replication {
             key: target.key().or(opts.key),
             ..opts.clone()
         };
-        let deadline = Instant::now() + opts.retry_for;
+        let started = Instant::now();
+        let deadline = started + opts.retry_for;
         let mut backoff = Duration::from_millis(500);
         let mut attempts = 0;
         let mut seen_manifest = false;
+        let mut finding = Duration::ZERO;
         loop {
             attempts += 1;
+            let looking = Instant::now();
             let providers = self.find_holders(target).await;
+            finding += looking.elapsed();
             debug!(file = %target.id().fmt_short(), providers = providers.len(), attempts, "providers found");
             let attempt = download_scored(
                 providers,
@@ -81,6 +85,8 @@ impl Replication {
             let err = match attempt.await {
                 Ok(mut stats) => {
                     stats.attempts = attempts;
+                    stats.elapsed = started.elapsed();
+                    stats.finding = finding;
                     return Ok(stats);
                 }
                 Err(e) => e,

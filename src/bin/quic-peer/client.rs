@@ -18,7 +18,7 @@ use quic_peer::store::datadir::DataDir;
 use quic_peer::{Identity, Node, NodeConfig};
 
 use crate::args::NodeArgs;
-use crate::display::{print_get, print_put, TransferProgress};
+use crate::display::{print_get, print_put, say, TransferProgress};
 
 /// How `put` stores a file: its flags.
 pub struct PutHow {
@@ -111,6 +111,7 @@ pub async fn get(
     // A ticket names holders to ask; an id alone finds them through the network.
     let need_bootstrap = matches!(target, Target::Id(_));
     let (node, _dir) = start(args, need_bootstrap).await?;
+    say!("[GET] looking for the holders of {}", target.id());
     let progress = TransferProgress::new("get");
     let opts = DownloadOptions {
         retry_for,

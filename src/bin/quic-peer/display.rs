@@ -107,12 +107,16 @@ pub fn print_get(out: &Path, stats: &DownloadStats) {
     // The speed of what came over the network: not what a resume found.
     let fetched = stats.bytes.saturating_sub(stats.resumed_bytes);
     say!(
-        "[RECEIVED] {} ({} bytes in {} file{}) in {:.2} s, {:.1} MB/s from {} peer{}; chunks fetched {}, resumed {}, bad {}{}",
+        "[RECEIVED] {} ({} bytes in {} file{}) in {:.2} s{}, {:.1} MB/s from {} peer{}; chunks fetched {}, resumed {}, bad {}{}",
         out.display(),
         stats.bytes,
         stats.files,
         if stats.files == 1 { "" } else { "s" },
         secs,
+        match stats.finding.as_secs_f64() {
+            f if f >= 0.005 => format!(" ({f:.2} s finding the holders)"),
+            _ => String::new(),
+        },
         fetched as f64 / secs / 1e6,
         stats.per_peer.len(),
         if stats.per_peer.len() == 1 { "" } else { "s" },
