@@ -50,13 +50,15 @@ fn wait_transfer(base: &str, n: u64) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_count_a_get_made_through_the_api() {
-    let net = store_network(4).await;
+    // Five nodes and three copies: the getter holds none, and repair has
+    // no reason to give it one during the test.
+    let net = store_network(5).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let size = 3 << 20;
     let data = random_bytes(size, 7);
     let src = dir.path().join("metrics.bin");
     std::fs::write(&src, &data).expect("write");
-    let report = put(&net[0].node, &src, 2).await;
+    let report = put(&net[0].node, &src, 3).await;
     let getter = net
         .iter()
         .find(|s| !report.holders.iter().any(|h| h.id == s.node.id()))
