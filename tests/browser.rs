@@ -121,6 +121,26 @@ async fn until(
     }
 }
 
+/// Types `text` into the element `css`.
+async fn type_into(c: &Client, css: &str, text: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap_or_else(|e| panic!("typing into {css}: {e}"));
+}
+
+/// Clicks the element `css`.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+}
+
 /// A node process and its dashboard's address.
 struct Node {
     proc: Proc,
@@ -237,18 +257,8 @@ async fn the_page_shows_the_network_and_acts_with_the_token() {
     );
 
     // An action without the token is refused, and the page says why.
-    c.find(Locator::Css("#get-target"))
-        .await
-        .expect("the fetch field")
-        .send_keys(&"0".repeat(52))
-        .await
-        .expect("type");
-    c.find(Locator::Css("#get-button"))
-        .await
-        .expect("the fetch button")
-        .click()
-        .await
-        .expect("click");
+    type_into(&c, "#get-target", &"0".repeat(52)).await;
+    click(&c, "#get-button").await;
     let (err, _) = until(
         &c,
         "the refusal",
@@ -288,18 +298,8 @@ async fn the_page_shows_the_network_and_acts_with_the_token() {
     let src = dir.path().join("from-the-browser.bin");
     std::fs::write(&src, &data).expect("write");
     c.goto(&nodes[0].url).await.expect("goto with token");
-    c.find(Locator::Css("#put-file"))
-        .await
-        .expect("the file field")
-        .send_keys(&src.display().to_string())
-        .await
-        .expect("choose the file");
-    c.find(Locator::Css("#put-button"))
-        .await
-        .expect("the store button")
-        .click()
-        .await
-        .expect("click");
+    type_into(&c, "#put-file", &src.display().to_string()).await;
+    click(&c, "#put-button").await;
     let (ticket, took) = until(
         &c,
         "the ticket of the stored file",
@@ -341,18 +341,8 @@ async fn the_page_shows_the_network_and_acts_with_the_token() {
     .await
     .expect("scrape");
     c.goto(&getter.url).await.expect("goto the getter");
-    c.find(Locator::Css("#get-target"))
-        .await
-        .expect("the fetch field")
-        .send_keys(&ticket)
-        .await
-        .expect("type the ticket");
-    c.find(Locator::Css("#get-button"))
-        .await
-        .expect("the fetch button")
-        .click()
-        .await
-        .expect("click");
+    type_into(&c, "#get-target", &ticket).await;
+    click(&c, "#get-button").await;
     let (href, took) = until(
         &c,
         "the download link",

@@ -226,8 +226,7 @@ impl Store {
     /// completeness (a view: the cost is bounded by `limit`, not by
     /// everything held).
     pub fn some_files(&self, limit: usize) -> Result<Vec<HeldFile>, StoreError> {
-        let records = self.file_records(limit)?;
-        records
+        self.file_records(limit)?
             .into_iter()
             .map(|(id, record)| {
                 let complete = self.is_complete(&id)?;
@@ -244,18 +243,7 @@ impl Store {
     /// refreshes what [`Store::holds`] knows to be incomplete).
     pub fn files(&self) -> Result<Vec<HeldFile>, StoreError> {
         self.inner.suspect.store(false, Ordering::SeqCst);
-        let records = self.file_records(usize::MAX)?;
-        let held = records
-            .into_iter()
-            .map(|(id, record)| {
-                let complete = self.is_complete(&id)?;
-                Ok(HeldFile {
-                    id,
-                    record,
-                    complete,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let held = self.some_files(usize::MAX)?;
         *lock(&self.inner.incomplete) = held.iter().filter(|f| !f.complete).map(|f| f.id).collect();
         Ok(held)
     }

@@ -14,24 +14,21 @@ pub fn agent() -> ureq::Agent {
 
 /// `GET url` with extra headers: the status and the body as text.
 pub fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut req = agent().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut resp = req.call().expect("the request is answered");
-    let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(1 << 30)
-        .read_to_vec()
-        .expect("a body");
+    let (status, body) = get_with(url, headers);
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// `GET url`: the status and the raw body.
 pub fn get_bytes(url: &str) -> (u16, Vec<u8>) {
-    let mut resp = agent().get(url).call().expect("the request is answered");
+    get_with(url, &[])
+}
+
+fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    let mut req = agent().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut resp = req.call().expect("the request is answered");
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()
