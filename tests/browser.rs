@@ -152,26 +152,9 @@ struct Node {
 
 fn start_node(bootstrap: Option<&str>) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().display().to_string();
     let idle = IDLE_TIMEOUT.to_string();
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data,
-        "--idle-timeout",
-        &idle,
-        "--gossip-interval",
-        "0.5",
-        "--http",
-        "127.0.0.1:0",
-    ];
-    if let Some(b) = bootstrap {
-        args.extend(["--bootstrap", b]);
-    }
-    let mut proc = Proc::spawn(&args);
-    let started = proc.expect_line("[STARTED]", Duration::from_secs(20));
-    let (addr, id) = common::parse_started(&started);
+    let (mut proc, addr, id) =
+        common::spawn_node(dir.path(), &idle, bootstrap, &["--http", "127.0.0.1:0"]);
     let http = proc.expect_line("[HTTP] dashboard at ", Duration::from_secs(20));
     let url = http
         .split("dashboard at ")

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{binary, random_bytes, Proc};
@@ -12,26 +12,8 @@ use common::{binary, random_bytes, Proc};
 const IDLE_TIMEOUT: &str = "3";
 
 fn start_node(bootstrap: Option<&str>, dir: &std::path::Path) -> (Proc, String) {
-    let data = dir.display().to_string();
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data,
-        "--no-http",
-        "--idle-timeout",
-        IDLE_TIMEOUT,
-        "--gossip-interval",
-        "0.5",
-    ];
-    if let Some(b) = bootstrap {
-        args.extend(["--bootstrap", b]);
-    }
-    let mut proc = Proc::spawn(&args);
-    let started = proc.expect_line("[STARTED]", Duration::from_secs(20));
-    let (addr, id) = common::parse_started(&started);
+    let (mut proc, addr, id) = common::spawn_node(dir, IDLE_TIMEOUT, bootstrap, &["--no-http"]);
     proc.expect_line("[WAITING]", Duration::from_secs(5));
-    let _ = addr;
     (proc, format!("{id}@{addr}"))
 }
 
@@ -39,7 +21,7 @@ fn start_node(bootstrap: Option<&str>, dir: &std::path::Path) -> (Proc, String) 
 fn timed_get(id: &str, out: &std::path::Path, boot: &str) -> (Duration, String) {
     let _ = std::fs::remove_file(out);
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_quic-peer"))
+    let output = binary()
         .args([
             "get",
             id,

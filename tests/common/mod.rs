@@ -285,6 +285,37 @@ impl Drop for Proc {
     }
 }
 
+/// Starts the binary as a node on loopback with its store in `data_dir`,
+/// short timers (`idle_timeout` seconds, gossip every 0.5 s), joining
+/// through `bootstrap`, plus `extra` flags; returns it once it printed
+/// `[STARTED]`, with its address and id.
+pub fn spawn_node(
+    data_dir: &std::path::Path,
+    idle_timeout: &str,
+    bootstrap: Option<&str>,
+    extra: &[&str],
+) -> (Proc, std::net::SocketAddr, NodeId) {
+    let data = data_dir.display().to_string();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+        "--idle-timeout",
+        idle_timeout,
+        "--gossip-interval",
+        "0.5",
+    ];
+    if let Some(b) = bootstrap {
+        args.extend(["--bootstrap", b]);
+    }
+    args.extend(extra);
+    let mut proc = Proc::spawn(&args);
+    let started = proc.expect_line("[STARTED]", Duration::from_secs(20));
+    let (addr, id) = parse_started(&started);
+    (proc, addr, id)
+}
+
 /// Parses `[STARTED] Peer active on ADDR (id ID)`.
 pub fn parse_started(line: &str) -> (std::net::SocketAddr, NodeId) {
     let rest = line.split("Peer active on ").nth(1).expect("started line");
