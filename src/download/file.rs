@@ -57,6 +57,7 @@ pub(super) async fn download_file(
         permits: Arc::new(Semaphore::new(requests_at_once(opts, f))),
         writer: Arc::new(Writer::new(
             file.clone(),
+            &part,
             existing,
             opts.max_in_flight_bytes,
         )),
