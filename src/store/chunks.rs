@@ -2,8 +2,8 @@
 //!
 //! A chunk is published so that a crash leaves it whole or absent: verified,
 //! written to a temp file, fsynced, hard-linked under its name, the directory
-//! synced. It is verified again each time it is read, and one that fails is
-//! deleted and its files marked incomplete (see the store's module
+//! synced. It is verified again when it is read (unless hashed in the last
+//! minutes: `verified`), and one that fails is deleted and its files marked incomplete (see the store's module
 //! documentation for why reads, not opens, do the hashing).
 
 use std::fs;
@@ -62,10 +62,7 @@ impl Store {
         let Some(mut reader) = self.open_chunk(hash)? else {
             return Ok(None);
         };
-        let mut data = Vec::with_capacity(reader.len() as usize);
-        while reader.left() > 0 {
-            data.extend_from_slice(&reader.read_piece(usize::MAX)?);
-        }
+        let data = reader.read_piece(usize::MAX)?;
         Ok(reader.verify().then_some(data))
     }
 
@@ -88,9 +85,9 @@ impl Store {
             hash: *hash,
             left: meta.len(),
             path,
+            hasher: (!self.inner.verified.is_fresh(hash, &meta)).then(blake3::Hasher::new),
             meta,
             file,
-            hasher: blake3::Hasher::new(),
         }))
     }
 
@@ -141,7 +138,15 @@ impl Store {
                 Err(e) => warn!("stored chunk {hash} {why}, and cannot be deleted: {e}"),
             }
         }
+        self.inner.verified.forget(hash);
         self.inner.suspect.store(true, Ordering::SeqCst);
+    }
+
+    /// Notes that the chunk stored under `path` was just verified.
+    fn note_verified(&self, hash: &Hash, path: &Path) {
+        if let Ok(meta) = fs::metadata(path) {
+            self.inner.verified.note(*hash, &meta);
+        }
     }
 
     /// Verifies `data` against `hash` and stores it: temp file, fsync, rename.
@@ -159,7 +164,7 @@ impl Store {
         }
         let len = data.len() as u64;
         self.reserve(len)?;
-        match self.write_new(&path, data) {
+        match self.write_new(hash, &path, data) {
             Ok(Stored::Written) => Ok(Stored::Written),
             Ok(Stored::AlreadyHad) => {
                 self.release(len);
@@ -186,7 +191,7 @@ impl Store {
         true
     }
 
-    fn write_new(&self, path: &Path, data: &[u8]) -> Result<Stored, StoreError> {
+    fn write_new(&self, hash: &Hash, path: &Path, data: &[u8]) -> Result<Stored, StoreError> {
         struct Writing<'a>(&'a AtomicU64);
         impl Drop for Writing<'_> {
             fn drop(&mut self) {
@@ -203,6 +208,9 @@ impl Store {
             f.sync_data().map_err(io_err("cannot sync", &tmp))?;
             self.publish(&tmp, path)
         })();
+        if let Ok(Stored::Written) = result {
+            self.note_verified(hash, path);
+        }
         let _ = fs::remove_file(&tmp);
         result
     }
@@ -225,8 +233,9 @@ impl Store {
     }
 }
 
-/// A stored chunk read piece by piece, hashed on the way: memory stays at
-/// one piece whatever the chunk's size. Its bytes are only known good once
+/// A stored chunk read piece by piece, hashed on the way (unless this store
+/// hashed the same file recently): memory stays at one piece whatever the
+/// chunk's size. Its bytes are only known good once
 /// [`verify`](ChunkReader::verify) says so, so a reader that hands pieces on
 /// keeps the last one back until then.
 pub struct ChunkReader {
@@ -235,7 +244,8 @@ pub struct ChunkReader {
     path: PathBuf,
     meta: fs::Metadata,
     file: fs::File,
-    hasher: blake3::Hasher,
+    /// `None`: verified recently, not hashed again.
+    hasher: Option<blake3::Hasher>,
     left: u64,
 }
 
@@ -255,29 +265,43 @@ impl ChunkReader {
         self.left
     }
 
-    /// Reads the next piece of at most `max` bytes (fewer only at the end).
+    /// Reads the next piece of at most `max` bytes (fewer only at the end),
+    /// straight into the returned buffer.
     pub fn read_piece(&mut self, max: usize) -> Result<Vec<u8>, StoreError> {
-        let n = self.left.min(max as u64) as usize;
-        let mut piece = vec![0u8; n];
-        self.file
-            .read_exact(&mut piece)
+        let n = self.left.min(max as u64);
+        let mut piece = Vec::with_capacity(n as usize);
+        let read = (&self.file)
+            .take(n)
+            .read_to_end(&mut piece)
             .map_err(io_err("cannot read", &self.path))?;
-        self.hasher.update(&piece);
-        self.left -= n as u64;
+        if read as u64 != n {
+            return Err(io_err("cannot read", &self.path)(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&piece);
+        }
+        self.left -= n;
         Ok(piece)
     }
 
-    /// Whether every byte was read and they hash to the chunk's name; a
-    /// chunk that fails is deleted and its files marked incomplete.
+    /// Whether every byte was read and they hash to the chunk's name (or
+    /// the same file was verified recently); a chunk that fails is deleted
+    /// and its files marked incomplete.
     pub fn verify(self) -> bool {
-        let actual = Hash::from(self.hasher.finalize());
-        if self.left == 0 && actual == self.hash {
+        let actual = self.hasher.as_ref().map(|h| Hash::from(h.finalize()));
+        if self.left == 0 && actual.is_none_or(|a| a == self.hash) {
+            if actual.is_some() {
+                self.store.inner.verified.note(self.hash, &self.meta);
+            }
             return true;
         }
-        let why = if self.left > 0 {
-            "was not read to its end".to_string()
-        } else {
-            format!("fails verification (its bytes hash to {actual})")
+        let why = match actual {
+            Some(actual) if self.left == 0 => {
+                format!("fails verification (its bytes hash to {actual})")
+            }
+            _ => "was not read to its end".to_string(),
         };
         if self.left == 0 {
             self.store
@@ -342,6 +366,9 @@ impl ChunkWriter {
         let path = self.store.chunk_path(&self.hash);
         let stored = self.store.publish(&self.tmp, &path)?;
         self.published = stored == Stored::Written;
+        if self.published {
+            self.store.note_verified(&self.hash, &path);
+        }
         Ok(stored)
     }
 }

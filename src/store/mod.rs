@@ -45,11 +45,13 @@
 //! leave a chunk torn under its final name, so hashing the whole store at every
 //! start (minutes for a large store) would only look for media corruption,
 //! which strikes at any time, not just around crashes. Instead every chunk is
-//! hashed each time it is read ([`Store::read_chunk`], which serves peers and
-//! feeds repairs): a chunk that fails is deleted, counted out of the quota, its
-//! files become incomplete, and the reader gets "not found", so a corrupt chunk
-//! is never served and is fetched again from another holder by repair. BLAKE3
-//! runs at several GB/s, less than the QUIC encryption the bytes go through next.
+//! hashed when it is read ([`Store::read_chunk`], which serves peers and
+//! feeds repairs), unless this store hashed that same file in the last ten
+//! minutes (`verified`): a chunk that fails is deleted, counted out of the
+//! quota, its files become incomplete, and the reader gets "not found", so a
+//! corrupt chunk is not served and is fetched again from another holder by
+//! repair. BLAKE3 runs at several GB/s, less than the QUIC encryption the
+//! bytes go through next.
 
 pub mod chunker;
 pub mod datadir;
@@ -62,6 +64,7 @@ mod files; // manifests and held files
 mod gc; // garbage passes
 mod proof; // proof of possession; dropping a held file
 mod sources; // whom held files were stored for
+mod verified; // chunks hashed recently
 
 pub use chunks::{ChunkReader, ChunkWriter, Stored};
 pub use dht::SavedProvider;
@@ -191,6 +194,8 @@ struct Inner {
     unused_manifests: Mutex<std::collections::HashMap<Hash, std::time::Instant>>,
     /// Bytes of held files per source.
     ledger: Mutex<sources::Ledger>,
+    /// Chunks hashed recently: not hashed again when read soon.
+    verified: verified::Verified,
 }
 
 impl Drop for Inner {
@@ -291,6 +296,7 @@ impl Store {
                 gc: Mutex::new(()),
                 unused_manifests: Mutex::new(std::collections::HashMap::new()),
                 ledger: Mutex::new(sources::Ledger::default()),
+                verified: verified::Verified::default(),
             }),
         };
         store.load_sources()?;
