@@ -81,9 +81,6 @@ pub enum FetchError {
     /// The bytes announced did not all arrive.
     #[error("the bytes were cut off: {0}")]
     Read(#[from] quinn::ReadExactError),
-    /// Hashing what arrived failed (the hashing task was lost).
-    #[error("hashing failed: {0}")]
-    Hashing(#[from] tokio::task::JoinError),
     /// The answer did not decode.
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -574,32 +571,35 @@ async fn send_chunk(
     };
     let len = reader.len();
     write_frame(send, &Response::Found { len }, MAX_CONTROL_FRAME).await?;
-    while reader.left() > 0 {
+    loop {
         let want = reader.left().min(PIECE as u64) as usize;
         let permit = budget.take(want).await;
-        let (back, piece) = tokio::task::spawn_blocking(move || {
+        // The last piece is read and the chunk verified in one blocking
+        // call, and the piece is only sent if the chunk is good.
+        let (next, piece) = tokio::task::spawn_blocking(move || {
             let piece = reader.read_piece(want);
-            (reader, piece)
+            if reader.left() > 0 {
+                (Some(reader), piece.map(Some))
+            } else {
+                let verified = piece.is_ok() && reader.verify();
+                (None, piece.map(|p| verified.then_some(p)))
+            }
         })
         .await
         .map_err(|e| FrameError::Io(std::io::Error::other(e)))?;
-        reader = back;
         let piece = piece.map_err(|e| FrameError::Io(std::io::Error::other(e)))?;
-        if reader.left() == 0 {
-            let verified = tokio::task::spawn_blocking(move || reader.verify())
-                .await
-                .unwrap_or(false);
-            if !verified {
-                let _ = send.reset(ErrorCode::Internal.var_int());
-                return Err(FrameError::Io(std::io::Error::other(format!(
-                    "stored chunk {hash} failed verification"
-                ))));
-            }
-            return write_piece(send, piece, permit).await.map(|()| Some(len));
-        }
+        let Some(piece) = piece else {
+            let _ = send.reset(ErrorCode::Internal.var_int());
+            return Err(FrameError::Io(std::io::Error::other(format!(
+                "stored chunk {hash} failed verification"
+            ))));
+        };
         write_piece(send, piece, permit).await?;
+        match next {
+            Some(r) => reader = r,
+            None => return Ok(Some(len)),
+        }
     }
-    Ok(Some(len))
 }
 
 /// Hands one piece to quinn: it waits for the peer's flow control, at most
@@ -698,6 +698,7 @@ async fn fetch_raw(
     name: Hash,
     expected: Option<u64>,
     max: u64,
+    buf: Vec<u8>,
 ) -> Result<Vec<u8>, FetchError> {
     let (resp, mut recv) = request(conn, &req, None).await?;
     let len = match resp {
@@ -717,19 +718,7 @@ async fn fetch_raw(
             actual: len,
         });
     }
-    let mut data = vec![0u8; len as usize];
-    recv.read_exact(&mut data).await?;
-    let (data, actual) = tokio::task::spawn_blocking(move || {
-        let h = Hash::of(&data);
-        (data, h)
-    })
-    .await?;
-    if actual != name {
-        return Err(FetchError::BadHash {
-            expected: name,
-            actual,
-        });
-    }
+    let data = read_hashed(&mut recv, len as usize, name, buf).await?;
     if let Some(e) = expected.filter(|e| *e != data.len() as u64) {
         return Err(FetchError::WrongSize {
             expected: e,
@@ -737,6 +726,50 @@ async fn fetch_raw(
         });
     }
     Ok(data)
+}
+
+/// Hashed as it arrives, in steps this large (a whole number of BLAKE3's
+/// 1 KiB chunks, enough for its widest SIMD batch): short enough to run on
+/// the async threads, long enough to hash at full speed.
+const HASH_STEP: usize = 64 << 10;
+
+/// Reads the `len` bytes of a body into `buf` (emptied first; a buffer
+/// reused saves zeroing and page faults) and checks that they hash to
+/// `name`, hashing as they arrive.
+async fn read_hashed(
+    recv: &mut quinn::RecvStream,
+    len: usize,
+    name: Hash,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, FetchError> {
+    buf.clear();
+    buf.reserve_exact(len);
+    let mut hasher = blake3::Hasher::new();
+    let mut hashed = 0;
+    while buf.len() < len {
+        let piece = recv
+            .read_chunk(len - buf.len(), true)
+            .await
+            .map_err(|e| FetchError::Read(quinn::ReadExactError::ReadError(e)))?
+            .ok_or(FetchError::Read(quinn::ReadExactError::FinishedEarly(
+                buf.len(),
+            )))?;
+        buf.extend_from_slice(&piece.bytes);
+        let upto = hashed + (buf.len() - hashed) / HASH_STEP * HASH_STEP;
+        if upto > hashed {
+            hasher.update(&buf[hashed..upto]);
+            hashed = upto;
+        }
+    }
+    hasher.update(&buf[hashed..]);
+    let actual = Hash::from(hasher.finalize());
+    if actual != name {
+        return Err(FetchError::BadHash {
+            expected: name,
+            actual,
+        });
+    }
+    Ok(buf)
 }
 
 /// Fetches and verifies one chunk that should be `len` bytes.
@@ -752,6 +785,18 @@ pub async fn fetch_chunk(
     len: u64,
     timeout: Duration,
 ) -> Result<Vec<u8>, FetchError> {
+    fetch_chunk_into(conn, hash, len, timeout, Vec::new()).await
+}
+
+/// [`fetch_chunk`] into `buf`, a buffer to reuse (its contents are
+/// dropped).
+pub async fn fetch_chunk_into(
+    conn: &Connection,
+    hash: Hash,
+    len: u64,
+    timeout: Duration,
+    buf: Vec<u8>,
+) -> Result<Vec<u8>, FetchError> {
     tokio::time::timeout(
         timeout,
         fetch_raw(
@@ -760,6 +805,7 @@ pub async fn fetch_chunk(
             hash,
             Some(len),
             u64::from(MAX_CHUNK_SIZE),
+            buf,
         ),
     )
     .await
@@ -780,6 +826,7 @@ pub async fn fetch_manifest(
             id,
             None,
             MAX_MANIFEST_SIZE as u64,
+            Vec::new(),
         ),
     )
     .await
