@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::download::shared::lock;
 use crate::download::{io, DownloadError};
 use crate::proto::manifest::FileManifest;
 use crate::proto::sealed::Sealer;
@@ -41,9 +42,19 @@ const DIRECT_ALIGN: usize = 4096;
 /// and the kernel's copy into the page cache was a quarter of the
 /// receiver's CPU. The file's unaligned tail, and every write where direct
 /// I/O is refused, go through the page cache.
+///
+/// The buffers of written chunks are kept (a few) for the next fetches to
+/// fill: a fresh megabyte costs its page faults and zeroing again.
 pub(super) struct Writer {
-    tx: SyncSender<WriteJob>,
+    tx: mpsc::Sender<WriteJob>,
+    spare: Spare,
 }
+
+/// Buffers of written chunks, for reuse.
+type Spare = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// Buffers kept for reuse, at most.
+const SPARE_BUFFERS: usize = 8;
 
 enum WriteJob {
     Write(u64, Vec<u8>),
@@ -56,9 +67,11 @@ impl Writer {
     /// least one).
     /// `part` is the file's path, opened again for direct I/O.
     pub(super) fn new(file: Arc<File>, part: &Path, len: u64, reorder_bytes: u64) -> Writer {
-        let (tx, rx) = sync_channel::<WriteJob>(4);
+        let (tx, rx) = mpsc::channel::<WriteJob>(4);
+        let spare = Spare::default();
         let thread = WriterThread {
             file,
+            spare: spare.clone(),
             direct: open_direct(part),
             aligned: Vec::new(),
             end: len,
@@ -69,16 +82,19 @@ impl Writer {
             error: None,
         };
         std::thread::spawn(move || thread.run(rx));
-        Writer { tx }
+        Writer { tx, spare }
     }
 
     async fn send(&self, job: WriteJob) -> std::io::Result<()> {
-        let tx = self.tx.clone();
-        // The queue is short: wait for room off the async threads.
-        tokio::task::spawn_blocking(move || tx.send(job))
+        self.tx
+            .send(job)
             .await
-            .map_err(std::io::Error::other)?
             .map_err(|_| std::io::Error::other("writer thread ended"))
+    }
+
+    /// A buffer to fetch a chunk into: one already written, if any.
+    pub(super) fn buffer(&self) -> Vec<u8> {
+        lock(&self.spare).pop().unwrap_or_default()
     }
 
     /// Queues a verified chunk; write errors surface in [`Writer::finish`].
@@ -98,6 +114,8 @@ impl Writer {
 /// The state of the writer thread.
 struct WriterThread {
     file: Arc<File>,
+    /// Where written chunks' buffers go.
+    spare: Spare,
     /// The same file opened for direct I/O, if the file system allows it.
     direct: Option<File>,
     /// The buffer direct writes are copied to, aligned within.
@@ -118,8 +136,8 @@ struct WriterThread {
 
 impl WriterThread {
     /// Serves jobs until finished, or until every sender is gone.
-    fn run(mut self, rx: Receiver<WriteJob>) {
-        for job in rx {
+    fn run(mut self, mut rx: mpsc::Receiver<WriteJob>) {
+        while let Some(job) = rx.blocking_recv() {
             match job {
                 WriteJob::Write(off, data) => self.accept(off, data),
                 WriteJob::Finish(reply) => {
@@ -138,7 +156,7 @@ impl WriterThread {
     /// held); then writes every held chunk the end has reached.
     fn accept(&mut self, off: u64, data: Vec<u8>) {
         if off <= self.end {
-            self.write(off, &data);
+            self.write(off, data);
         } else {
             self.held += data.len() as u64;
             self.pending.insert(off, data);
@@ -159,14 +177,14 @@ impl WriterThread {
     fn write_first_held(&mut self) {
         if let Some((o, d)) = self.pending.pop_first() {
             self.held -= d.len() as u64;
-            self.write(o, &d);
+            self.write(o, d);
         }
     }
 
     /// Writes every held chunk, in file order.
     fn write_all_held(&mut self) {
         while let Some((o, d)) = self.pending.pop_first() {
-            self.write(o, &d);
+            self.write(o, d);
         }
     }
 
@@ -181,8 +199,8 @@ impl WriterThread {
 
     /// Writes `data` at `off`, keeping the first error, and syncs every
     /// [`SYNC_EVERY`] bytes written through the page cache.
-    fn write(&mut self, off: u64, data: &[u8]) {
-        let direct = match self.write_direct(off, data) {
+    fn write(&mut self, off: u64, data: Vec<u8>) {
+        let direct = match self.write_direct(off, &data) {
             Ok(n) => n,
             Err(e) => {
                 // Refused (a file system that takes direct I/O at open but
@@ -205,10 +223,12 @@ impl WriterThread {
             self.unsynced = 0;
             let _ = self.file.sync_data();
         }
+        let mut spare = lock(&self.spare);
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(data);
+        }
     }
-}
 
-impl WriterThread {
     /// Writes the aligned head of `data` at `off` with direct I/O, if it is
     /// open and `off` is aligned; returns how many bytes it wrote.
     fn write_direct(&mut self, off: u64, data: &[u8]) -> std::io::Result<usize> {
@@ -410,6 +430,7 @@ mod tests {
         let file = Arc::new(tempfile::tempfile().unwrap());
         let mut w = WriterThread {
             file: file.clone(),
+            spare: Spare::default(),
             direct: None,
             aligned: Vec::new(),
             end: 0,
@@ -452,6 +473,7 @@ mod tests {
             let file = Arc::new(file);
             let mut w = WriterThread {
                 file: file.clone(),
+                spare: Spare::default(),
                 direct: open_direct(&part),
                 aligned: Vec::new(),
                 end: 0,
