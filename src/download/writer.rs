@@ -9,21 +9,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
-use tracing::debug;
 
 use crate::download::shared::lock;
 use crate::download::{io, DownloadError};
 use crate::proto::manifest::FileManifest;
 use crate::proto::sealed::Sealer;
 use crate::proto::Hash;
+use crate::store::direct::DirectWriter;
 
 /// `fdatasync` after this many bytes are written through the page cache, so
 /// the disk works while the network does and the final sync is short.
 const SYNC_EVERY: u64 = 64 << 20;
-
-/// What direct I/O needs: buffer address, file offset and length all
-/// multiples of it (the largest logical block size in common use).
-const DIRECT_ALIGN: usize = 4096;
 
 /// Writes chunks to the output file from one thread, in file order.
 ///
@@ -36,12 +32,8 @@ const DIRECT_ALIGN: usize = 4096;
 /// the end.
 ///
 /// Where the file system allows it, the chunks go to the disk with direct
-/// I/O (`O_DIRECT`), from one reused aligned buffer: measured on this
-/// machine, 1 GiB written with 1 MiB direct writes took 0.9 s, where the
-/// same through the page cache took 0.45 s to write and 3.4 s more to sync,
-/// and the kernel's copy into the page cache was a quarter of the
-/// receiver's CPU. The file's unaligned tail, and every write where direct
-/// I/O is refused, go through the page cache.
+/// I/O ([`DirectWriter`]: why, in its module); the file's unaligned tail
+/// goes through the page cache.
 ///
 /// The buffers of written chunks are kept (a few) for the next fetches to
 /// fill: a fresh megabyte costs its page faults and zeroing again.
@@ -72,8 +64,7 @@ impl Writer {
         let thread = WriterThread {
             file,
             spare: spare.clone(),
-            direct: open_direct(part),
-            aligned: Vec::new(),
+            direct: DirectWriter::open(part),
             end: len,
             unsynced: 0,
             pending: BTreeMap::new(),
@@ -116,10 +107,8 @@ struct WriterThread {
     file: Arc<File>,
     /// Where written chunks' buffers go.
     spare: Spare,
-    /// The same file opened for direct I/O, if the file system allows it.
-    direct: Option<File>,
-    /// The buffer direct writes are copied to, aligned within.
-    aligned: Vec<u8>,
+    /// The same file opened for direct I/O, where the file system allows it.
+    direct: DirectWriter,
     /// The end of what is written.
     end: u64,
     /// Bytes written since the last sync.
@@ -200,14 +189,11 @@ impl WriterThread {
     /// Writes `data` at `off`, keeping the first error, and syncs every
     /// [`SYNC_EVERY`] bytes written through the page cache.
     fn write(&mut self, off: u64, data: Vec<u8>) {
-        let direct = match self.write_direct(off, &data) {
+        let direct = match self.direct.write_head(&data, off) {
             Ok(n) => n,
             Err(e) => {
-                // Refused (a file system that takes direct I/O at open but
-                // not these writes): the page cache from now on.
-                debug!("direct write refused, writing through the page cache: {e}");
-                self.direct = None;
-                0
+                self.error.get_or_insert(e);
+                data.len()
             }
         };
         let rest = &data[direct..];
@@ -228,38 +214,6 @@ impl WriterThread {
             spare.push(data);
         }
     }
-
-    /// Writes the aligned head of `data` at `off` with direct I/O, if it is
-    /// open and `off` is aligned; returns how many bytes it wrote.
-    fn write_direct(&mut self, off: u64, data: &[u8]) -> std::io::Result<usize> {
-        let n = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-        let Some(direct) = &self.direct else {
-            return Ok(0);
-        };
-        if n == 0 || !off.is_multiple_of(DIRECT_ALIGN as u64) {
-            return Ok(0);
-        }
-        if self.aligned.len() < n + DIRECT_ALIGN {
-            self.aligned = vec![0; n + DIRECT_ALIGN];
-        }
-        let start = self.aligned.as_ptr().align_offset(DIRECT_ALIGN);
-        let buf = &mut self.aligned[start..start + n];
-        buf.copy_from_slice(&data[..n]);
-        direct.write_all_at(buf, off)?;
-        Ok(n)
-    }
-}
-
-/// `part` opened again for direct I/O, or `None` where the file system
-/// does not take it (tmpfs, some network file systems).
-fn open_direct(part: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(part)
-        .inspect_err(|e| debug!("no direct I/O for {}: {e}", part.display()))
-        .ok()
 }
 
 /// Whether `path` is a file finished by an earlier attempt (a download
@@ -431,8 +385,7 @@ mod tests {
         let mut w = WriterThread {
             file: file.clone(),
             spare: Spare::default(),
-            direct: None,
-            aligned: Vec::new(),
+            direct: DirectWriter::none(),
             end: 0,
             unsynced: 0,
             pending: BTreeMap::new(),
@@ -474,8 +427,7 @@ mod tests {
             let mut w = WriterThread {
                 file: file.clone(),
                 spare: Spare::default(),
-                direct: open_direct(&part),
-                aligned: Vec::new(),
+                direct: DirectWriter::open(&part),
                 end: 0,
                 unsynced: 0,
                 pending: BTreeMap::new(),
@@ -483,14 +435,14 @@ mod tests {
                 reorder_bytes: chunk as u64,
                 error: None,
             };
-            let opened = w.direct.is_some();
+            let opened = w.direct.is_direct();
             let pieces: Vec<_> = data.chunks(chunk).enumerate().collect();
             for &(i, piece) in pieces.iter().rev() {
                 w.accept((i * chunk) as u64, piece.to_vec());
             }
             w.finish().unwrap();
             // Where the file system takes direct I/O, no write fell back.
-            assert_eq!(w.direct.is_some(), opened);
+            assert_eq!(w.direct.is_direct(), opened);
             assert_eq!(std::fs::read(&part).unwrap(), data, "chunks of {chunk}");
         }
     }

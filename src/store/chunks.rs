@@ -7,13 +7,14 @@
 //! documentation for why reads, not opens, do the hashing).
 
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
 
+use super::direct::DirectWriter;
 use super::{io_err, Store, StoreError};
 use crate::proto::manifest::MAX_CHUNK_SIZE;
 use crate::proto::Hash;
@@ -112,10 +113,12 @@ impl Store {
             written: 0,
             tmp,
             file: None,
+            direct: DirectWriter::none(),
             hasher: blake3::Hasher::new(),
             published: false,
         };
         let file = fs::File::create(&writer.tmp).map_err(io_err("cannot create", &writer.tmp))?;
+        writer.direct = DirectWriter::open(&writer.tmp);
         writer.file = Some(file);
         Ok(Some(writer))
     }
@@ -203,8 +206,12 @@ impl Store {
         let n = self.inner.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.inner.tmp.join(format!("{}{n}", self.inner.tmp_prefix));
         let result = (|| {
-            let mut f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-            f.write_all(data).map_err(io_err("cannot write", &tmp))?;
+            let f = fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+            let direct = DirectWriter::open(&tmp)
+                .write_head(data, 0)
+                .map_err(io_err("cannot write", &tmp))?;
+            f.write_all_at(&data[direct..], direct as u64)
+                .map_err(io_err("cannot write", &tmp))?;
             f.sync_data().map_err(io_err("cannot sync", &tmp))?;
             self.publish(&tmp, path)
         })();
@@ -322,6 +329,9 @@ pub struct ChunkWriter {
     written: u64,
     tmp: PathBuf,
     file: Option<fs::File>,
+    /// The temp file again, for direct writes where the file system takes
+    /// them.
+    direct: DirectWriter,
     hasher: blake3::Hasher,
     published: bool,
 }
@@ -338,10 +348,14 @@ impl ChunkWriter {
         if total > self.len {
             return Err(StoreError::TooLarge { len: total });
         }
-        let Some(file) = self.file.as_mut() else {
+        let Some(file) = self.file.as_ref() else {
             return Err(StoreError::TooLarge { len: total });
         };
-        file.write_all(piece)
+        let direct = self
+            .direct
+            .write_head(piece, self.written)
+            .map_err(io_err("cannot write", &self.tmp))?;
+        file.write_all_at(&piece[direct..], self.written + direct as u64)
             .map_err(io_err("cannot write", &self.tmp))?;
         self.hasher.update(piece);
         self.written = total;

@@ -55,6 +55,7 @@
 
 pub mod chunker;
 pub mod datadir;
+pub mod direct;
 pub mod sealer;
 
 // The `impl Store` is spread over one file per concern:
