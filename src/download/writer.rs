@@ -216,6 +216,32 @@ impl WriterThread {
     }
 }
 
+/// Makes everything written to the file system that holds `path` durable:
+/// one `syncfs` for many files written without a sync each. Blocking.
+pub(super) fn sync_file_system(path: &Path) -> std::io::Result<()> {
+    let f = File::open(path)?;
+    rustix::fs::syncfs(&f).map_err(std::io::Error::from)
+}
+
+/// Syncs the directory of each of `paths` once: their entries (a rename, a
+/// new file) become durable. Blocking.
+pub(super) fn sync_dirs<'a>(paths: impl Iterator<Item = &'a Path>) -> std::io::Result<()> {
+    let dirs: std::collections::BTreeSet<&Path> = paths
+        .filter_map(|p| p.parent())
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
+        .collect();
+    for d in dirs {
+        File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Whether `path` is a file finished by an earlier attempt (a download
 /// resumed): the manifest's length, every chunk verified (sealed again
 /// first, with `sealer`). Blocking.
