@@ -121,6 +121,14 @@ pub enum Command {
     /// The bare quinn server the bench measures against.
     #[command(hide = true)]
     BenchBareServer,
+    /// One bare quinn stream of SIZE_MIB between two processes: prints its
+    /// seconds (for examples/compare.sh).
+    #[command(hide = true)]
+    BenchBare {
+        /// Stream size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+    },
     /// Run a small network on loopback and show it working.
     Demo {
         /// Number of nodes.

@@ -444,6 +444,15 @@ async fn bare_client(addr: SocketAddr, size: u64, sink: Option<&Path>) -> Result
     Ok(secs)
 }
 
+/// The hidden `bench-bare` command: one bare stream of `size_mib` MiB from a
+/// server process to this one, bytes discarded; prints its seconds.
+pub async fn bare_only(size_mib: u64) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let secs = bare_quinn(&exe, size_mib << 20, None).await?;
+    println!("{secs:.3}");
+    Ok(())
+}
+
 /// The hidden `bench-bare-server` process: prints its address, serves one stream.
 pub async fn bare_server() -> Result<()> {
     let ep = endpoint(true)?;

@@ -87,6 +87,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Demo { nodes, stay }) => demo::demo(nodes, stay).await,
         Some(Command::Bench { size_mib }) => bench::run(size_mib).await,
         Some(Command::BenchBareServer) => bench::bare_server().await,
+        Some(Command::BenchBare { size_mib }) => bench::bare_only(size_mib).await,
         Some(Command::Put {
             path,
             replicas,
