@@ -4,7 +4,7 @@
 //! call: the `plan` module's.)
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
@@ -15,7 +15,7 @@ use tracing::debug;
 use crate::download::queue::Queue;
 use crate::download::shared::{lock, Shared};
 use crate::download::worker::{worker, Job};
-use crate::download::writer::{open_part, scan_part, Writer};
+use crate::download::writer::{open_part, scan_part, sync_dirs, sync_file_system, Writer};
 use crate::download::{io, part_path, DownloadError, DownloadOptions, Progress, Provider};
 use crate::proto::manifest::FileManifest;
 use crate::proto::sealed::Sealer;
@@ -29,10 +29,38 @@ pub(super) struct Sealing {
     pub(super) keep: u64,
 }
 
+/// When a fetched file is made durable and given its final name.
+#[derive(Clone, Copy)]
+pub(super) enum Commit<'a> {
+    /// Synced and renamed as soon as it is complete (written with direct
+    /// I/O where the disk takes it).
+    Now,
+    /// Left complete but unsynced as `NAME.part`, its final path added to
+    /// the list: the caller syncs many such files at once and renames them
+    /// ([`commit`]). For the small files of a tree, where a sync each cost
+    /// more than fetching them.
+    Later(&'a Mutex<Vec<PathBuf>>),
+}
+
+/// Makes the files `paths` (each complete as `NAME.part`, unsynced) durable
+/// with one sync of the file system that holds `out`, renames them, and
+/// syncs their directories. Blocking.
+pub(super) fn commit(out: &Path, paths: &[PathBuf]) -> Result<(), DownloadError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    sync_file_system(&part_path(&paths[0])).map_err(io(out))?;
+    for path in paths {
+        std::fs::rename(part_path(path), path).map_err(io(path))?;
+    }
+    sync_dirs(paths.iter().map(PathBuf::as_path)).map_err(io(out))
+}
+
 /// Downloads the file `f` to `path` from `providers`. With `sealing`, `f`
 /// describes the plaintext stream (its chunk hashes are of the sealed
 /// chunks): each chunk is fetched sealed, checked against its hash, opened,
 /// and written in plaintext.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn download_file(
     providers: &[Provider],
     shared: &Arc<Shared>,
@@ -41,6 +69,7 @@ pub(super) async fn download_file(
     opts: &DownloadOptions,
     progress: &Arc<dyn Progress>,
     sealing: Option<&Sealing>,
+    commit: Commit<'_>,
 ) -> Result<(), DownloadError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -60,6 +89,7 @@ pub(super) async fn download_file(
             &part,
             existing,
             opts.max_in_flight_bytes,
+            matches!(commit, Commit::Now),
         )),
         manifest: Arc::new(f.clone()),
         sealer,
@@ -68,7 +98,14 @@ pub(super) async fn download_file(
         all_in: CancellationToken::new(),
     };
     run_workers(providers, &job, opts.per_peer).await;
-    finish(&job, path, &part, &file, sealing.map(|s| s.keep)).await
+    finish(&job, path, &part, &file, sealing.map(|s| s.keep)).await?;
+    match commit {
+        Commit::Now => std::fs::rename(&part, path).map_err(io(path)),
+        Commit::Later(list) => {
+            lock(list).push(path.to_path_buf());
+            Ok(())
+        }
+    }
 }
 
 /// Counts the chunks `have` found intact in `part`: as progress, in the
@@ -125,8 +162,8 @@ async fn run_workers(providers: &[Provider], job: &Job, per_peer: usize) {
 }
 
 /// Once the workers stopped: an error naming what is missing if a chunk is,
-/// else the file checked, cut to `keep` bytes if given (a sealed stream's
-/// padding), and renamed from `part` to `path`.
+/// else the file checked and cut to `keep` bytes if given (a sealed
+/// stream's padding); the caller gives it its name.
 async fn finish(
     job: &Job,
     path: &Path,
@@ -174,6 +211,29 @@ async fn finish(
         file.set_len(keep).map_err(io(part))?;
         file.sync_all().map_err(io(part))?;
     }
-    std::fs::rename(part, path).map_err(io(path))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_names_every_part_file_and_leaves_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let paths = vec![dir.path().join("a"), sub.join("b")];
+        for (i, p) in paths.iter().enumerate() {
+            std::fs::write(part_path(p), [i as u8; 10]).unwrap();
+        }
+        commit(dir.path(), &paths).unwrap();
+        for (i, p) in paths.iter().enumerate() {
+            assert_eq!(std::fs::read(p).unwrap(), [i as u8; 10]);
+            assert!(!part_path(p).exists());
+        }
+        commit(dir.path(), &[]).unwrap();
+        // A part file gone (deleted meanwhile) is an error naming it.
+        assert!(commit(dir.path(), &[dir.path().join("c")]).is_err());
+    }
 }

@@ -32,8 +32,10 @@
 //!    the file size. The tree's distinct manifests are held for the whole
 //!    download: at most [`MAX_TREE_MANIFEST_BYTES`] of them.
 //! 6. The finished file is checked against the manifest (every chunk verified,
-//!    the length right), synced, then renamed to its final name. A failed
-//!    download leaves only the `.part`, never a file under the final name.
+//!    the length right), synced, then renamed to its final name; the
+//!    one-chunk files of a tree are all synced at once once every one is
+//!    in, then renamed. A failed download leaves only the `.part`, never a
+//!    file under the final name.
 //!
 //! # Files
 //!
@@ -65,12 +67,13 @@ mod worker;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use quinn::Connection;
 
+use crate::download::file::Commit;
 use crate::download::manifest::{Item, TreeManifests};
 use crate::download::plan::Action;
 use crate::download::score::PeerScores;
@@ -443,8 +446,9 @@ async fn write_tree(
     progress.begin(&name, tree.stats.size);
     // Directories as they come; then files of one chunk, FILES_AT_ONCE at a
     // time (a request each: one after the other, a tree of small files
-    // waits on round trips); then larger files one at a time (each takes
-    // the whole in-flight budget); copies last, once what they copy is done.
+    // waits on round trips), synced together; then larger files one at a
+    // time (each takes the whole in-flight budget); copies last, once what
+    // they copy is done.
     let (mut small, mut large, mut copies) = (Vec::new(), Vec::new(), Vec::new());
     for (index, item) in tree.walk(out).enumerate() {
         match item? {
@@ -458,6 +462,9 @@ async fn write_tree(
             },
         }
     }
+    // The small files are synced and renamed together once all are in.
+    let batch = Mutex::new(Vec::new());
+    let later = Commit::Later(&batch);
     let mut small = small.into_iter();
     let mut running = FuturesUnordered::new();
     loop {
@@ -466,7 +473,7 @@ async fn write_tree(
                 break;
             };
             running.push(write_item(
-                providers, shared, action, f, path, opts, progress,
+                providers, shared, action, f, path, opts, progress, later,
             ));
         }
         match running.next().await {
@@ -474,13 +481,27 @@ async fn write_tree(
             None => break,
         }
     }
+    let batch = std::mem::take(&mut *lock(&batch));
+    let root = out.to_path_buf();
+    blocking(root.clone(), move || file::commit(&root, &batch)).await?;
     for (action, f, path) in large.into_iter().chain(copies) {
-        write_file(providers, shared, action, f, &path, opts, progress).await?;
+        write_file(
+            providers,
+            shared,
+            action,
+            f,
+            &path,
+            opts,
+            progress,
+            Commit::Now,
+        )
+        .await?;
     }
     Ok(())
 }
 
 /// [`write_file`] with the path owned, for files written at once.
+#[allow(clippy::too_many_arguments)]
 async fn write_item(
     providers: &[Provider],
     shared: &Arc<Shared>,
@@ -489,12 +510,15 @@ async fn write_item(
     path: PathBuf,
     opts: &DownloadOptions,
     progress: &Arc<dyn Progress>,
+    commit: Commit<'_>,
 ) -> Result<(), DownloadError> {
-    write_file(providers, shared, action, f, &path, opts, progress).await
+    write_file(providers, shared, action, f, &path, opts, progress, commit).await
 }
 
-/// Writes the file `f` to `path` as `action` says: kept as it is, fetched,
-/// or copied from a file of the tree written before.
+/// Writes the file `f` to `path` as `action` says: kept as it is, fetched
+/// (committed as `commit` says), or copied from a file of the tree written
+/// before.
+#[allow(clippy::too_many_arguments)]
 async fn write_file(
     providers: &[Provider],
     shared: &Arc<Shared>,
@@ -503,6 +527,7 @@ async fn write_file(
     path: &Path,
     opts: &DownloadOptions,
     progress: &Arc<dyn Progress>,
+    commit: Commit<'_>,
 ) -> Result<(), DownloadError> {
     match action {
         Action::Keep => {
@@ -512,7 +537,7 @@ async fn write_file(
             progress.advance(f.size);
         }
         Action::Fetch => {
-            file::download_file(providers, shared, f, path, opts, progress, None).await?
+            file::download_file(providers, shared, f, path, opts, progress, None, commit).await?
         }
         Action::Copy(from) => {
             let (from, to, size) = (from.to_path_buf(), path.to_path_buf(), f.size);

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::download::file::{download_file, Sealing};
+use crate::download::file::{download_file, Commit, Sealing};
 use crate::download::plan::{check_dir, check_file, check_space};
 use crate::download::shared::{lock, Shared};
 use crate::download::writer::{is_finished, sync_dirs, sync_file_system};
@@ -108,6 +108,7 @@ impl Job<'_> {
             j.opts,
             j.progress,
             Some(&sealing),
+            Commit::Now,
         )
         .await
     }

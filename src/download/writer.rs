@@ -57,14 +57,27 @@ impl Writer {
     /// A writer for `file`, whose first `len` bytes are written, holding back
     /// at most `reorder_bytes` of chunks that arrive ahead of the end (at
     /// least one).
-    /// `part` is the file's path, opened again for direct I/O.
-    pub(super) fn new(file: Arc<File>, part: &Path, len: u64, reorder_bytes: u64) -> Writer {
+    /// `part` is the file's path, opened again for direct I/O if `durable`:
+    /// else the writes go through the page cache and finishing does not
+    /// sync (the caller syncs many files at once).
+    pub(super) fn new(
+        file: Arc<File>,
+        part: &Path,
+        len: u64,
+        reorder_bytes: u64,
+        durable: bool,
+    ) -> Writer {
         let (tx, rx) = mpsc::channel::<WriteJob>(4);
         let spare = Spare::default();
         let thread = WriterThread {
             file,
             spare: spare.clone(),
-            direct: DirectWriter::open(part),
+            direct: if durable {
+                DirectWriter::open(part)
+            } else {
+                DirectWriter::none()
+            },
+            durable,
             end: len,
             unsynced: 0,
             pending: BTreeMap::new(),
@@ -109,6 +122,8 @@ struct WriterThread {
     spare: Spare,
     /// The same file opened for direct I/O, where the file system allows it.
     direct: DirectWriter,
+    /// Whether finishing syncs the file.
+    durable: bool,
     /// The end of what is written.
     end: u64,
     /// Bytes written since the last sync.
@@ -182,7 +197,8 @@ impl WriterThread {
         self.write_all_held();
         match self.error.take() {
             Some(e) => Err(e),
-            None => self.file.sync_all(),
+            None if self.durable => self.file.sync_all(),
+            None => Ok(()),
         }
     }
 
@@ -412,6 +428,7 @@ mod tests {
             file: file.clone(),
             spare: Spare::default(),
             direct: DirectWriter::none(),
+            durable: true,
             end: 0,
             unsynced: 0,
             pending: BTreeMap::new(),
@@ -454,6 +471,7 @@ mod tests {
                 file: file.clone(),
                 spare: Spare::default(),
                 direct: DirectWriter::open(&part),
+                durable: true,
                 end: 0,
                 unsynced: 0,
                 pending: BTreeMap::new(),
