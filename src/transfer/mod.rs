@@ -688,8 +688,57 @@ async fn receive_manifest<R: AsyncRead + Unpin>(
     }
 }
 
-/// Sends `request` on a new stream and reads the response frame.
+/// Sends `request` on a new stream and reads the response frame; while the
+/// peer refuses the stream as over its request rate, asks again after a
+/// pause (a `--public` tree of many files is a request per file and per
+/// manifest, faster than a node admits from one peer).
 async fn request(
+    conn: &Connection,
+    request: &Request,
+    body: Option<Bytes>,
+) -> Result<(Response, quinn::RecvStream), FetchError> {
+    let mut pause = RATE_LIMITED_PAUSE;
+    loop {
+        match request_once(conn, request, body.clone()).await {
+            Err(e) if is_rate_limited(&e) => {
+                // Refused before the peer read anything: ask again once its
+                // token bucket has refilled a little. The caller's timeout
+                // bounds the whole.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RATE_LIMITED_PAUSE_MAX);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The first and the longest pause before asking again a peer that refused
+/// a request stream as over its rate ([`ErrorCode::RateLimited`]).
+const RATE_LIMITED_PAUSE: Duration = Duration::from_millis(20);
+const RATE_LIMITED_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// Whether the peer refused the request stream as over its rate: it resets
+/// or stops the stream with [`ErrorCode::RateLimited`] before reading it.
+fn is_rate_limited(e: &FetchError) -> bool {
+    let code = ErrorCode::RateLimited.var_int();
+    let io = match e {
+        FetchError::Frame(FrameError::Io(io)) => io,
+        FetchError::Read(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(c))) => {
+            return *c == code
+        }
+        _ => return false,
+    };
+    let inner = io.get_ref();
+    inner
+        .and_then(|i| i.downcast_ref::<quinn::ReadError>())
+        .is_some_and(|r| matches!(r, quinn::ReadError::Reset(c) if *c == code))
+        || inner
+            .and_then(|i| i.downcast_ref::<quinn::WriteError>())
+            .is_some_and(|w| matches!(w, quinn::WriteError::Stopped(c) if *c == code))
+}
+
+/// One try of [`request`].
+async fn request_once(
     conn: &Connection,
     request: &Request,
     body: Option<Bytes>,
