@@ -19,11 +19,20 @@ use quic_peer::Identity;
 /// One row of the results table.
 struct Row {
     what: String,
+    /// The transfer time the client reports.
     secs: f64,
     bytes: u64,
     rss_kib: Option<u64>,
+    /// The bare quinn stream's time to compare with.
     baseline: f64,
+    /// Busy CPU seconds of the whole machine meanwhile: every process of
+    /// the transfer, sender and receiver.
+    cpu: f64,
 }
+
+/// Files in the small-files rows, of [`SMALL_FILE`] bytes each.
+const SMALL_FILES: usize = 1000;
+const SMALL_FILE: usize = 4096;
 
 /// Runs the benchmark with a file of `size_mib` MiB and prints the table.
 pub async fn run(size_mib: u64) -> Result<()> {
@@ -41,38 +50,38 @@ async fn run_in(work: &Path, size: u64) -> Result<()> {
     let bare_file = bench.bare_stream(Some(&work.join("bare-sink.bin"))).await?;
 
     let a = NodeProc::start(&bench.exe, &work.join("a"), None)?;
-    let (secs, sealed) = bench.put(&a, 1, false)?;
-    let mut rows = vec![Row {
-        what: "put, client to 1 node (encrypted)".into(),
-        secs,
-        bytes: size,
-        rss_kib: a.peak_rss_kib(),
-        baseline: bare1,
-    }];
-    rows.push(bench.get("get, 1 holder (encrypted)", &a, &sealed, "get1.bin", bare1)?);
-    let (secs, public) = bench.put(&a, 1, true)?;
-    rows.push(Row {
-        what: "put, client to 1 node (--public)".into(),
-        secs,
-        bytes: size,
-        rss_kib: a.peak_rss_kib(),
-        baseline: bare1,
-    });
-    rows.push(bench.get("get, 1 holder (--public)", &a, &public, "get1p.bin", bare1)?);
+    let (put, sealed) = bench.put(&bench.src, &a, 1, false)?;
+    let mut rows = vec![put.row("put, client to 1 node (encrypted)", size, &a, bare1.secs)];
+    rows.push(bench.get(
+        "get, 1 holder (encrypted)",
+        &a,
+        &sealed,
+        "get1.bin",
+        bare1.secs,
+    )?);
+    let (put, public) = bench.put(&bench.src, &a, 1, true)?;
+    rows.push(put.row("put, client to 1 node (--public)", size, &a, bare1.secs));
+    rows.push(bench.get(
+        "get, 1 holder (--public)",
+        &a,
+        &public,
+        "get1p.bin",
+        bare1.secs,
+    )?);
+    let small = bench.small_files(&a)?;
 
     let b = NodeProc::start(&bench.exe, &work.join("b"), Some(&a.pinned))?;
     let c = NodeProc::start(&bench.exe, &work.join("c"), Some(&a.pinned))?;
     std::thread::sleep(Duration::from_secs(2));
-    let (secs, sealed3) = bench.put(&a, 3, false)?;
-    rows.push(Row {
-        what: "put, client to 3 nodes (encrypted)".into(),
-        secs,
-        bytes: 3 * size,
-        rss_kib: b.peak_rss_kib(),
-        baseline: bare1,
-    });
+    let (put, sealed3) = bench.put(&bench.src, &a, 3, false)?;
+    rows.push(put.row(
+        "put, client to 3 nodes (encrypted)",
+        3 * size,
+        &b,
+        bare1.secs,
+    ));
     let bare2 = bench.bare_stream(None).await?;
-    let bare = (bare1 + bare2) / 2.0;
+    let bare = (bare1.secs + bare2.secs) / 2.0;
     rows.push(bench.get(
         "get, 3 holders at once (encrypted)",
         &a,
@@ -82,14 +91,68 @@ async fn run_in(work: &Path, size: u64) -> Result<()> {
     )?);
     drop((a, b, c));
 
-    print_table(size, [bare1, bare2], bare_file, &rows);
-    let ratio = |i: usize, j: usize| rows[j].secs / rows[i].secs;
+    print_table(size, [&bare1, &bare2], &bare_file, &rows);
+    let rate = |i: usize| rows[i].bytes as f64 / rows[i].secs;
     println!(
-        "Encrypted against --public in this run: put {:.2}, get {:.2} of the plaintext rate.",
-        ratio(0, 2),
-        ratio(1, 3)
+        "In this run: put {:.2} of get's rate (encrypted), {:.2} (--public); get from 3 holders {:.2} of get from 1; encrypted {:.2} of --public for put, {:.2} for get.",
+        rate(0) / rate(1),
+        rate(2) / rate(3),
+        rate(5) / rate(1),
+        rate(0) / rate(2),
+        rate(1) / rate(3),
     );
+    print_small(&small);
     Ok(())
+}
+
+/// A timed client run: the time it reports, the machine's CPU meanwhile.
+struct Timed {
+    secs: f64,
+    cpu: f64,
+    rss_kib: Option<u64>,
+    out: String,
+}
+
+impl Timed {
+    /// A put's row: `bytes` stored in all, the peak RSS of `node` (one that
+    /// received a copy).
+    fn row(&self, what: &str, bytes: u64, node: &NodeProc, baseline: f64) -> Row {
+        Row {
+            what: what.into(),
+            secs: self.secs,
+            bytes,
+            rss_kib: node.peak_rss_kib(),
+            baseline,
+            cpu: self.cpu,
+        }
+    }
+}
+
+/// A bare quinn stream's time and the machine's CPU meanwhile.
+struct Bare {
+    secs: f64,
+    cpu: f64,
+}
+
+/// Busy CPU seconds of the whole machine so far (user, nice, system, irq,
+/// softirq, steal from /proc/stat), to charge a transfer with what it cost
+/// on both sides. The bench expects an otherwise idle machine.
+fn busy_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6 | 7))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks as f64 / 100.0
 }
 
 /// The payload, and the executable every process of the bench runs.
@@ -116,23 +179,64 @@ impl Bench {
     }
 
     /// Times a bare quinn stream of the payload's size, into `sink` if given.
-    async fn bare_stream(&self, sink: Option<&Path>) -> Result<f64> {
+    async fn bare_stream(&self, sink: Option<&Path>) -> Result<Bare> {
+        let cpu = busy_secs();
         let secs = bare_quinn(&self.exe, self.size, sink).await?;
+        let cpu = busy_secs() - cpu;
         let to = if sink.is_some() { " to a file" } else { "" };
         eprintln!(
             "bench: bare quinn stream{to} {:.0} MB/s",
             mbps(self.size, secs)
         );
-        Ok(secs)
+        Ok(Bare { secs, cpu })
+    }
+
+    /// Puts a directory of [`SMALL_FILES`] small files on `via`, encrypted
+    /// and `--public`, and gets each back: the put and get of each.
+    fn small_files(&self, via: &NodeProc) -> Result<Vec<(String, Timed)>> {
+        let dir = self.work.join("small");
+        std::fs::create_dir_all(&dir)?;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..SMALL_FILES {
+            let data: Vec<u8> = (0..SMALL_FILE)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            std::fs::write(dir.join(format!("f{i}")), data)?;
+        }
+        let mut out = Vec::new();
+        for (kind, public) in [("encrypted", false), ("--public", true)] {
+            let (put, target) = self.put(&dir, via, 1, public)?;
+            out.push((format!("put ({kind})"), put));
+            let to = self.work.join(format!("small-{kind}"));
+            let mut args = vec!["get"];
+            args.extend(target.split(' '));
+            args.extend(["-o", path_str(&to), "--bootstrap", &via.pinned]);
+            let got = timed_client(&self.exe, &args)?;
+            check_same_dir(&dir, &to)?;
+            std::fs::remove_dir_all(&to)?;
+            out.push((format!("get ({kind})"), got));
+        }
+        Ok(out)
     }
 
     /// Puts the payload with `replicas` copies, joining through `via`,
     /// encrypted unless `public`; returns the time the client reports, and
     /// what `get` needs: the id of a public file, the id and key (a ticket
     /// with its holders dropped) of an encrypted one.
-    fn put(&self, via: &NodeProc, replicas: u32, public: bool) -> Result<(f64, String)> {
+    fn put(
+        &self,
+        src: &Path,
+        via: &NodeProc,
+        replicas: u32,
+        public: bool,
+    ) -> Result<(Timed, String)> {
         let replicas = replicas.to_string();
-        let src = path_str(&self.src);
+        let src = path_str(src);
         let mut args = vec![
             "put",
             src,
@@ -144,9 +248,11 @@ impl Bench {
         if public {
             args.push("--public");
         }
-        let (secs, _, out) = timed_client(&self.exe, &args)?;
+        let timed = timed_client(&self.exe, &args)?;
         let field = |name: &str| {
-            out.lines()
+            timed
+                .out
+                .lines()
                 .find_map(|l| l.strip_prefix(name))
                 .map(|v| v.trim().to_string())
         };
@@ -157,7 +263,7 @@ impl Bench {
             ),
             None => field("id: ").context("put printed no id")?,
         };
-        Ok((secs, target))
+        Ok((timed, target))
     }
 
     /// Gets the payload (`target`: an id, and a key if encrypted) into
@@ -175,59 +281,84 @@ impl Bench {
         let mut args = vec!["get"];
         args.extend(target.split(' '));
         args.extend(["-o", path_str(&out), "--bootstrap", &via.pinned]);
-        let (secs, rss_kib, _) = timed_client(&self.exe, &args)?;
+        let got = timed_client(&self.exe, &args)?;
         check_same(&self.src, &out)?;
         std::fs::remove_file(&out)?;
         Ok(Row {
             what: what.into(),
-            secs,
+            secs: got.secs,
             bytes: self.size,
-            rss_kib,
+            rss_kib: got.rss_kib,
             baseline,
+            cpu: got.cpu,
         })
     }
 }
 
 /// Prints the results as a markdown table, and what its times mean.
-fn print_table(size: u64, [bare1, bare2]: [f64; 2], bare_file: f64, rows: &[Row]) {
+fn print_table(size: u64, [bare1, bare2]: [&Bare; 2], bare_file: &Bare, rows: &[Row]) {
+    let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
     println!();
     println!(
-        "| {} MiB on loopback, {} cores | time | MB/s | bare quinn MB/s | ratio | ratio to bare stream written to a file | peak RSS of receiver |",
+        "| {} MiB on loopback, {} cores | time | MB/s | bare quinn MB/s | ratio | ratio to bare stream written to a file | CPU s per GiB | peak RSS of receiver |",
         size >> 20,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| bare quinn stream, 2 processes (run 1 / run 2) | {:.2} s / {:.2} s | {:.0} / {:.0} | | | | |",
-        bare1,
-        bare2,
-        mbps(size, bare1),
-        mbps(size, bare2)
+        "| bare quinn stream, 2 processes (run 1 / run 2) | {:.2} s / {:.2} s | {:.0} / {:.0} | | | | {:.2} / {:.2} | |",
+        bare1.secs,
+        bare2.secs,
+        mbps(size, bare1.secs),
+        mbps(size, bare2.secs),
+        bare1.cpu / gib(size),
+        bare2.cpu / gib(size),
     );
     println!(
-        "| bare quinn stream written to a file and synced | {:.2} s | {:.0} | | | | |",
-        bare_file,
-        mbps(size, bare_file)
+        "| bare quinn stream written to a file and synced | {:.2} s | {:.0} | | | | {:.2} | |",
+        bare_file.secs,
+        mbps(size, bare_file.secs),
+        bare_file.cpu / gib(size),
     );
     for r in rows {
         let rate = r.bytes as f64 / r.secs / 1e6;
         println!(
-            "| {} | {:.2} s | {:.0} | {:.0} | {:.2} | {:.2} | {} |",
+            "| {} | {:.2} s | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
             r.what,
             r.secs,
             rate,
             mbps(size, r.baseline),
             rate / (size as f64 / r.baseline / 1e6),
-            rate / mbps(size, bare_file),
+            rate / mbps(size, bare_file.secs),
+            r.cpu / gib(r.bytes),
             r.rss_kib
                 .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
                 .unwrap_or_else(|| "-".into())
         );
     }
     println!();
-    println!("Times are the transfer as the client reports it: for get, from asking for the manifest to the");
-    println!("file verified, synced and renamed; for put, from reading the file to every copy acknowledged.");
-    println!("RSS: put rows give the receiving node's peak; get rows the get process's peak.");
+    println!("Times are the transfer as the client reports it: for get, from looking for the holders to the");
+    println!("file verified, synced and renamed; for put, from reading the file to every copy acknowledged");
+    println!("(each chunk synced on the node before it acknowledges). CPU: busy seconds of the whole machine");
+    println!("(both sides) per GiB moved. RSS: put rows give a receiving node's peak; get rows the get process's.");
+}
+
+/// Prints the small-files rows.
+fn print_small(rows: &[(String, Timed)]) {
+    println!();
+    println!("| {SMALL_FILES} files of {SMALL_FILE} bytes, client and 1 node | time | files/s | CPU s | peak RSS of client |");
+    println!("|---|---|---|---|---|");
+    for (what, t) in rows {
+        println!(
+            "| {what} | {:.2} s | {:.0} | {:.2} | {} |",
+            t.secs,
+            SMALL_FILES as f64 / t.secs,
+            t.cpu,
+            t.rss_kib
+                .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
 }
 
 fn mbps(bytes: u64, secs: f64) -> f64 {
@@ -269,6 +400,22 @@ fn check_same(a: &Path, b: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks that the directory `b` holds the same files as `a`.
+fn check_same_dir(a: &Path, b: &Path) -> Result<()> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(a)? {
+        let name = entry?.file_name();
+        if std::fs::read(a.join(&name))? != std::fs::read(b.join(&name))? {
+            bail!("{} differs", b.join(&name).display());
+        }
+        n += 1;
+    }
+    if std::fs::read_dir(b)?.count() != n {
+        bail!("{} has other files than {}", b.display(), a.display());
+    }
+    Ok(())
+}
+
 /// Peak resident set of a process, from /proc.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -281,9 +428,10 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// Runs a client command to completion, polling its peak RSS. The time is the
 /// transfer time the client reports (`… in X s`), else the process's wall
 /// time; and what it printed.
-fn timed_client(exe: &Path, args: &[&str]) -> Result<(f64, Option<u64>, String)> {
+fn timed_client(exe: &Path, args: &[&str]) -> Result<Timed> {
     eprintln!("bench: quic-peer {}", args.join(" "));
     let start = Instant::now();
+    let cpu = busy_secs();
     let mut child = Command::new(exe)
         .args(args)
         .env("RUST_LOG", "warn")
@@ -308,7 +456,12 @@ fn timed_client(exe: &Path, args: &[&str]) -> Result<(f64, Option<u64>, String)>
                 .and_then(|l| l.split(" in ").nth(1))
                 .and_then(|r| r.split(" s").next())
                 .and_then(|v| v.trim().parse::<f64>().ok());
-            return Ok((reported.unwrap_or(secs), rss, out));
+            return Ok(Timed {
+                secs: reported.unwrap_or(secs),
+                cpu: busy_secs() - cpu,
+                rss_kib: rss,
+                out,
+            });
         }
         if let Some(r) = peak_rss_kib(child.id()) {
             rss = Some(r);
