@@ -1,6 +1,7 @@
 //! Sealing local files: a file or directory laid end to end in one stream,
 //! cut into chunks and each sealed ([`crate::proto::sealed`]) before it is
-//! stored or sent. One chunk is in memory at a time.
+//! stored or sent, on a few threads: at most two chunks per thread are in
+//! memory.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -106,30 +107,27 @@ pub fn seal_tree(
         }
     };
     let sealer = Sealer::new(&key);
-    let mut chunks = Vec::new();
     let mut stream = Stream::new(&files, stream_len, chunk_size);
-    let mut again = blake3::Hasher::new();
-    while let Some(loc) = stream.next_chunk() {
-        let mut data = read(&loc)?;
-        if expected.is_some() {
-            // Only a convergent key was made from the content.
-            again.update(&data);
+    let chunks = match expected {
+        // The plaintext is hashed in order as it is sealed.
+        Some(expected) => {
+            let mut again = blake3::Hasher::new();
+            let mut chunks = Vec::new();
+            while let Some(loc) = stream.next_chunk() {
+                let mut data = read(&loc)?;
+                again.update(&data);
+                sealer.seal_chunk(loc.index, &mut data);
+                chunks.push(sealed_chunk(loc, data, each)?);
+            }
+            if *expected.as_bytes() != *again.finalize().as_bytes() {
+                return Err(refuse(
+                    "it changed while it was being read; the put stopped, try again".into(),
+                ));
+            }
+            chunks
         }
-        sealer.seal_chunk(loc.index, &mut data);
-        let hash = Hash::of(&data);
-        let at = loc
-            .segments
-            .first()
-            .map(|s| s.path.clone())
-            .unwrap_or_default();
-        each(hash, &data, loc).map_err(|source| ChunkError::Io { path: at, source })?;
-        chunks.push(hash);
-    }
-    if expected.is_some_and(|h| *h.as_bytes() != *again.finalize().as_bytes()) {
-        return Err(refuse(
-            "it changed while it was being read; the put stopped, try again".into(),
-        ));
-    }
+        None => seal_all(&mut stream, &sealer, each)?,
+    };
     let body = sealed::body(chunk_size, stream_len, chunks);
     meta.check(&body).map_err(|e| refuse(e.to_string()))?;
     let manifest = Manifest::Sealed(SealedManifest {
@@ -308,6 +306,97 @@ fn walk(
         walk(&child, Some(index), depth + 1, entries, files)?;
     }
     Ok(())
+}
+
+/// Hands a sealed chunk to `each`; returns its hash.
+fn sealed_chunk(
+    loc: SealedLocation,
+    data: Vec<u8>,
+    each: &mut OnSealed<'_>,
+) -> Result<Hash, ChunkError> {
+    let hash = Hash::of(&data);
+    let at = loc
+        .segments
+        .first()
+        .map(|s| s.path.clone())
+        .unwrap_or_default();
+    each(hash, &data, loc).map_err(|source| ChunkError::Io { path: at, source })?;
+    Ok(hash)
+}
+
+/// Threads that read and seal chunks at once, at most.
+const SEALING_THREADS: usize = 4;
+
+/// Reads and seals every chunk of `stream` on up to [`SEALING_THREADS`]
+/// threads (reading, AES-GCM and BLAKE3 were one core's work, ahead of any
+/// byte sent), handing them to `each` in order; returns their hashes. At
+/// most two chunks per thread are in memory.
+fn seal_all(
+    stream: &mut Stream<'_>,
+    sealer: &Sealer,
+    each: &mut OnSealed<'_>,
+) -> Result<Vec<Hash>, ChunkError> {
+    type Sealed = (SealedLocation, Result<Vec<u8>, ChunkError>);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, SEALING_THREADS);
+    let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<SealedLocation>(threads);
+    let work_rx = std::sync::Mutex::new(work_rx);
+    let work_rx = &work_rx;
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Sealed>(threads);
+    // The closure owns the sending and receiving ends the threads wait on:
+    // when it returns, early on an error too, they are dropped and every
+    // thread ends.
+    std::thread::scope(move |s| {
+        let mut chunks = Vec::new();
+        for _ in 0..threads {
+            let done_tx = done_tx.clone();
+            s.spawn(move || loop {
+                let next = work_rx.lock().map(|rx| rx.recv());
+                let Ok(Ok(loc)) = next else {
+                    return;
+                };
+                let sealed = read(&loc).map(|mut data| {
+                    sealer.seal_chunk(loc.index, &mut data);
+                    data
+                });
+                if done_tx.send((loc, sealed)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(done_tx);
+        // At most 2 × threads chunks between the stream and `each`: the
+        // work queue and the done queue hold `threads` each, so neither
+        // side waits on the other forever.
+        let mut waiting = std::collections::BTreeMap::new();
+        let (mut sent, mut next) = (0u64, 0u64);
+        loop {
+            while sent - next < 2 * threads as u64 {
+                let Some(loc) = stream.next_chunk() else {
+                    break;
+                };
+                if work_tx.send(loc).is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            if next == sent {
+                return Ok(chunks);
+            }
+            let Ok((loc, sealed)) = done_rx.recv() else {
+                return Err(ChunkError::Io {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("a sealing thread failed"),
+                });
+            };
+            waiting.insert(loc.index, (loc, sealed));
+            while let Some((loc, sealed)) = waiting.remove(&next) {
+                chunks.push(sealed_chunk(loc, sealed?, each)?);
+                next += 1;
+            }
+        }
+    })
 }
 
 /// Cuts the files laid end to end (then zeros up to `len`) into chunks.
