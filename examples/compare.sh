@@ -8,7 +8,8 @@
 # /proc/stat: run it on an idle machine) and the ratio of get's speed to it.
 #
 #   bash examples/compare.sh [SIZE_MIB] [ROUNDS]     (defaults: 1024 and 3)
-#   HUGE=1 bash examples/compare.sh                  (adds 100,000 files, once)
+#   HUGE=1 bash examples/compare.sh                  (adds 100,000 files, once;
+#                                                    HUGE_PUBLIC=1: --public too, minutes)
 #
 # scp rows need /usr/sbin/sshd and scp (Debian: openssh-server); sendme rows
 # need `sendme` on PATH (or SENDME=/path/to/sendme). Rows without their tool
@@ -78,16 +79,21 @@ SCP=(scp -q -P 2299 -i "$WORK/ssh/client" -o StrictHostKeyChecking=no -o UserKno
 
 # sendme: one sender per payload, each in its own directory (it keeps its
 # blob store in the working directory); receivers write into the output.
-sendme_ticket() { # dir, path
+sendme_send() { # dir, path
   mkdir -p "$1"
   (cd "$1" && exec "$SENDME" send "$2" --relay disabled --ticket-type addresses --no-progress > send.log 2>&1) &
   PIDS+=($!)
+}
+sendme_ticket() { # dir
   for _ in $(seq 300); do grep -qo 'blob[a-z0-9]*' "$1/send.log" 2>/dev/null && break; sleep 0.1; done
   grep -o 'blob[a-z0-9]*' "$1/send.log" | head -1
 }
 if [ -n "$SENDME" ]; then
-  BIG_TICKET=$(sendme_ticket "$WORK/sendme-big" "$WORK/big.bin")
-  SMALL_TICKET=$(sendme_ticket "$WORK/sendme-small" "$WORK/small")
+  sendme_send "$WORK/sendme-big" "$WORK/big.bin"
+  sendme_send "$WORK/sendme-small" "$WORK/small"
+  BIG_TICKET=$(sendme_ticket "$WORK/sendme-big")
+  SMALL_TICKET=$(sendme_ticket "$WORK/sendme-small")
+  SENDME_ROW="sendme $("$SENDME" --version | cut -d' ' -f2), relay off"
 fi
 sendme_get() { mkdir -p "$WORK/out" && cd "$WORK/out" && "$SENDME" receive "$1" --relay disabled --no-progress; }
 
@@ -109,7 +115,7 @@ run() { # name, command...
 }
 get() { "$QP" get $1 -o "$WORK/out" --bootstrap "$HOLDER"; }
 
-BIG_ROWS=("bare quinn stream, bytes discarded" "quic-peer get (encrypted)" "quic-peer get (--public)")
+BIG_ROWS=("quic-peer get (encrypted)" "quic-peer get (--public)" "bare quinn stream, bytes discarded")
 SMALL_ROWS=("quic-peer get (encrypted), small files" "quic-peer get (--public), small files")
 for r in $(seq 1 "$ROUNDS"); do
   run "bare quinn stream, bytes discarded" "$QP" bench-bare --size-mib "$SIZE_MIB"
@@ -120,7 +126,7 @@ for r in $(seq 1 "$ROUNDS"); do
     run "scp (aes128-gcm), then sync" sh -c "$(printf '%q ' "${SCP[@]}") -c aes128-gcm@openssh.com root@127.0.0.1:$WORK/big.bin $WORK/out && sync"
     run "scp (default cipher)" "${SCP[@]}" "root@127.0.0.1:$WORK/big.bin" "$WORK/out"
   fi
-  [ -n "$SENDME" ] && run "sendme $("$SENDME" --version | cut -d' ' -f2), relay off" sendme_get "$BIG_TICKET"
+  [ -n "$SENDME" ] && run "$SENDME_ROW" sendme_get "$BIG_TICKET"
   run "quic-peer get (encrypted), small files" get "$SMALL_SEALED"
   run "quic-peer get (--public), small files" get "$SMALL_PUBLIC"
   if [ $HAVE_SSH = 1 ]; then
@@ -129,9 +135,9 @@ for r in $(seq 1 "$ROUNDS"); do
   [ -n "$SENDME" ] && run "sendme, small files" sendme_get "$SMALL_TICKET"
 done
 [ $HAVE_SSH = 1 ] && BIG_ROWS+=("scp (aes128-gcm)" "scp (aes128-gcm), then sync" "scp (default cipher)") && SMALL_ROWS+=("scp -r, small files")
-[ -n "$SENDME" ] && BIG_ROWS+=("sendme $("$SENDME" --version | cut -d' ' -f2), relay off") && SMALL_ROWS+=("sendme, small files")
+[ -n "$SENDME" ] && BIG_ROWS+=("$SENDME_ROW") && SMALL_ROWS+=("sendme, small files")
 
-table() { # bytes, rows...
+table() { # bytes, rows... (the first is the base of the ratios)
   local bytes=$1; shift
   local base
   base=$(echo ${T["$1"]} | tr ' ' '\n' | median)
@@ -145,11 +151,12 @@ table() { # bytes, rows...
   done
 }
 echo
-echo "Ratio: this row's time over the first quic-peer row's (above 1: quic-peer is faster). CPU: busy seconds of the machine per GiB."
+echo "Ratio: this row's time over the first row's of its table (above 1: that quic-peer get is faster)."
+echo "CPU: busy seconds of the whole machine (sender and receiver) per GiB moved."
 echo
 printf '| %-40s | %8s | %8s | %8s | %8s |\n' transfer seconds "MB/s" "CPU s/GiB" "ratio"
 printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..42})" ---------- ---------- ---------- ----------
-table $((SIZE_MIB << 20)) "quic-peer get (encrypted)" "${BIG_ROWS[@]}"
+table $((SIZE_MIB << 20)) "${BIG_ROWS[@]}"
 table $((SMALL_FILES * 4096)) "${SMALL_ROWS[@]}"
 
 if [ "${HUGE:-0}" = 1 ]; then
@@ -165,7 +172,7 @@ for d in range(100):
         with open(f"{p}/f{i}", "wb") as f:
             f.write(os.urandom(1024))
 PY
-  for mode in "" --public; do
+  for mode in "" ${HUGE_PUBLIC:+--public}; do
     t0=$(date +%s.%N); id=$(put_target "$WORK/huge" $mode); t1=$(date +%s.%N)
     echo "- put ${mode:-(encrypted)}: $(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") s"
     rm -rf "$WORK/out"; run "huge" get "$id"
