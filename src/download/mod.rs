@@ -462,7 +462,33 @@ async fn write_tree(
             },
         }
     }
-    // The small files are synced and renamed together once all are in.
+    write_small(providers, shared, small, out, opts, progress).await?;
+    for (action, f, path) in large.into_iter().chain(copies) {
+        write_file(
+            providers,
+            shared,
+            action,
+            f,
+            &path,
+            opts,
+            progress,
+            Commit::Now,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Fetches the one-chunk files `small` of a tree [`FILES_AT_ONCE`] at a
+/// time, then syncs and renames them together.
+async fn write_small(
+    providers: &[Provider],
+    shared: &Arc<Shared>,
+    small: Vec<(Action<'_>, &FileManifest, PathBuf)>,
+    out: &Path,
+    opts: &DownloadOptions,
+    progress: &Arc<dyn Progress>,
+) -> Result<(), DownloadError> {
     let batch = Mutex::new(Vec::new());
     let later = Commit::Later(&batch);
     let mut small = small.into_iter();
@@ -481,6 +507,7 @@ async fn write_tree(
             None => break,
         }
     }
+    drop(running);
     let batch = std::mem::take(&mut *lock(&batch));
     let root = out.to_path_buf();
     blocking(root.clone(), move || {
@@ -488,21 +515,7 @@ async fn write_tree(
         let paths: Vec<PathBuf> = batch.into_iter().map(|(p, _)| p).collect();
         file::commit(&root, &paths, bytes)
     })
-    .await?;
-    for (action, f, path) in large.into_iter().chain(copies) {
-        write_file(
-            providers,
-            shared,
-            action,
-            f,
-            &path,
-            opts,
-            progress,
-            Commit::Now,
-        )
-        .await?;
-    }
-    Ok(())
+    .await
 }
 
 /// [`write_file`] with the path owned, for files written at once.
