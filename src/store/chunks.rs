@@ -56,9 +56,10 @@ impl Store {
         }
     }
 
-    /// Reads a stored chunk and verifies it: a chunk whose bytes do not hash to
-    /// its name (or that is larger than any chunk can be) is deleted, and is
-    /// reported as absent. Never returns bytes that fail verification.
+    /// Reads a stored chunk and verifies it (unless this store hashed the same
+    /// file in the last ten minutes: `verified`): a chunk whose bytes do not
+    /// hash to its name (or that is larger than any chunk can be) is
+    /// deleted, and is reported as absent.
     pub fn read_chunk(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(mut reader) = self.open_chunk(hash)? else {
             return Ok(None);

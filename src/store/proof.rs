@@ -61,7 +61,8 @@ impl Store {
         })
     }
 
-    /// Bytes `start..end` of a stored chunk, reading it whole to verify it:
+    /// Bytes `start..end` of a stored chunk, reading it whole to verify it
+    /// (unless verified in the last minutes):
     /// `None` if the chunk is not stored (or failed verification, and is
     /// gone now), `Some(None)` if the range is not inside it.
     fn chunk_range(

@@ -10,8 +10,11 @@
 //! What this gives up: media corruption that strikes a chunk inside that
 //! window is served until the window ends. The reader verifies every chunk
 //! anyway (it never stores or writes a bad one), so the cost is a peer that
-//! scores this node down, not a bad byte accepted; a file replaced or
-//! rewritten on disk changes its inode or modification time and is hashed.
+//! scores this node down, a proof of possession that fails (the file is
+//! judged not held here, as it would be once the chunk is found bad), and a
+//! repair up to ten minutes later: not a bad byte accepted. A file
+//! replaced or rewritten on disk changes its inode or modification time and
+//! is hashed.
 //! The table holds at most [`MAX_ENTRIES`] chunks.
 
 use std::collections::HashMap;
