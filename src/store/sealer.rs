@@ -336,31 +336,35 @@ fn seal_all(
     sealer: &Sealer,
     each: &mut OnSealed<'_>,
 ) -> Result<Vec<Hash>, ChunkError> {
-    type Sealed = (SealedLocation, Result<Vec<u8>, ChunkError>);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, SEALING_THREADS);
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<SealedLocation>(threads);
     let work_rx = std::sync::Mutex::new(work_rx);
     let work_rx = &work_rx;
-    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Sealed>(threads);
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(threads);
     // The closure owns the sending and receiving ends the threads wait on:
     // when it returns, early on an error too, they are dropped and every
     // thread ends.
     std::thread::scope(move |s| {
         let mut chunks = Vec::new();
         for _ in 0..threads {
-            let done_tx = done_tx.clone();
+            let mut guard = Unwinding {
+                done: done_tx.clone(),
+                loc: None,
+            };
             s.spawn(move || loop {
                 let next = work_rx.lock().map(|rx| rx.recv());
                 let Ok(Ok(loc)) = next else {
                     return;
                 };
+                guard.loc = Some(loc.clone());
                 let sealed = read(&loc).map(|mut data| {
                     sealer.seal_chunk(loc.index, &mut data);
                     data
                 });
-                if done_tx.send((loc, sealed)).is_err() {
+                guard.loc = None;
+                if guard.done.send((loc, sealed)).is_err() {
                     return;
                 }
             });
@@ -397,6 +401,26 @@ fn seal_all(
             }
         }
     })
+}
+
+/// A sealing thread's chunk in hand: if the thread panics with it, the
+/// chunk comes back as an error, or the loop that waits for it in order
+/// would wait forever.
+struct Unwinding {
+    done: std::sync::mpsc::SyncSender<(SealedLocation, Result<Vec<u8>, ChunkError>)>,
+    loc: Option<SealedLocation>,
+}
+
+impl Drop for Unwinding {
+    fn drop(&mut self) {
+        if let Some(loc) = self.loc.take() {
+            let failed = ChunkError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other("a sealing thread failed"),
+            };
+            let _ = self.done.send((loc, Err(failed)));
+        }
+    }
 }
 
 /// Cuts the files laid end to end (then zeros up to `len`) into chunks.
