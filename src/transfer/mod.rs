@@ -563,9 +563,10 @@ fn store_refusal(e: StoreError) -> Response {
 
 /// Serves a chunk from disk piece by piece: one piece in memory at a time,
 /// counted against `budget`, each handed to quinn within [`PIECE_DEADLINE`].
-/// The last piece is sent only once the whole chunk hashed right; a chunk
-/// that fails is deleted and the stream reset, so the asker goes to another
-/// holder without blaming this one.
+/// The last piece is sent only once the whole chunk hashed right (or was
+/// verified in the last minutes: [`Store::read_chunk`]); a chunk that fails
+/// is deleted and the stream reset, so the asker goes to another holder
+/// without blaming this one.
 async fn send_chunk(
     store: Option<Store>,
     budget: &Account,
@@ -702,9 +703,10 @@ async fn request(
         match request_once(conn, request, body.clone()).await {
             Err(e) if is_rate_limited(&e) => {
                 // Refused before the peer read anything: ask again once its
-                // token bucket has refilled a little. The caller's timeout
-                // bounds the whole.
-                tokio::time::sleep(pause).await;
+                // token bucket has refilled a little, at a random point of
+                // the pause so that requests refused together do not come
+                // back together. The caller's timeout bounds the whole.
+                tokio::time::sleep(pause.mul_f64(rand::random_range(0.5..1.0))).await;
                 pause = (pause * 2).min(RATE_LIMITED_PAUSE_MAX);
             }
             other => return other,
@@ -714,7 +716,7 @@ async fn request(
 
 /// The first and the longest pause before asking again a peer that refused
 /// a request stream as over its rate ([`ErrorCode::RateLimited`]).
-const RATE_LIMITED_PAUSE: Duration = Duration::from_millis(20);
+const RATE_LIMITED_PAUSE: Duration = Duration::from_millis(50);
 const RATE_LIMITED_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// Whether the peer refused the request stream as over its rate: it resets
