@@ -226,8 +226,10 @@ impl WriterThread {
             self.unsynced = 0;
             let _ = self.file.sync_data();
         }
+        // Kept within the reorder budget too, whatever the chunk size.
         let mut spare = lock(&self.spare);
-        if spare.len() < SPARE_BUFFERS {
+        let kept = (spare.len() as u64 + 1).saturating_mul(data.capacity() as u64);
+        if spare.len() < SPARE_BUFFERS && kept <= self.reorder_bytes {
             spare.push(data);
         }
     }
@@ -252,10 +254,29 @@ pub(super) fn sync_files(paths: &[PathBuf], bytes: u64) -> std::io::Result<()> {
     let Some(first) = paths.first() else {
         return Ok(());
     };
-    if unwritten_bytes().is_some_and(|u| u.saturating_sub(bytes) <= SYNCFS_MAX_OTHER) {
+    let little_else =
+        unwritten_bytes().is_some_and(|u| u.saturating_sub(bytes) <= SYNCFS_MAX_OTHER);
+    if little_else && on_one_file_system(paths)? {
         return rustix::fs::syncfs(File::open(first)?).map_err(std::io::Error::from);
     }
     sync_each(paths)
+}
+
+/// Whether the directories of `paths` are all on one file system (a tree
+/// may cross a mount point): one `syncfs` covers only its own.
+fn on_one_file_system(paths: &[PathBuf]) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let dirs: std::collections::BTreeSet<&Path> = paths.iter().filter_map(|p| p.parent()).collect();
+    let mut devs = std::collections::BTreeSet::new();
+    for d in dirs {
+        let d = if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        };
+        devs.insert(std::fs::metadata(d)?.dev());
+    }
+    Ok(devs.len() <= 1)
 }
 
 /// An fsync of each of `paths`, from [`SYNC_THREADS`] threads. Blocking.
