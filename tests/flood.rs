@@ -762,3 +762,40 @@ async fn a_peer_cannot_open_more_streams_than_max_streams() {
     ));
     a.shutdown().await;
 }
+
+/// A `--public` tree of many small files is a request per file and per
+/// manifest: more than a node admits from one peer. The putter and the
+/// getter are refused, pause, ask again, and both finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_of_more_requests_than_the_rate_admits_still_goes_both_ways() {
+    let slow = |c: &mut NodeConfig| {
+        c.max_requests_per_sec = 50;
+        c.request_burst = 20;
+    };
+    let holder = common::store_node_with(&[], slow).await;
+    let owner = common::store_node_with(&[&holder.node], slow).await;
+    let getter = common::store_node_with(&[&holder.node], slow).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("many");
+    std::fs::create_dir(&tree).unwrap();
+    for i in 0..80u64 {
+        std::fs::write(tree.join(format!("f{i}")), common::random_bytes(512, i)).unwrap();
+    }
+    // About 160 requests to the holder (a manifest and a chunk per file).
+    let t = Instant::now();
+    let report = common::put(&owner.node, &tree, 1).await;
+    println!("put of 80 files at 50 requests/s: {:?}", t.elapsed());
+    let out = dir.path().join("back");
+    let t = Instant::now();
+    common::get_to(&getter.node, report.id, &out)
+        .await
+        .expect("get");
+    println!("get of 80 files at 50 requests/s: {:?}", t.elapsed());
+    common::assert_same_tree(&tree, &out);
+    // Refused and asking again in turn, neither went so far beyond the
+    // rate that the holder closed its connection.
+    let holder_id = holder.node.id();
+    assert!(common::connected(&owner.node, holder_id));
+    assert!(common::connected(&getter.node, holder_id));
+    common::shutdown(vec![getter, owner, holder]).await;
+}

@@ -693,25 +693,55 @@ async fn receive_manifest<R: AsyncRead + Unpin>(
 /// peer refuses the stream as over its request rate, asks again after a
 /// pause (a `--public` tree of many files is a request per file and per
 /// manifest, faster than a node admits from one peer).
+///
+/// Refused requests to one peer take turns ([`retry_turn`]): the one whose
+/// turn it is asks again after its pause, the others wait behind it. Each
+/// asking on its own, the many requests of one get (16 manifests, 16 files
+/// of 4 workers) came back as a storm of refusals, and a node closes the
+/// connection of a peer that goes far beyond its rate.
 async fn request(
     conn: &Connection,
     request: &Request,
     body: Option<Bytes>,
 ) -> Result<(Response, quinn::RecvStream), FetchError> {
-    let mut pause = RATE_LIMITED_PAUSE;
+    match request_once(conn, request, body.clone()).await {
+        Err(e) if is_rate_limited(&e) => {}
+        other => return other,
+    }
+    let turn = retry_turn(conn);
+    let _turn = turn.lock().await;
+    // Whoever had the turn before may have waited for the bucket already.
+    let mut pause = Duration::ZERO;
     loop {
+        // At a random point of the pause, so that peers refused together
+        // do not come back together. The caller's timeout bounds the whole.
+        tokio::time::sleep(pause.mul_f64(rand::random_range(0.5..1.0))).await;
         match request_once(conn, request, body.clone()).await {
             Err(e) if is_rate_limited(&e) => {
-                // Refused before the peer read anything: ask again once its
-                // token bucket has refilled a little, at a random point of
-                // the pause so that requests refused together do not come
-                // back together. The caller's timeout bounds the whole.
-                tokio::time::sleep(pause.mul_f64(rand::random_range(0.5..1.0))).await;
-                pause = (pause * 2).min(RATE_LIMITED_PAUSE_MAX);
+                pause = (pause * 2).clamp(RATE_LIMITED_PAUSE, RATE_LIMITED_PAUSE_MAX);
             }
             other => return other,
         }
     }
+}
+
+/// The lock refused requests to the peer of `conn` take turns on.
+fn retry_turn(conn: &Connection) -> Arc<tokio::sync::Mutex<()>> {
+    use std::sync::{Mutex, OnceLock, Weak};
+    type Turns = Mutex<std::collections::HashMap<usize, Weak<tokio::sync::Mutex<()>>>>;
+    static TURNS: OnceLock<Turns> = OnceLock::new();
+    let mut turns = TURNS
+        .get_or_init(Turns::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(turn) = turns.get(&conn.stable_id()).and_then(Weak::upgrade) {
+        return turn;
+    }
+    // Connections with no request waiting are forgotten.
+    turns.retain(|_, t| t.strong_count() > 0);
+    let turn = Arc::new(tokio::sync::Mutex::new(()));
+    turns.insert(conn.stable_id(), Arc::downgrade(&turn));
+    turn
 }
 
 /// The first and the longest pause before asking again a peer that refused
