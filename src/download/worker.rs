@@ -1,6 +1,6 @@
 //! A worker: one of the `per_peer` loops that fetch one file's chunks from one
 //! provider. It takes a chunk from the file's [`Queue`], fetches it (the bytes
-//! are verified against the chunk's hash by [`fetch_chunk_into`]), hands the first
+//! are verified against the chunk's hash by [`fetch_chunk`]), hands the first
 //! copy to the [`Writer`], and reports a failure to the queue (for another
 //! provider to try) and to the peer's score.
 //!
@@ -21,7 +21,7 @@ use crate::download::writer::Writer;
 use crate::download::{Progress, Provider};
 use crate::proto::manifest::FileManifest;
 use crate::proto::sealed::{Sealer, TAG_LEN};
-use crate::transfer::{fetch_chunk_into, FetchError};
+use crate::transfer::{fetch_chunk, FetchError};
 
 /// What every worker on one file shares.
 #[derive(Clone)]
@@ -123,7 +123,7 @@ async fn fetch(p: &Provider, job: &Job, i: usize) -> Option<Result<Vec<u8>, Fetc
     let _asked = InFlight::new(&job.shared, len as u64);
     let buf = job.writer.buffer();
     tokio::select! {
-        r = fetch_chunk_into(&p.conn, hash, len as u64, job.timeout, buf) => Some(r),
+        r = fetch_chunk(&p.conn, hash, len as u64, job.timeout, buf) => Some(r),
         _ = job.all_in.cancelled() => None,
     }
 }

@@ -881,18 +881,10 @@ async fn read_hashed(
 /// another size than `len` is [`FetchError::WrongSize`]: either the manifest
 /// that gave `len` is wrong or the peer is, and only the hash could tell, so
 /// it blames no one.
+///
+/// The bytes go into `buf`, a buffer to reuse (its contents are dropped;
+/// `Vec::new()` for none).
 pub async fn fetch_chunk(
-    conn: &Connection,
-    hash: Hash,
-    len: u64,
-    timeout: Duration,
-) -> Result<Vec<u8>, FetchError> {
-    fetch_chunk_into(conn, hash, len, timeout, Vec::new()).await
-}
-
-/// [`fetch_chunk`] into `buf`, a buffer to reuse (its contents are
-/// dropped).
-pub async fn fetch_chunk_into(
     conn: &Connection,
     hash: Hash,
     len: u64,
