@@ -20,10 +20,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::download::file::{download_file, Commit, Sealing};
+use crate::download::file::{commit, download_file, Commit, Sealing};
 use crate::download::plan::{check_dir, check_file, check_space};
 use crate::download::shared::{lock, Shared};
-use crate::download::writer::{is_finished, sync_dirs, sync_files};
+use crate::download::writer::is_finished;
 use crate::download::{io, part_path, DownloadError, DownloadOptions, Progress, Provider};
 use crate::proto::manifest::{FileManifest, SealedManifest};
 use crate::proto::sealed::{EntryKind, FileKey, Meta, Sealer};
@@ -209,7 +209,8 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 /// Writes the tree's directories and files from the finished stream
 /// `whole`: each file from its range, as `NAME.part`; then all of them
-/// synced together ([`sync_files`]), renamed, and their directories synced.
+/// committed together ([`commit`]: synced, renamed, their directories
+/// synced).
 /// Returns the files written. Blocking.
 ///
 /// Not a sync each as it is written: unpacking 100,000 files of 1 KiB took
@@ -222,19 +223,15 @@ fn unpack(meta: &Meta, paths: &[PathBuf], whole: &Path) -> Result<usize, Downloa
     }
     let stream = File::open(whole).map_err(io(whole))?;
     let files = meta.files();
-    let mut parts = Vec::with_capacity(files.len());
+    let mut written = Vec::with_capacity(files.len());
     for f in &files {
-        let part = part_path(&paths[f.entry]);
+        let path = &paths[f.entry];
+        let part = part_path(path);
         let mut to = File::create(&part).map_err(io(&part))?;
         copy_range(&stream, f.offset, f.size, &mut to).map_err(io(&part))?;
-        parts.push(part);
+        written.push(path.clone());
     }
-    sync_files(&parts, meta.content_len()).map_err(io(whole))?;
-    for (f, part) in files.iter().zip(&parts) {
-        let path = &paths[f.entry];
-        std::fs::rename(part, path).map_err(io(path))?;
-    }
-    sync_dirs(files.iter().map(|f| paths[f.entry].as_path())).map_err(io(whole))?;
+    commit(whole, &written, meta.content_len())?;
     Ok(files.len())
 }
 
