@@ -498,9 +498,9 @@ async fn write_small(
             let Some((action, f, path)) = small.next() else {
                 break;
             };
-            running.push(write_item(
-                providers, shared, action, f, path, opts, progress, later,
-            ));
+            running.push(async move {
+                write_file(providers, shared, action, f, &path, opts, progress, later).await
+            });
         }
         match running.next().await {
             Some(done) => done?,
@@ -516,21 +516,6 @@ async fn write_small(
         file::commit(&root, &paths, bytes)
     })
     .await
-}
-
-/// [`write_file`] with the path owned, for files written at once.
-#[allow(clippy::too_many_arguments)]
-async fn write_item(
-    providers: &[Provider],
-    shared: &Arc<Shared>,
-    action: Action<'_>,
-    f: &FileManifest,
-    path: PathBuf,
-    opts: &DownloadOptions,
-    progress: &Arc<dyn Progress>,
-    commit: Commit<'_>,
-) -> Result<(), DownloadError> {
-    write_file(providers, shared, action, f, &path, opts, progress, commit).await
 }
 
 /// Writes the file `f` to `path` as `action` says: kept as it is, fetched
