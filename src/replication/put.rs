@@ -234,6 +234,7 @@ impl Replication {
         let start = Instant::now();
         let replicas = opts.replicas;
         let (tree, source, key) = self.chunk(path, opts).await?;
+        debug!(file = %tree.root.fmt_short(), secs = start.elapsed().as_secs_f64(), "cut into chunks");
         let mut placement = Placement {
             holders: Vec::new(),
             failures: Vec::new(),
