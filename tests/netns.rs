@@ -19,21 +19,17 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::netns::{self, Host, Namespaces, T};
 use quic_peer::NodeId;
 
 /// Hosts in the network.
 const HOSTS: usize = 6;
 /// The UDP port every node listens on (each host has its own port space).
 const PORT: u16 = 7000;
-/// Time allowed for any one thing to happen.
-const T: Duration = Duration::from_secs(20);
 /// Idle timeout given to every node: how long a pulled cable goes unnoticed.
 const IDLE_TIMEOUT_SECS: &str = "3";
 
@@ -47,31 +43,13 @@ fn lan_addr(i: usize) -> String {
     SocketAddr::from((host_ip(i), PORT)).to_string()
 }
 
-/// The effective user id, from `/proc/self/status`.
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// The iproute2 `ip` binary: on `PATH`, or in the sbin directories that a
-/// non-login root shell may not have on it.
-fn find_ip() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join("ip"))
-        .find(|p| p.is_file())
-}
-
 /// The virtual network: a switch namespace with bridge `br0`, and per host a
 /// namespace whose `eth0` is a veth whose other end, `pN`, is a port of the
-/// bridge. Dropping it deletes every namespace it made, which deletes the veths
-/// with them, also when the test panics.
+/// bridge.
 struct Net {
-    ip: PathBuf,
-    /// Namespaces made so far: the switch first, then the hosts.
-    namespaces: Vec<String>,
+    ns: Namespaces,
+    switch: String,
+    hosts: Vec<String>,
 }
 
 impl Net {
@@ -79,119 +57,44 @@ impl Net {
     /// no `ip`, or any `ip` command failing (namespaces, veths or bridges not
     /// allowed here). What was made before a failure is deleted on drop.
     fn create(hosts: usize) -> Result<Net, String> {
-        match effective_uid() {
-            Some(0) => {}
-            Some(uid) => return Err(format!("not running as root (uid {uid})")),
-            None => return Err("cannot tell whether this runs as root".into()),
-        }
-        let ip = find_ip().ok_or("iproute2 `ip` not found")?;
-        // The process id keeps parallel runs, and leftovers of killed ones, apart.
-        let tag = format!("qpnet{}", std::process::id());
-        let mut net = Net {
-            ip,
-            namespaces: Vec::new(),
-        };
-        net.add_namespace(format!("{tag}-sw"))?;
-        let sw = net.switch().to_string();
-        net.ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-        net.ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        let mut ns = Namespaces::new("qpnet")?;
+        let switch = ns.add("sw")?;
+        ns.ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        ns.ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+        let mut names = Vec::new();
         for i in 0..hosts {
-            let ns = format!("{tag}-h{i}");
-            net.add_namespace(ns.clone())?;
+            let host = ns.add(&format!("h{i}"))?;
             let port = format!("p{i}");
             let cidr = format!("{}/24", host_ip(i));
-            net.ip(&[
-                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
-            net.ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
-            net.ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
-            net.ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ns.link((&switch, &port, None), (&host, "eth0", Some(&cidr)))?;
+            ns.ip(&["-n", &switch, "link", "set", &port, "master", "br0"])?;
+            names.push(host);
         }
-        Ok(net)
-    }
-
-    /// Adds a namespace (remembered for cleanup) and brings its `lo` up.
-    fn add_namespace(&mut self, ns: String) -> Result<(), String> {
-        self.ip(&["netns", "add", &ns])?;
-        let lo = self.ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        self.namespaces.push(ns);
-        lo
-    }
-
-    fn switch(&self) -> &str {
-        &self.namespaces[0]
-    }
-
-    fn host(&self, i: usize) -> &str {
-        &self.namespaces[1 + i]
-    }
-
-    /// Runs `ip ARGS`; the error says what failed and what `ip` said.
-    fn ip(&self, args: &[&str]) -> Result<(), String> {
-        let out = Command::new(&self.ip)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.ip.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "`ip {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        Ok(Net {
+            ns,
+            switch,
+            hosts: names,
+        })
     }
 
     /// Plugs host `i`'s cable in or pulls it, at the switch's end.
     fn set_cable(&self, i: usize, up: bool) {
         let state = if up { "up" } else { "down" };
-        self.ip(&["-n", self.switch(), "link", "set", &format!("p{i}"), state])
+        self.ns
+            .ip(&["-n", &self.switch, "link", "set", &format!("p{i}"), state])
             .expect("set the switch port");
     }
-}
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in self.namespaces.iter().rev() {
-            if let Err(e) = self.ip(&["netns", "del", ns]) {
-                eprintln!("netns cleanup: {e}");
-            }
-        }
-    }
-}
-
-/// One `quic-peer` node running in its host's namespace; its stdout lines
-/// arrive on a channel, its log goes to a file quoted when something fails.
-struct Host {
-    index: usize,
-    id: NodeId,
-    proc: common::Proc,
-    log: PathBuf,
-}
-
-impl Host {
-    /// Starts node `i` in its namespace (`ip netns exec` execs the binary, so
-    /// the child is the node itself). Every node binds `0.0.0.0`, as the README
-    /// suggests, and must learn its address from the peers that see it: the
-    /// first node from the address it is dialed at, the others from WELCOME.
-    fn start(net: &Net, i: usize, work: &Path, bootstrap: Option<&str>) -> Host {
-        let data = work.join(format!("h{i}"));
-        let log = work.join(format!("h{i}.log"));
-        let ip = Ipv4Addr::UNSPECIFIED;
-        let listen = SocketAddr::from((ip, PORT)).to_string();
-        let data_arg = data.display().to_string();
+    /// Starts node `i` in its namespace. Every node binds `0.0.0.0`, as the
+    /// README suggests, and announces the address peers dial it back at.
+    fn start(&self, i: usize, work: &Path, bootstrap: Option<&str>) -> Host {
+        let data = work.join(format!("h{i}")).display().to_string();
+        let listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)).to_string();
         let mut args = vec![
-            "netns",
-            "exec",
-            net.host(i),
-            env!("CARGO_BIN_EXE_quic-peer"),
             "--listen",
             &listen,
             "--data-dir",
-            &data_arg,
+            &data,
             "--idle-timeout",
             IDLE_TIMEOUT_SECS,
             "--gossip-interval",
@@ -200,133 +103,9 @@ impl Host {
         if let Some(b) = bootstrap {
             args.extend(["--bootstrap", b]);
         }
-        let mut cmd = Command::new(&net.ip);
-        cmd.args(&args)
-            .env("RUST_LOG", "warn,quic_peer=info")
-            .stderr(File::create(&log).expect("log file"));
-        let mut host = Host {
-            index: i,
-            id: NodeId::from_bytes([0; 32]),
-            proc: common::Proc::from_command(cmd),
-            log,
-        };
-        let started = host.expect_line("[STARTED] Peer active on ", T);
-        let (addr, id) = common::parse_started(&started);
-        assert_eq!(addr.to_string(), listen, "h{i} listens where it was told");
-        host.id = id;
-        host
+        let log = work.join(format!("h{i}.log"));
+        Host::start(&self.ns, &self.hosts[i], &format!("h{i}"), &args, &log)
     }
-
-    /// Waits for a stdout line for which `pred` holds; returns it.
-    fn expect(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.proc.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.proc.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                    panic!(
-                        "h{}: no {what} within {timeout:?}\n--- stdout (last 40 lines) ---\n{}\n--- log (last 40 lines) ---\n{}",
-                        self.index,
-                        tail(&self.proc.seen.join("\n"), 40),
-                        tail(&log, 40)
-                    )
-                }
-            }
-        }
-    }
-
-    /// Waits for a stdout line containing `needle`; returns it.
-    fn expect_line(&mut self, needle: &str, timeout: Duration) -> String {
-        self.expect(&format!("line containing {needle:?}"), timeout, |l| {
-            l.contains(needle)
-        })
-    }
-
-    /// Forgets the lines printed so far, so that later waits see only new ones.
-    fn drain(&mut self) {
-        while let Ok(line) = self.proc.lines.try_recv() {
-            self.proc.seen.push(line);
-        }
-    }
-
-    /// Types a command on the node's standard input.
-    fn send(&mut self, line: &str) {
-        let stdin = self.proc.child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{line}").expect("write to stdin");
-        stdin.flush().expect("flush stdin");
-    }
-
-    /// The address the node gives others for itself (the `id` command).
-    fn advertised(&mut self) -> String {
-        self.send("id");
-        let line = self.expect_line(&format!("{}@", self.id), T);
-        let (_, addr) = line.trim().split_once('@').expect("ID@ADDR");
-        addr.to_string()
-    }
-
-    /// The `peers` command: connected full nodes, each with the addresses this
-    /// node has for it.
-    fn peers(&mut self) -> Vec<(NodeId, Vec<String>)> {
-        self.send("peers");
-        let summary = self.expect_line(" connected, ", T);
-        let listed: usize = summary
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|w| !w.is_empty())
-            .map(|n| n.parse::<usize>().expect("count"))
-            .sum();
-        let mut peers = Vec::new();
-        for _ in 0..listed {
-            let line = self.expect("peer table row", T, |l| l.starts_with("  "));
-            if !line.contains("connected (") || line.contains(" client ") {
-                continue;
-            }
-            let mut words = line.split_whitespace();
-            let id = words.next().expect("id").parse().expect("node id");
-            // The row ends with the addresses, comma-separated, if it has any.
-            let addrs = match words.last() {
-                Some("ago") | None => Vec::new(),
-                Some(list) => list.split(',').map(str::to_string).collect(),
-            };
-            peers.push((id, addrs));
-        }
-        peers
-    }
-
-    /// Whether `files` lists `id` as held in full.
-    fn holds(&mut self, id: &str) -> bool {
-        self.send("files");
-        let summary = self.expect_line(" files, ", T);
-        let count: usize = summary
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .expect("file count");
-        let rows: Vec<String> = (0..count)
-            .map(|_| self.expect("files row", T, |l| l.starts_with("  ")))
-            .collect();
-        rows.iter()
-            .any(|row| row.contains(id) && !row.contains("(incomplete)"))
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.proc.child.kill();
-        let _ = self.proc.child.wait();
-    }
-}
-
-/// The last `n` lines of `text`.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Everything one run owns, dropped in this order: the nodes are killed before
@@ -362,7 +141,13 @@ impl Cluster {
         let deadline = Instant::now() + T;
         loop {
             let views: Vec<_> = self.hosts.iter_mut().map(Host::peers).collect();
-            if views.iter().all(|v| v.len() == HOSTS - 1) {
+            // A node announces its address once dialed back: a moment after
+            // it connected.
+            let known_by_lan =
+                |(id, addrs): &(NodeId, Vec<String>)| *addrs == vec![lan_addr(self.index_of(id))];
+            let settled = views.iter().flatten().all(known_by_lan);
+            if views.iter().all(|v| v.len() == HOSTS - 1) && (settled || Instant::now() >= deadline)
+            {
                 for (i, view) in views.iter().enumerate() {
                     for (id, addrs) in view {
                         let j = self.index_of(id);
@@ -464,14 +249,7 @@ fn six_hosts_share_files_and_survive_a_pulled_cable() {
     let start = Instant::now();
     let net = match Net::create(HOSTS) {
         Ok(net) => net,
-        Err(why) => {
-            assert!(
-                std::env::var_os("QUIC_PEER_REQUIRE_NETNS").is_none(),
-                "QUIC_PEER_REQUIRE_NETNS is set, but: {why}"
-            );
-            eprintln!("skipping netns test: {why}");
-            return;
-        }
+        Err(why) => return netns::skip("netns", "QUIC_PEER_REQUIRE_NETNS", &why),
     };
     let work = tempfile::tempdir().expect("tempdir");
     let mut c = Cluster {
@@ -482,15 +260,15 @@ fn six_hosts_share_files_and_survive_a_pulled_cable() {
     };
     c.step(&format!(
         "{HOSTS} namespaces on bridge br0 in {}",
-        c.net.switch()
+        c.net.switch
     ));
 
     // 1. Every node is told only of h0; gossip does the rest.
-    let first = Host::start(&c.net, 0, c.work.path(), None);
+    let first = c.net.start(0, c.work.path(), None);
     let boot = format!("{}@{}:{PORT}", first.id, host_ip(0));
     c.hosts.push(first);
     for i in 1..HOSTS {
-        let host = Host::start(&c.net, i, c.work.path(), Some(&boot));
+        let host = c.net.start(i, c.work.path(), Some(&boot));
         c.hosts.push(host);
     }
     c.step(&format!("{HOSTS} nodes started, each bootstrapping to h0"));
@@ -586,15 +364,8 @@ fn six_hosts_share_files_and_survive_a_pulled_cable() {
         h.send("exit");
     }
     for h in &mut c.hosts {
-        let deadline = Instant::now() + T;
-        let status = loop {
-            if let Some(status) = h.proc.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "h{} did not exit", h.index);
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "h{} exited with {status}", h.index);
+        let status = h.wait_exit(T);
+        assert!(status.success(), "{} exited with {status}", h.name);
     }
     c.step("all nodes exited cleanly");
 }

@@ -7,6 +7,7 @@ pub mod bomb;
 pub mod dht_liar;
 pub mod http;
 pub mod liar;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
