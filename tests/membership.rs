@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{connected, node, wait_event, wait_until};
-use quic_peer::net::PeerLimit;
+use quic_peer::net::{PeerLimit, Reachability};
 use quic_peer::proto::wire::{
     self, ErrorCode, Join, LimitHit, Request, Role, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
 };
@@ -331,9 +331,10 @@ async fn connection_limit_refuses_extra_peers() {
     }
 }
 
-/// The first node of a network, bound to 0.0.0.0 and only ever dialed,
-/// learns the address it is reached at and announces that, not 0.0.0.0; the
-/// peer that dialed it also learns its address from WELCOME.
+/// Nodes bound to 0.0.0.0 announce nothing until a peer dialed them back
+/// (from another port) at an address; then they announce that one, not
+/// 0.0.0.0: the first node of a network, only ever dialed, and the one
+/// that dialed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_on_the_unspecified_address_announces_where_it_is_reached() {
     common::init_logs();
@@ -354,14 +355,20 @@ async fn a_node_on_the_unspecified_address_announces_where_it_is_reached() {
     .await
     .unwrap();
     wait_until("a and b connected", CONVERGE, || connected(&a, b.id())).await;
-    assert_eq!(a.net().listen_addrs(), vec![([127, 0, 0, 1], port).into()]);
+    let a_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_until("a dialed back", CONVERGE, || {
+        a.net().reachability() == Reachability::Public(a_addr)
+    })
+    .await;
+    assert_eq!(a.net().listen_addrs(), vec![a_addr]);
     let b_port = b.local_addr().port();
-    assert_eq!(
-        b.net().listen_addrs(),
-        vec![([127, 0, 0, 1], b_port).into()]
-    );
-    // And that is what each knows the other by, once.
     let b_addr: std::net::SocketAddr = ([127, 0, 0, 1], b_port).into();
+    wait_until("b dialed back", CONVERGE, || {
+        b.net().reachability() == Reachability::Public(b_addr)
+    })
+    .await;
+    assert_eq!(b.net().listen_addrs(), vec![b_addr]);
+    // And that is what each knows the other by, once.
     wait_until("a knows b by its address", CONVERGE, || {
         a.peers()
             .iter()

@@ -124,6 +124,8 @@ fn request() -> impl Strategy<Value = Request> {
                 len,
                 nonce
             }),
+        (any::<u16>(), any::<u64>()).prop_map(|(port, nonce)| Request::DialBack { port, nonce }),
+        any::<u64>().prop_map(|nonce| Request::Probe { nonce }),
     ]
 }
 
@@ -138,6 +140,7 @@ fn nack_reason() -> impl Strategy<Value = NackReason> {
         Just(NackReason::Internal),
         Just(NackReason::OverAllowance),
         Just(NackReason::NotClose),
+        Just(NackReason::Unreachable),
     ]
 }
 
@@ -151,6 +154,7 @@ fn response() -> impl Strategy<Value = Response> {
         (peers(), peers())
             .prop_map(|(providers, closer)| Response::Providers { providers, closer }),
         any::<[u8; 32]>().prop_map(Response::Proof),
+        socket_addr().prop_map(Response::Dialed),
     ]
 }
 
@@ -181,6 +185,7 @@ fn control() -> impl Strategy<Value = Control> {
         any::<u64>().prop_map(Control::Ping),
         any::<u64>().prop_map(Control::Pong),
         Just(Control::Leave(LeaveReason::Shutdown)),
+        addrs(MAX_ADDRS_PER_PEER).prop_map(Control::Addrs),
     ]
 }
 
@@ -747,6 +752,8 @@ fn request_variant(r: &Request) -> usize {
         Request::Dht(DhtRequest::GetProviders { .. }) => 9,
         Request::Dht(DhtRequest::AddProvider { .. }) => 10,
         Request::Prove { .. } => 11,
+        Request::DialBack { .. } => 12,
+        Request::Probe { .. } => 13,
     }
 }
 
@@ -767,6 +774,8 @@ fn response_variant(r: &Response) -> usize {
         Response::Proof(_) => 12,
         Response::Nack(NackReason::OverAllowance) => 13,
         Response::Nack(NackReason::NotClose) => 14,
+        Response::Nack(NackReason::Unreachable) => 15,
+        Response::Dialed(_) => 16,
     }
 }
 
@@ -780,6 +789,7 @@ fn control_variant(c: &Control) -> usize {
         Control::Ping(_) => 3,
         Control::Pong(_) => 4,
         Control::Leave(LeaveReason::Shutdown) => 5,
+        Control::Addrs(_) => 6,
     }
 }
 
@@ -803,9 +813,9 @@ fn variants_seen<T: Debug>(s: impl Strategy<Value = T>, variant: fn(&T) -> usize
 
 #[test]
 fn strategies_cover_every_variant() {
-    assert_eq!(variants_seen(request(), request_variant), 12);
-    assert_eq!(variants_seen(response(), response_variant), 15);
-    assert_eq!(variants_seen(control(), control_variant), 6);
+    assert_eq!(variants_seen(request(), request_variant), 14);
+    assert_eq!(variants_seen(response(), response_variant), 17);
+    assert_eq!(variants_seen(control(), control_variant), 7);
     assert_eq!(variants_seen(manifest(), manifest_variant), 5);
     // Role is inside Join.
     let roles = variants_seen(join(), |j| match j.role {

@@ -629,8 +629,14 @@ pub fn jitter(d: Duration) -> Duration {
 
 impl PeerListener for Dht {
     fn proven(&self, id: NodeId, role: Role, addrs: &[SocketAddr]) {
-        // Clients query but are never contacts.
-        if role == Role::Peer {
+        // Clients query but are never contacts; nor is a node nobody can
+        // dial (behind NAT, or not yet dialed back).
+        if role != Role::Peer {
+            return;
+        }
+        if addrs.is_empty() {
+            self.state().table.remove(&id);
+        } else {
             self.seen(id, addrs.to_vec());
         }
     }

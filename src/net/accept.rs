@@ -21,12 +21,15 @@ use super::{lock, Network};
 use crate::crypto::tls;
 use crate::proto::frame::{read_frame, write_frame};
 use crate::proto::wire::{
-    Control, ErrorCode, Join, LimitHit, Request, Welcome, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
+    Control, ErrorCode, Join, LimitHit, NackReason, Request, Response, Welcome, MAX_CONTROL_FRAME,
+    PROTOCOL_VERSION,
 };
 use crate::proto::NodeId;
 
 /// Peers per WELCOME.
 pub(super) const GOSSIP_SAMPLE: usize = 32;
+/// How long a probe connection is kept for its prober to read the answer.
+const PROBE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A configured limit as the wire carries it.
 fn as_u32(n: usize) -> u32 {
@@ -188,11 +191,6 @@ impl Network {
             close(&conn, ErrorCode::SelfDial, &"dialed by itself");
             return;
         }
-        // A node bound to 0.0.0.0 that is only ever dialed (the first node of
-        // a network) learns its address from the one it was reached at.
-        if let Some(ip) = conn.local_ip() {
-            self.learn_own_addr(SocketAddr::new(ip, self.inner.local_addr.port()));
-        }
         let span = info_span!("peer", peer = %id.fmt_short());
         let timeout = self.inner.config.handshake_timeout;
         let welcomed = self.welcome(&conn, id, remote).instrument(span.clone());
@@ -203,14 +201,14 @@ impl Network {
         let Some((send, recv, join)) = welcomed else {
             return;
         };
-        let mut addrs = vec![remote];
-        addrs.extend(join.listen_addrs.iter().copied());
+        // Only what the peer announced: the address it came from may be a
+        // NAT's mapping that nobody else can dial.
         let meta = ConnMeta {
             id,
             role: join.role,
             outbound: false,
             session: join.session,
-            addrs,
+            addrs: join.listen_addrs.clone(),
         };
         self.run_connection(conn, meta, send, recv, permit, span);
     }
@@ -253,7 +251,9 @@ impl Network {
         }
     }
 
-    /// Reads JOIN on the first stream the peer opens and answers WELCOME.
+    /// Reads JOIN on the first stream the peer opens and answers WELCOME; or
+    /// answers a dial-back's probe ([`super::reach`]) and lets the
+    /// connection go.
     async fn welcome(
         &self,
         conn: &Connection,
@@ -263,6 +263,24 @@ impl Network {
         let (mut send, mut recv) = conn.accept_bi().await.ok()?;
         let join = match read_frame::<Request, _>(&mut recv, MAX_CONTROL_FRAME).await {
             Ok(Some(Request::Join(join))) => join,
+            Ok(Some(Request::Probe { nonce })) => {
+                let asked = self.probe_arrived(id, nonce);
+                debug!(asked, "dial-back probe from {}", id.fmt_short());
+                let answer = if asked {
+                    Response::Ack
+                } else {
+                    Response::Nack(NackReason::NotAccepted)
+                };
+                if write_frame(&mut send, &answer, MAX_CONTROL_FRAME)
+                    .await
+                    .is_ok()
+                {
+                    let _ = send.finish();
+                    // The prober closes once it has the answer.
+                    let _ = tokio::time::timeout(PROBE_LINGER, conn.closed()).await;
+                }
+                return None;
+            }
             Ok(Some(_)) => {
                 self.close_hostile(
                     conn,

@@ -256,6 +256,11 @@ impl Network {
                     let _ = tx.try_send(Control::Pong(n));
                 }
                 Control::Pong(_) => {}
+                Control::Addrs(addrs) => {
+                    let addrs = lock(&self.inner.peers).readdress(id, &addrs);
+                    debug!(?addrs, "peer announced new addresses");
+                    self.proven(id, role, &addrs);
+                }
                 Control::Leave(LeaveReason::Shutdown) => {
                     self.peer_left(&conn, id);
                     return;

@@ -184,7 +184,7 @@ impl Network {
             Ok(joined) => joined,
             Err(e) => return join_failed(&conn, id, addr, e),
         };
-        self.learn_own_addr(welcome.observed_addr);
+        debug!(observed = %welcome.observed_addr, "welcomed");
         lock(&self.inner.peers).learn(&welcome.peers, Instant::now());
         let mut addrs = vec![addr];
         addrs.extend(

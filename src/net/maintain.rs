@@ -77,6 +77,7 @@ impl Network {
             }
             self.expire_and_dial(now);
             self.maybe_bootstrap(now);
+            self.maybe_check_reachability(now);
         }
     }
 

@@ -82,6 +82,8 @@ pub enum PeerEvent {
         /// Why.
         reason: LeftReason,
     },
+    /// What this node learned about being dialed from outside changed.
+    Reachability(super::Reachability),
 }
 
 /// The live connection to a peer, as the table keeps it.
@@ -286,6 +288,22 @@ impl PeerTable {
             e.member = true;
         }
         Registered::Accepted { joined, replaced }
+    }
+
+    /// Replaces the addresses `id` announced with `announced` (its
+    /// [`Control::Addrs`](crate::proto::wire::Control::Addrs)), keeping the
+    /// one this node dialed it at. Returns its addresses now.
+    pub fn readdress(&mut self, id: NodeId, announced: &[SocketAddr]) -> Vec<SocketAddr> {
+        let Some(e) = self.peers.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut fresh = Vec::new();
+        if let Some(c) = e.conn.as_ref().filter(|c| c.outbound) {
+            merge_addrs(&mut fresh, [c.conn.remote_address()]);
+        }
+        merge_addrs(&mut fresh, announced.iter().copied());
+        e.addrs = fresh.clone();
+        fresh
     }
 
     /// Removes the connection `conn_id` of peer `id` if it is still the current

@@ -39,6 +39,7 @@ mod error;
 mod limits;
 mod maintain;
 pub mod membership;
+pub mod reach;
 pub mod router;
 
 use std::collections::HashMap;
@@ -57,6 +58,7 @@ pub use crate::proto::addr::{ParseAddrError, PeerAddr};
 pub use error::{ConnectError, EndpointError, JoinError, PeerLimit};
 pub(crate) use limits::ip_key;
 pub use maintain::BootstrapError;
+pub use reach::Reachability;
 pub use router::{RequestStream, Service};
 
 use crate::config::NodeConfig;
@@ -98,8 +100,8 @@ struct Inner {
     /// Random per start: tells a restarted peer's connection from an old one.
     session: u64,
     peers: Mutex<PeerTable>,
-    /// The address peers saw this node at (for a node bound to 0.0.0.0).
-    observed: Mutex<Option<SocketAddr>>,
+    /// Whether this node can be dialed, and the dial-backs under way.
+    reach: Mutex<reach::ReachState>,
     /// Dials under way, by peer: cancelled when the dial ends, however it
     /// ends, so a second dial to the same peer waits for the first.
     dialing: Mutex<HashMap<NodeId, CancellationToken>>,
@@ -147,7 +149,7 @@ impl Network {
                 source,
             })?;
         let (events, _) = broadcast::channel(1024);
-        Ok(Network {
+        let net = Network {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(config.max_connections)),
                 per_ip: Default::default(),
@@ -159,7 +161,7 @@ impl Network {
                 )),
                 log_gate: Mutex::new(LogGate::default()),
                 peers: Mutex::new(PeerTable::new(identity.node_id())),
-                observed: Mutex::new(None),
+                reach: Mutex::new(reach::ReachState::new(Instant::now())),
                 dialing: Mutex::new(HashMap::new()),
                 bootstrap: Mutex::new(BootstrapState::new(Instant::now())),
                 listeners: RwLock::new(Vec::new()),
@@ -177,7 +179,10 @@ impl Network {
                 writers: TaskTracker::new(),
                 observe: Observe::default(),
             }),
-        })
+        };
+        let dial_backs = reach::DialBacks(Arc::downgrade(&net.inner));
+        net.serve(&[RequestKind::DialBack], Arc::new(dial_backs));
+        Ok(net)
     }
 
     /// Has `service` answer every request stream of the given kinds.
@@ -266,7 +271,8 @@ impl Network {
     }
 
     /// The addresses this node announces: `--advertise` if given, else the bound
-    /// address, or, when bound to 0.0.0.0, the port at the address peers saw.
+    /// address, or, when bound to 0.0.0.0, the address peers dialed it back at
+    /// ([`reach`]): nothing before a dial-back arrived, or behind NAT.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         let cfg = &self.inner.config;
         if !cfg.advertise.is_empty() {
@@ -276,27 +282,9 @@ impl Network {
         if dialable(&local) {
             return vec![local];
         }
-        match *lock(&self.inner.observed) {
-            Some(seen) => vec![SocketAddr::new(seen.ip(), local.port())],
-            None => Vec::new(),
-        }
-    }
-
-    /// Records an address this node was seen at (by a peer's WELCOME, or the
-    /// local address an incoming connection arrived on), for a node bound to
-    /// an unspecified address to announce. A routable address replaces a
-    /// loopback one; otherwise the first one seen is kept.
-    fn learn_own_addr(&self, seen: SocketAddr) {
-        if seen.ip().is_unspecified() {
-            return;
-        }
-        let mut observed = lock(&self.inner.observed);
-        let better = match *observed {
-            None => true,
-            Some(cur) => cur.ip().is_loopback() && !seen.ip().is_loopback(),
-        };
-        if better {
-            *observed = Some(seen);
+        match lock(&self.inner.reach).verdict {
+            Reachability::Public(addr) => vec![addr],
+            _ => Vec::new(),
         }
     }
 
@@ -371,6 +359,7 @@ impl Network {
             PeerEvent::Left { id, reason } => {
                 journal.record("leave", format!("{} {reason}", id.fmt_short()))
             }
+            PeerEvent::Reachability(_) => {}
         }
         // No subscribers is fine.
         let _ = self.inner.events.send(event);

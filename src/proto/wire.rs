@@ -62,6 +62,16 @@
 //!   answer right.
 //! - [`Request::Dht`]: one Kademlia RPC per stream (PING, FIND_NODE,
 //!   GET_PROVIDERS, ADD_PROVIDER), answered by one [`Response`] frame.
+//! - [`Request::DialBack`]: "can I be dialed?". A full node asks a peer to dial
+//!   it back at a port, at the IP address the peer sees the asking
+//!   connection come from (never another address: a dial-back cannot be
+//!   aimed at a third party). The peer dials from a fresh UDP port, so the
+//!   answer cannot come back through the asker's own NAT mapping, and
+//!   opens a *probe connection*: its first stream carries [`Request::Probe`]
+//!   with the asker's nonce instead of JOIN. The asker believes only the
+//!   nonce arriving; the answer, [`Response::Dialed`] with the address
+//!   dialed or [`Response::Nack`] with [`NackReason::Unreachable`], tells it
+//!   where it was reached, or that it was not.
 //!
 //! Raw data is capped by [`MAX_CHUNK_SIZE`] (16 MiB) for chunks and
 //! [`MAX_MANIFEST_SIZE`] (16 MiB) for manifests; a larger declared length is
@@ -331,6 +341,24 @@ pub enum Request {
         /// The key of the keyed hash: random, chosen by the asker.
         nonce: [u8; 32],
     },
+    /// Asks the receiver to dial the sender back at `port` of the IP address
+    /// this connection comes from, and to show `nonce` there
+    /// ([`Request::Probe`]): answered by [`Response::Dialed`], or
+    /// [`Response::Nack`] with [`NackReason::Unreachable`] (or
+    /// [`NackReason::NotAccepted`] when the receiver does not dial back now).
+    DialBack {
+        /// The UDP port to dial.
+        port: u16,
+        /// Shown on the probe connection.
+        nonce: u64,
+    },
+    /// The first and only request of a probe connection (the dial-back of a
+    /// [`Request::DialBack`]), in place of JOIN: answered by
+    /// [`Response::Ack`], then the connection closes.
+    Probe {
+        /// The nonce of the DIAL_BACK.
+        nonce: u64,
+    },
 }
 
 /// What a request asks for, without its arguments: the key a service
@@ -355,6 +383,10 @@ pub enum RequestKind {
     Dht,
     /// [`Request::Prove`].
     Prove,
+    /// [`Request::DialBack`].
+    DialBack,
+    /// [`Request::Probe`].
+    Probe,
 }
 
 impl RequestKind {
@@ -370,6 +402,8 @@ impl RequestKind {
             RequestKind::Has => "has",
             RequestKind::Dht => "dht",
             RequestKind::Prove => "prove",
+            RequestKind::DialBack => "dial_back",
+            RequestKind::Probe => "probe",
         }
     }
 }
@@ -387,6 +421,8 @@ impl Request {
             Request::Has { .. } => RequestKind::Has,
             Request::Dht(_) => RequestKind::Dht,
             Request::Prove { .. } => RequestKind::Prove,
+            Request::DialBack { .. } => RequestKind::DialBack,
+            Request::Probe { .. } => RequestKind::Probe,
         }
     }
 }
@@ -442,6 +478,9 @@ pub enum Response {
     },
     /// The answer to [`Request::Prove`]: the keyed hash of the range.
     Proof([u8; 32]),
+    /// The answer to [`Request::DialBack`]: the probe reached the asker at
+    /// this address.
+    Dialed(SocketAddr),
 }
 
 /// Why a PUT or HOLD was refused.
@@ -468,6 +507,8 @@ pub enum NackReason {
     /// A HOLD for a file the receiver is not among the nodes closest to by
     /// its own routing table: it did not agree to keep it.
     NotClose,
+    /// A dial-back found nobody at the address, or not the asker.
+    Unreachable,
 }
 
 impl std::fmt::Display for NackReason {
@@ -482,6 +523,7 @@ impl std::fmt::Display for NackReason {
             NackReason::Internal => "internal error",
             NackReason::OverAllowance => "over the allowance this node gives the sender",
             NackReason::NotClose => "not among the nodes closest to the file",
+            NackReason::Unreachable => "could not reach you there",
         })
     }
 }
@@ -549,6 +591,10 @@ pub enum Control {
     Pong(u64),
     /// The sender is leaving the network; the connection closes next.
     Leave(LeaveReason),
+    /// The addresses the sender can be dialed at changed (a dial-back proved
+    /// or disproved them): these replace the ones it announced. Empty: it
+    /// cannot be dialed, and is not to be gossiped or made a DHT contact.
+    Addrs(Vec<SocketAddr>),
 }
 
 /// Why bytes from the network were rejected.
@@ -657,6 +703,8 @@ impl Message for Request {
             | Request::Hold { .. }
             | Request::Has { .. }
             | Request::Prove { .. }
+            | Request::DialBack { .. }
+            | Request::Probe { .. }
             | Request::Dht(_) => Ok(()),
         }
     }
@@ -686,6 +734,7 @@ impl Message for Control {
                 check_peers(&w.peers)
             }
             Control::Peers(p) => check_peers(p),
+            Control::Addrs(a) => check_len("address list", a.len(), MAX_ADDRS_PER_PEER),
             Control::Ping(_) | Control::Pong(_) | Control::Leave(_) => Ok(()),
         }
     }
@@ -789,6 +838,8 @@ mod tests {
             Control::Ping(42),
             Control::Pong(42),
             Control::Leave(LeaveReason::Shutdown),
+            Control::Addrs(vec![addr("192.0.2.2:5000")]),
+            Control::Addrs(vec![]),
         ]
     }
 
@@ -837,6 +888,11 @@ mod tests {
                 len: MAX_PROOF_LEN,
                 nonce: [9; 32],
             },
+            Request::DialBack {
+                port: 5000,
+                nonce: 7,
+            },
+            Request::Probe { nonce: 7 },
         ];
         for r in reqs {
             let f = encode(&r, MAX_CONTROL_FRAME).unwrap();
@@ -850,6 +906,7 @@ mod tests {
             Response::NotFound,
             Response::Ack,
             Response::Proof([5; 32]),
+            Response::Dialed(addr("192.0.2.1:5000")),
         ];
         for reason in [
             NackReason::BadHash,
@@ -861,6 +918,7 @@ mod tests {
             NackReason::Internal,
             NackReason::OverAllowance,
             NackReason::NotClose,
+            NackReason::Unreachable,
         ] {
             resps.push(Response::Nack(reason));
         }

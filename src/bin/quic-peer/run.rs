@@ -134,6 +134,7 @@ fn print_event(node: &Node, event: &PeerEvent) {
         PeerEvent::Joined { id, addr } => {
             say!("[JOIN] {id} joined from {addr} ({} peers)", count())
         }
+        PeerEvent::Reachability(r) => say!("[NAT] {r}"),
         PeerEvent::Left { id, reason } => {
             say!("[LEAVE] {id} {reason} ({} peers)", count())
         }
