@@ -103,6 +103,16 @@ pub struct NodeConfig {
     pub network_key: Option<NetworkKey>,
     /// Only these peers connect, either way (`--allow`); `None` admits any.
     pub allow: Option<HashSet<NodeId>>,
+    /// Nodes behind NAT this node relays for at once, when it can be
+    /// dialed itself (`--relay-slots`; 0, `--no-relay`, relays for nobody).
+    pub relay_slots: usize,
+    /// Relayed connections this node carries at once.
+    pub relay_circuits: usize,
+    /// Bytes one relayed connection may carry, both ways together; then the
+    /// relay ends it (the two ends ask for another if they need one).
+    pub relay_circuit_bytes: u64,
+    /// How long one relayed connection may last.
+    pub relay_circuit_time: Duration,
 }
 
 /// QUIC congestion control.
@@ -159,6 +169,10 @@ impl Default for NodeConfig {
             congestion: Congestion::default(),
             network_key: None,
             allow: None,
+            relay_slots: 32,
+            relay_circuits: 16,
+            relay_circuit_bytes: 1 << 30,
+            relay_circuit_time: Duration::from_secs(1800),
         }
     }
 }

@@ -121,6 +121,7 @@ async fn add_provider_is_accepted_only_for_the_senders_own_id() {
     let to_a = Contact {
         id: a.node.id(),
         addrs: vec![a.node.local_addr()],
+        relays: Vec::new(),
     };
     let someone_else = Identity::generate().unwrap().node_id();
     let forged = b
@@ -133,6 +134,7 @@ async fn add_provider_is_accepted_only_for_the_senders_own_id() {
                 provider: PeerRecord {
                     id: someone_else,
                     addrs: vec!["127.0.0.1:9".parse().unwrap()],
+                    relays: Vec::new(),
                 },
             },
         )
@@ -149,6 +151,7 @@ async fn add_provider_is_accepted_only_for_the_senders_own_id() {
                 provider: PeerRecord {
                     id: b.node.id(),
                     addrs: vec![b.node.local_addr()],
+                    relays: Vec::new(),
                 },
             },
         )
@@ -179,6 +182,7 @@ async fn a_restarted_node_keeps_its_contacts_and_records() {
     let to_a = Contact {
         id: a.node.id(),
         addrs: vec![a.node.local_addr()],
+        relays: Vec::new(),
     };
     let ack = others[0]
         .node
@@ -190,6 +194,7 @@ async fn a_restarted_node_keeps_its_contacts_and_records() {
                 provider: PeerRecord {
                     id: others[0].node.id(),
                     addrs: vec![others[0].node.local_addr()],
+                    relays: Vec::new(),
                 },
             },
         )

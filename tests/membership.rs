@@ -220,6 +220,7 @@ async fn hostile_control_streams_are_cut_off_while_others_are_served() {
         listen_addrs: vec![],
         capabilities: 0,
         session: 1,
+        relays: Vec::new(),
     });
     let body = postcard::to_allocvec(&join).unwrap();
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
@@ -239,6 +240,7 @@ async fn hostile_control_streams_are_cut_off_while_others_are_served() {
         listen_addrs: vec![],
         capabilities: 0,
         session: 2,
+        relays: Vec::new(),
     });
     send.write_all(&wire::encode(&join, MAX_CONTROL_FRAME).unwrap())
         .await

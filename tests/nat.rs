@@ -1,17 +1,23 @@
 //! Nodes behind NAT, with the real binary in network namespaces: an
-//! "internet" bridge (10.78.0.0/24) with two public nodes, and a home network
-//! (192.168.1.0/24) behind a router namespace that masquerades its hosts'
-//! traffic with the system's firewall (`iptables -t nat ... MASQUERADE`: a
-//! cone-like NAT, as most home routers are). Every node runs as the README
+//! "internet" bridge (10.78.0.0/24) with two public nodes, and three home
+//! networks, each behind a router namespace that translates its traffic with
+//! the system's firewall: two with `iptables -t nat ... MASQUERADE` (a
+//! cone-like NAT, as most home routers are), one with `MASQUERADE
+//! --random-fully` (a new random port for every destination: a symmetric
+//! NAT, as carrier-grade NATs often are). Every node runs as the README
 //! says, `--listen 0.0.0.0:7000`.
 //!
 //! The test shows that
 //! 1. the public nodes learn from dial-backs that they are reachable, and at
-//!    which address, and the home node that it is behind NAT;
-//! 2. nobody knows the home node by an address (its NAT's mapping is not
-//!    gossiped), while everyone knows the public nodes by theirs;
-//! 3. the home node still stores a file on the public nodes and fetches one
-//!    from them.
+//!    which address; the home nodes learn that they are behind NAT;
+//! 2. each home node reserves a slot at a public node and is known by that
+//!    relay only: nobody knows it by its NAT's mapping;
+//! 3. files move between every kind of place, and the path each transfer
+//!    took is checked: public to public directly; from the symmetric NAT
+//!    through the relay (a hole punch cannot work: its router picks a new
+//!    port for every destination); between the cone NATs through the relay
+//!    first, then directly once they punched a hole. It prints the
+//!    throughput of each beside the direct public case.
 //!
 //! It needs root, iproute2 and iptables. Where any is missing or refused it
 //! prints `skipping nat test: <reason>` and passes; `QUIC_PEER_REQUIRE_NAT=1`
@@ -29,15 +35,22 @@ use quic_peer::NodeId;
 const PORT: u16 = 7000;
 /// Public addresses, on the "internet" bridge.
 const PUBLIC: [&str; 2] = ["10.78.0.1", "10.78.0.2"];
-/// The home router's public address.
-const ROUTER: &str = "10.78.0.11";
+/// The home networks: a name, its router's public address, its prefix,
+/// and what the router's masquerading adds.
+const HOMES: [(&str, &str, u8, &[&str]); 3] = [
+    ("cone1", "10.78.0.11", 1, &[]),
+    ("cone2", "10.78.0.12", 2, &[]),
+    ("symmetric", "10.78.0.13", 3, &["--random-fully"]),
+];
+/// Bytes of each file moved.
+const FILE: usize = 64 << 20;
 
-/// The namespaces: the internet's switch, two public hosts, a router and
-/// the host behind it.
+/// The namespaces: the internet's switch, the public hosts, the routers and
+/// the host behind each.
 struct Net {
     ns: Namespaces,
     public: Vec<String>,
-    home: String,
+    homes: Vec<String>,
 }
 
 impl Net {
@@ -48,37 +61,42 @@ impl Net {
         let sw = ns.add("sw")?;
         ns.ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
         ns.ip(&["-n", &sw, "link", "set", "br0", "up"])?;
-        let plug = |ns: &mut Namespaces, name: &str, cidr: &str| -> Result<String, String> {
+        let plug = |ns: &mut Namespaces, name: &str, ip: &str| -> Result<String, String> {
             let host = ns.add(name)?;
             let port = format!("p-{name}");
-            ns.link((&sw, &port, None), (&host, "eth0", Some(cidr)))?;
+            let cidr = format!("{ip}/24");
+            ns.link((&sw, &port, None), (&host, "eth0", Some(&cidr)))?;
             ns.ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
             Ok(host)
         };
         let mut public = Vec::new();
         for (i, ip) in PUBLIC.iter().enumerate() {
-            public.push(plug(&mut ns, &format!("pub{i}"), &format!("{ip}/24"))?);
+            public.push(plug(&mut ns, &format!("pub{i}"), ip)?);
         }
-        let router = plug(&mut ns, "r1", &format!("{ROUTER}/24"))?;
-        let home = ns.add("home1")?;
-        ns.link(
-            (&router, "lan0", Some("192.168.1.1/24")),
-            (&home, "eth0", Some("192.168.1.2/24")),
-        )?;
-        ns.ip(&["-n", &home, "route", "add", "default", "via", "192.168.1.1"])?;
-        ns.exec(&router, &sysctl, &["-qw", "net.ipv4.ip_forward=1"])?;
-        let masquerade = [
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-o",
-            "eth0",
-            "-j",
-            "MASQUERADE",
-        ];
-        ns.exec(&router, &iptables, &masquerade)?;
-        Ok(Net { ns, public, home })
+        let mut homes = Vec::new();
+        for (name, router_ip, net, extra) in HOMES {
+            let router = plug(&mut ns, &format!("r-{name}"), router_ip)?;
+            let home = ns.add(name)?;
+            let (gw, host) = (format!("192.168.{net}.1"), format!("192.168.{net}.2"));
+            ns.link(
+                (&router, "lan0", Some(&format!("{gw}/24"))),
+                (&home, "eth0", Some(&format!("{host}/24"))),
+            )?;
+            ns.ip(&["-n", &home, "route", "add", "default", "via", &gw])?;
+            ns.exec(&router, &sysctl, &["-qw", "net.ipv4.ip_forward=1"])?;
+            let mut rule = vec!["-t", "nat", "-A", "POSTROUTING", "-o", "eth0"];
+            rule.extend(["-j", "MASQUERADE"]);
+            rule.extend(extra);
+            ns.exec(&router, &iptables, &rule)?;
+            // Like a home router, it answers nothing unasked on its public
+            // side: such packets are dropped before the kernel tracks them
+            // (a tracked one would take the port a hole punch needs).
+            let quiet = ["-A", "INPUT", "-i", "eth0", "-m", "conntrack"];
+            let quiet = [&quiet[..], &["--ctstate", "NEW", "-j", "DROP"]].concat();
+            ns.exec(&router, &iptables, &quiet)?;
+            homes.push(home);
+        }
+        Ok(Net { ns, public, homes })
     }
 
     fn start(&self, net_ns: &str, name: &str, work: &Path, bootstrap: Option<&str>) -> Host {
@@ -99,28 +117,49 @@ impl Net {
     }
 }
 
-/// Waits until `host`'s `peers` lists every one of `want`; returns what it
-/// lists.
-fn wait_for_peers(host: &mut Host, want: &[NodeId]) -> Vec<(NodeId, Vec<String>)> {
+/// A peer row of `peers`: its addresses, the relays it is known through,
+/// whether the connection to it is relayed.
+struct Row {
+    id: NodeId,
+    addrs: Vec<String>,
+    relays: Vec<String>,
+}
+
+/// Waits until `host`'s `peers` lists every one of `want` and `settled`
+/// holds for what it lists; returns what it lists.
+fn wait_for_peers(host: &mut Host, want: &[NodeId], settled: impl Fn(&[Row]) -> bool) -> Vec<Row> {
     let deadline = Instant::now() + T;
     loop {
-        let peers = host.peers();
-        if want.iter().all(|w| peers.iter().any(|(id, _)| id == w)) {
-            return peers;
+        let rows: Vec<Row> = host
+            .peers()
+            .into_iter()
+            .map(|(id, list)| {
+                let (relays, addrs): (Vec<String>, Vec<String>) =
+                    list.into_iter().partition(|a| a.starts_with("relay="));
+                let relays = relays
+                    .iter()
+                    .map(|r| r["relay=".len()..].to_string())
+                    .collect();
+                Row { id, addrs, relays }
+            })
+            .collect();
+        if want.iter().all(|w| rows.iter().any(|r| r.id == *w)) && settled(&rows) {
+            return rows;
         }
         assert!(
             Instant::now() < deadline,
-            "{} does not list all of {want:?} within {T:?}: {peers:?}",
+            "{}: peers not as expected within {T:?}",
             host.name
         );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
 
-/// Runs `put PATH 2 --public` on `host`; returns the file id.
+/// Runs `put PATH 0 --public` on `host` (only it holds the file); returns the
+/// file id.
 fn put(host: &mut Host, path: &Path) -> String {
     host.drain();
-    host.send(&format!("put {} 2 --public", path.display()));
+    host.send(&format!("put {} 0 --public", path.display()));
     loop {
         let line = host.expect("put result", T, |l| {
             l.starts_with("id: ") || l.starts_with("[ERROR]")
@@ -132,8 +171,9 @@ fn put(host: &mut Host, path: &Path) -> String {
     }
 }
 
-/// Runs `get ID OUT` on `host` and checks the bytes against `src`.
-fn get(host: &mut Host, id: &str, out: &Path, src: &Path) -> String {
+/// Runs `get ID OUT` on `host`, checks the bytes against `src`, and returns
+/// the throughput it reported (MB/s).
+fn get(host: &mut Host, id: &str, out: &Path, src: &Path) -> f64 {
     host.drain();
     host.send(&format!("get {id} {}", out.display()));
     let line = host.expect("get result", T, |l| {
@@ -145,11 +185,39 @@ fn get(host: &mut Host, id: &str, out: &Path, src: &Path) -> String {
         "{}: the file came back different",
         host.name
     );
-    line
+    // "... in 0.22 s, 76.4 MB/s from 1 peer; ..."
+    let rate = line
+        .split(" MB/s")
+        .next()
+        .and_then(|head| head.rsplit(' ').next()?.parse().ok());
+    rate.unwrap_or_else(|| panic!("no MB/s in {line:?}"))
+}
+
+/// How `host` is connected to `peer` now: "relayed" or "direct".
+fn path_to(host: &mut Host, peer: NodeId) -> &'static str {
+    host.send("peers");
+    let summary = host.expect_line(" connected, ", T);
+    let listed: usize = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|n| n.parse::<usize>().expect("count"))
+        .sum();
+    let mut path = None;
+    for _ in 0..listed {
+        let line = host.expect("peer row", T, |l| l.starts_with("  "));
+        if line.trim_start().starts_with(&peer.to_string()) && line.contains("connected (") {
+            path = Some(if line.contains(" relayed ") {
+                "relayed"
+            } else {
+                "direct"
+            });
+        }
+    }
+    path.unwrap_or_else(|| panic!("{} is not connected to {peer}", host.name))
 }
 
 #[test]
-fn a_node_behind_nat_learns_it_and_is_not_gossiped() {
+fn nodes_behind_nat_are_reached_through_relays() {
     let start = Instant::now();
     let step = |what: &str| eprintln!("[nat {:5.1} s] {what}", start.elapsed().as_secs_f64());
     let net = match Net::create() {
@@ -157,13 +225,17 @@ fn a_node_behind_nat_learns_it_and_is_not_gossiped() {
         Err(why) => return netns::skip("nat", "QUIC_PEER_REQUIRE_NAT", &why),
     };
     let work = tempfile::tempdir().expect("tempdir");
-    step("internet bridge, 2 public hosts, a home network behind a masquerading router");
+    step("internet bridge, 2 public hosts, 3 home networks behind masquerading routers");
 
     // 1. Reachability, from dial-backs.
     let mut p0 = net.start(&net.public[0], "pub0", work.path(), None);
     let boot = format!("{}@{}:{PORT}", p0.id, PUBLIC[0]);
     let mut p1 = net.start(&net.public[1], "pub1", work.path(), Some(&boot));
-    let mut home = net.start(&net.home, "home1", work.path(), Some(&boot));
+    let mut homes: Vec<Host> = HOMES
+        .iter()
+        .zip(&net.homes)
+        .map(|((name, ..), ns)| net.start(ns, name, work.path(), Some(&boot)))
+        .collect();
     for (host, ip) in [(&mut p0, PUBLIC[0]), (&mut p1, PUBLIC[1])] {
         let line = host.expect_line("[NAT] ", T);
         assert_eq!(
@@ -174,36 +246,116 @@ fn a_node_behind_nat_learns_it_and_is_not_gossiped() {
         );
         assert_eq!(host.advertised(), format!("{ip}:{PORT}"));
     }
-    let line = home.expect_line("[NAT] ", T);
-    assert!(line.starts_with("[NAT] behind NAT"), "home1: {line}");
-    step(&format!("public nodes reachable, home node: {line}"));
+    for home in &mut homes {
+        let line = home.expect_line("[NAT] ", T);
+        assert!(
+            line.starts_with("[NAT] behind NAT"),
+            "{}: {line}",
+            home.name
+        );
+    }
+    step("public nodes reachable at their addresses, home nodes behind NAT");
 
-    // 2. What each knows the others by.
-    let (id0, id1, home_id) = (p0.id, p1.id, home.id);
-    for (host, other_public, other_ip) in [(&mut p0, id1, PUBLIC[1]), (&mut p1, id0, PUBLIC[0])] {
-        let peers = wait_for_peers(host, &[other_public, home_id]);
-        for (id, addrs) in peers {
-            if id == home_id {
-                assert!(addrs.is_empty(), "{} knows home1 by {addrs:?}", host.name);
+    // 2. Relays: every home node is known by its relays only.
+    for home in &mut homes {
+        let line = home.expect_line("[RELAY] reachable through ", T);
+        step(&format!("{}: {line}", home.name));
+    }
+    let public_addrs: Vec<String> = PUBLIC.iter().map(|ip| format!("{ip}:{PORT}")).collect();
+    let home_ids: Vec<NodeId> = homes.iter().map(|h| h.id).collect();
+    for host in [&mut p0, &mut p1] {
+        let name = host.name.clone();
+        let rows = wait_for_peers(host, &home_ids, |rows| {
+            rows.iter()
+                .filter(|r| home_ids.contains(&r.id))
+                .all(|r| !r.relays.is_empty())
+        });
+        for r in rows {
+            if home_ids.contains(&r.id) {
+                assert!(
+                    r.addrs.is_empty(),
+                    "{name} knows a home node by {:?}",
+                    r.addrs
+                );
+                assert!(
+                    r.relays.iter().all(|a| public_addrs.contains(a)),
+                    "{name}: relays {:?}",
+                    r.relays
+                );
             } else {
-                assert_eq!(addrs, vec![format!("{other_ip}:{PORT}")], "{}", host.name);
+                assert!(public_addrs.contains(&r.addrs[0]), "{name}: {:?}", r.addrs);
             }
         }
     }
-    let peers = wait_for_peers(&mut home, &[id0, id1]);
-    assert!(peers.iter().all(|(_, addrs)| addrs.len() == 1), "{peers:?}");
-    step("public nodes know home1 by no address, and each other by theirs");
+    step("public nodes know each home node by its relays only");
 
-    // 3. The home node stores on the public nodes, and fetches from them.
-    let src = work.path().join("from-home.bin");
-    let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    // 3. Transfers, and the path each took.
+    let bytes: Vec<u8> = (0..FILE as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let src = work.path().join("payload.bin");
     std::fs::write(&src, &bytes).expect("write source");
-    let id = put(&mut home, &src);
-    let got = get(&mut p1, &id, &work.path().join("at-pub1.bin"), &src);
-    step(&format!("home1 put a file, pub1 got it: {got}"));
-    let src2 = work.path().join("from-pub.bin");
-    std::fs::write(&src2, &bytes[..1_000_000]).expect("write source");
-    let id2 = put(&mut p0, &src2);
-    let got = get(&mut home, &id2, &work.path().join("at-home.bin"), &src2);
-    step(&format!("pub0 put a file, home1 got it: {got}"));
+    let mut rows = Vec::new();
+
+    let id = put(&mut p0, &src);
+    let rate = get(&mut p1, &id, &work.path().join("public.bin"), &src);
+    assert_eq!(path_to(&mut p1, p0.id), "direct");
+    rows.push(("public to public", "direct", rate));
+
+    let (sym, rest) = homes.split_last_mut().expect("three homes");
+    let id = put(sym, &src);
+    let rate = get(
+        &mut rest[0],
+        &id,
+        &work.path().join("from-symmetric.bin"),
+        &src,
+    );
+    assert_eq!(path_to(&mut rest[0], sym.id), "relayed");
+    rows.push(("symmetric NAT to cone NAT", "relayed", rate));
+
+    let [cone1, cone2] = rest else {
+        panic!("two cone homes")
+    };
+    // The first contact goes through the relay; the two then punch a hole
+    // and the direct connection replaces the relayed one.
+    let id = put(cone2, &src);
+    let rate = get(cone1, &id, &work.path().join("cone-to-cone.bin"), &src);
+    rows.push((
+        "cone NAT to cone NAT, first get",
+        "relayed, then punched",
+        rate,
+    ));
+    let deadline = Instant::now() + T;
+    while path_to(cone1, cone2.id) != "direct" {
+        assert!(
+            Instant::now() < deadline,
+            "no direct path between the cone NATs"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    step("the cone NATs punched a hole: their connection is direct");
+    let src2 = work.path().join("payload2.bin");
+    let mut bytes2 = bytes.clone();
+    bytes2.reverse();
+    std::fs::write(&src2, &bytes2).expect("write source");
+    let id = put(cone2, &src2);
+    let rate = get(cone1, &id, &work.path().join("cone-to-cone2.bin"), &src2);
+    assert_eq!(path_to(cone1, cone2.id), "direct");
+    rows.push(("cone NAT to cone NAT, after the punch", "direct", rate));
+
+    let id = put(cone1, &src);
+    let rate = get(&mut p1, &id, &work.path().join("home-to-public.bin"), &src);
+    let path = path_to(&mut p1, cone1.id);
+    rows.push(("cone NAT to public", path, rate));
+
+    eprintln!(
+        "\n| {} MiB, get by id | path | MB/s | of public |",
+        FILE >> 20
+    );
+    eprintln!("|---|---|---|---|");
+    let public = rows[0].2;
+    for (what, path, rate) in &rows {
+        eprintln!("| {what} | {path} | {rate:.1} | {:.2} |", rate / public);
+    }
+    step("files moved between every kind of place");
 }

@@ -225,6 +225,7 @@ async fn twenty_identities_from_one_prefix_do_not_evict_an_honest_record() {
     let to_keeper = Contact {
         id: keeper.id(),
         addrs: vec![keeper.local_addr()],
+        relays: Vec::new(),
     };
     let announce = |from: Node| {
         let (to, addr) = (to_keeper.clone(), keeper.addr());
@@ -233,6 +234,7 @@ async fn twenty_identities_from_one_prefix_do_not_evict_an_honest_record() {
             let provider = PeerRecord {
                 id: from.id(),
                 addrs: vec![from.local_addr()],
+                relays: Vec::new(),
             };
             from.dht()
                 .rpc(&to, DhtRequest::AddProvider { key, provider })

@@ -44,7 +44,7 @@ async fn assert_no_events_about(
             PeerEvent::Connected { id: who, .. }
             | PeerEvent::Joined { id: who, .. }
             | PeerEvent::Left { id: who, .. } => *who == id,
-            PeerEvent::Reachability(_) => false,
+            PeerEvent::Reachability(_) | PeerEvent::Relays(_) => false,
         };
         assert!(!about, "{} reported {e:?}", node.id().fmt_short());
     }

@@ -125,7 +125,11 @@ async fn place_copy(from: &Node, to: &Node, id: Hash) {
         size,
     };
     let addr = to.local_addr();
-    let conn = from.net().connection_to(to.id(), &[addr]).await.unwrap();
+    let conn = from
+        .net()
+        .connection_to(to.id(), &[addr], &[])
+        .await
+        .unwrap();
     push_tree(&conn, &tree, &ChunkSource::Store(store), &NoProgress)
         .await
         .unwrap();

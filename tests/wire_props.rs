@@ -27,7 +27,7 @@ use quic_peer::proto::ticket::{Target, Ticket, MAX_HOLDERS};
 use quic_peer::proto::wire::{
     self, Control, DhtRequest, ErrorCode, Join, LeaveReason, Message, NackReason, PeerRecord,
     Request, Response, Role, Welcome, WireError, LEN_PREFIX, MAX_ADDRS_PER_PEER, MAX_CONTROL_FRAME,
-    MAX_PEERS_PER_MESSAGE, MAX_PROOF_LEN, PROTOCOL_VERSION,
+    MAX_PEERS_PER_MESSAGE, MAX_PROOF_LEN, MAX_RELAYS_PER_PEER, PROTOCOL_VERSION,
 };
 use quic_peer::proto::Hash;
 use quic_peer::NodeId;
@@ -59,7 +59,12 @@ fn node_id() -> impl Strategy<Value = NodeId> {
 }
 
 fn peer() -> impl Strategy<Value = PeerRecord> {
-    (node_id(), addrs(MAX_ADDRS_PER_PEER)).prop_map(|(id, addrs)| PeerRecord { id, addrs })
+    (
+        node_id(),
+        addrs(MAX_ADDRS_PER_PEER),
+        addrs(MAX_RELAYS_PER_PEER),
+    )
+        .prop_map(|(id, addrs, relays)| PeerRecord { id, addrs, relays })
 }
 
 /// Peer lists up to the limit, mostly short so cases stay quick.
@@ -78,15 +83,17 @@ fn join() -> impl Strategy<Value = Join> {
     (
         role(),
         addrs(MAX_ADDRS_PER_PEER),
+        addrs(MAX_RELAYS_PER_PEER),
         any::<u64>(),
         any::<u64>(),
     )
-        .prop_map(|(role, listen_addrs, capabilities, session)| Join {
+        .prop_map(|(role, listen_addrs, relays, capabilities, session)| Join {
             version: PROTOCOL_VERSION,
             role,
             listen_addrs,
             capabilities,
             session,
+            relays,
         })
 }
 
@@ -126,6 +133,10 @@ fn request() -> impl Strategy<Value = Request> {
             }),
         (any::<u16>(), any::<u64>()).prop_map(|(port, nonce)| Request::DialBack { port, nonce }),
         any::<u64>().prop_map(|nonce| Request::Probe { nonce }),
+        Just(Request::Reserve),
+        node_id().prop_map(|target| Request::Connect { target }),
+        node_id().prop_map(|from| Request::Circuit { from }),
+        addrs(MAX_ADDRS_PER_PEER).prop_map(|addrs| Request::Punch { addrs }),
     ]
 }
 
@@ -155,22 +166,24 @@ fn response() -> impl Strategy<Value = Response> {
             .prop_map(|(providers, closer)| Response::Providers { providers, closer }),
         any::<[u8; 32]>().prop_map(Response::Proof),
         socket_addr().prop_map(Response::Dialed),
+        addrs(MAX_ADDRS_PER_PEER).prop_map(Response::Addrs),
     ]
 }
 
 fn welcome() -> impl Strategy<Value = Welcome> {
     (
         socket_addr(),
-        addrs(MAX_ADDRS_PER_PEER),
+        (addrs(MAX_ADDRS_PER_PEER), addrs(MAX_RELAYS_PER_PEER)),
         any::<u64>(),
         any::<u64>(),
         peers(),
     )
         .prop_map(
-            |(observed_addr, listen_addrs, capabilities, session, peers)| Welcome {
+            |(observed_addr, (listen_addrs, relays), capabilities, session, peers)| Welcome {
                 version: PROTOCOL_VERSION,
                 observed_addr,
                 listen_addrs,
+                relays,
                 capabilities,
                 session,
                 peers,
@@ -185,7 +198,8 @@ fn control() -> impl Strategy<Value = Control> {
         any::<u64>().prop_map(Control::Ping),
         any::<u64>().prop_map(Control::Pong),
         Just(Control::Leave(LeaveReason::Shutdown)),
-        addrs(MAX_ADDRS_PER_PEER).prop_map(Control::Addrs),
+        (addrs(MAX_ADDRS_PER_PEER), addrs(MAX_RELAYS_PER_PEER))
+            .prop_map(|(addrs, relays)| Control::Addrs { addrs, relays }),
     ]
 }
 
@@ -754,6 +768,10 @@ fn request_variant(r: &Request) -> usize {
         Request::Prove { .. } => 11,
         Request::DialBack { .. } => 12,
         Request::Probe { .. } => 13,
+        Request::Reserve => 14,
+        Request::Connect { .. } => 15,
+        Request::Circuit { .. } => 16,
+        Request::Punch { .. } => 17,
     }
 }
 
@@ -776,6 +794,7 @@ fn response_variant(r: &Response) -> usize {
         Response::Nack(NackReason::NotClose) => 14,
         Response::Nack(NackReason::Unreachable) => 15,
         Response::Dialed(_) => 16,
+        Response::Addrs(_) => 17,
     }
 }
 
@@ -789,7 +808,7 @@ fn control_variant(c: &Control) -> usize {
         Control::Ping(_) => 3,
         Control::Pong(_) => 4,
         Control::Leave(LeaveReason::Shutdown) => 5,
-        Control::Addrs(_) => 6,
+        Control::Addrs { .. } => 6,
     }
 }
 
@@ -813,8 +832,8 @@ fn variants_seen<T: Debug>(s: impl Strategy<Value = T>, variant: fn(&T) -> usize
 
 #[test]
 fn strategies_cover_every_variant() {
-    assert_eq!(variants_seen(request(), request_variant), 14);
-    assert_eq!(variants_seen(response(), response_variant), 17);
+    assert_eq!(variants_seen(request(), request_variant), 18);
+    assert_eq!(variants_seen(response(), response_variant), 18);
     assert_eq!(variants_seen(control(), control_variant), 7);
     assert_eq!(variants_seen(manifest(), manifest_variant), 5);
     // Role is inside Join.
@@ -843,6 +862,7 @@ fn ipv6_scope_is_not_carried() {
     let msg = Control::Peers(vec![PeerRecord {
         id: NodeId::from_bytes([1; 32]),
         addrs: vec![scoped],
+        relays: Vec::new(),
     }]);
     let frame = wire::encode(&msg, MAX_CONTROL_FRAME).unwrap();
     let Control::Peers(back) = wire::decode_body::<Control>(&frame[LEN_PREFIX..]).unwrap() else {

@@ -29,7 +29,7 @@ use crate::dht::kbucket::{Contact, Insert, RoutingTable};
 use crate::dht::providers::ProviderStore;
 use crate::dht::query::{Lookup, LookupConfig, Poll};
 use crate::dht::{distance, key_of, K};
-use crate::net::membership::LeftReason;
+use crate::net::membership::{relay_list, LeftReason};
 use crate::net::router::ServeFuture;
 use crate::net::{ConnectError, Network, PeerListener};
 use crate::observe::Metrics;
@@ -157,6 +157,7 @@ pub(super) fn record(c: &Contact) -> PeerRecord {
             .copied()
             .take(crate::proto::wire::MAX_ADDRS_PER_PEER)
             .collect(),
+        relays: relay_list(&c.relays),
     }
 }
 
@@ -168,6 +169,7 @@ fn contact(r: PeerRecord) -> Contact {
             .into_iter()
             .filter(crate::net::membership::dialable)
             .collect(),
+        relays: relay_list(&r.relays),
     }
 }
 
@@ -245,11 +247,11 @@ impl Dht {
 
     /// Adds a contact whose id a handshake proved. A full bucket pings its
     /// least-recently-seen contact first.
-    fn seen(&self, id: NodeId, addrs: Vec<SocketAddr>) {
+    fn seen(&self, id: NodeId, addrs: Vec<SocketAddr>, relays: Vec<SocketAddr>) {
         let result = self
             .state()
             .table
-            .insert(Contact { id, addrs }, Instant::now());
+            .insert(Contact { id, addrs, relays }, Instant::now());
         if let Insert::Ping(old) = result {
             self.ping_later(old);
         }
@@ -260,9 +262,14 @@ impl Dht {
     /// addresses it gave itself, whoever named it in this lookup, and an
     /// unknown one is added at the address the connection proved.
     fn answered(&self, id: NodeId, remote: SocketAddr) {
+        // A relayed connection's address is made up: nobody can dial it.
+        if !crate::net::membership::dialable(&remote) {
+            return;
+        }
         let contact = Contact {
             id,
             addrs: vec![remote],
+            relays: Vec::new(),
         };
         let result = self
             .state()
@@ -297,7 +304,7 @@ impl Dht {
         let net = &self.inner.net;
         let call = async {
             let first = &c.addrs[..c.addrs.len().min(1)];
-            let conn = net.connection_to(c.id, first).await?;
+            let conn = net.connection_to(c.id, first, &c.relays).await?;
             let (mut send, mut recv) = conn.open_bi().await?;
             write_frame(&mut send, &Request::Dht(request), MAX_CONTROL_FRAME).await?;
             let _ = send.finish();
@@ -414,7 +421,7 @@ impl Dht {
                 Some(known) => known.clone(),
                 None => contact(r),
             })
-            .filter(|c| !c.addrs.is_empty())
+            .filter(|c| !c.addrs.is_empty() || !c.relays.is_empty())
             .collect()
     }
 
@@ -422,10 +429,7 @@ impl Dht {
     /// returns how many took the record.
     pub async fn announce(&self, file: Hash) -> usize {
         let key = key_of(&file);
-        let me = PeerRecord {
-            id: self.inner.net.id(),
-            addrs: self.inner.net.listen_addrs(),
-        };
+        let me = self.inner.net.me();
         let closest = self.lookup(key).await.closest;
         let mut calls = JoinSet::new();
         for c in closest {
@@ -482,10 +486,7 @@ impl Dht {
             .collect();
         let net = &self.inner.net;
         if net.config().role == Role::Peer {
-            let me = Contact {
-                id: net.id(),
-                addrs: net.listen_addrs(),
-            };
+            let me = contact(net.me());
             nodes.push((me, None));
         }
         nodes.sort_by_key(|(c, _)| distance(&c.id, &key));
@@ -535,7 +536,12 @@ impl Dht {
         for (id, addrs) in contacts {
             // Proven by a handshake in an earlier run; a dead one fails its
             // first request and is dropped.
-            if let Insert::Ping(old) = d.table.insert(Contact { id, addrs }, now) {
+            let c = Contact {
+                id,
+                addrs,
+                relays: Vec::new(),
+            };
+            if let Insert::Ping(old) = d.table.insert(c, now) {
                 d.table.ping_result(&old.id, true, now);
             }
         }
@@ -545,8 +551,12 @@ impl Dht {
             let source = addrs
                 .first()
                 .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-            d.providers
-                .add(key, PeerRecord { id, addrs }, source, now + left);
+            let record = PeerRecord {
+                id,
+                addrs,
+                relays: Vec::new(),
+            };
+            d.providers.add(key, record, source, now + left);
         }
     }
 
@@ -628,16 +638,16 @@ pub fn jitter(d: Duration) -> Duration {
 }
 
 impl PeerListener for Dht {
-    fn proven(&self, id: NodeId, role: Role, addrs: &[SocketAddr]) {
+    fn proven(&self, id: NodeId, role: Role, addrs: &[SocketAddr], relays: &[SocketAddr]) {
         // Clients query but are never contacts; nor is a node nobody can
-        // dial (behind NAT, or not yet dialed back).
+        // reach (behind NAT with no relay, or not yet dialed back).
         if role != Role::Peer {
             return;
         }
-        if addrs.is_empty() {
+        if addrs.is_empty() && relays.is_empty() {
             self.state().table.remove(&id);
         } else {
-            self.seen(id, addrs.to_vec());
+            self.seen(id, addrs.to_vec(), relay_list(relays));
         }
     }
 

@@ -182,7 +182,12 @@ impl Checks {
                 .filter(dialable)
                 .take(MAX_ADDRS_PER_PEER)
                 .collect();
-            self.queue.push_back(PeerRecord { id: r.id, addrs });
+            let relays = crate::net::membership::relay_list(&r.relays);
+            self.queue.push_back(PeerRecord {
+                id: r.id,
+                addrs,
+                relays,
+            });
         }
         self.start_due();
     }
@@ -279,7 +284,7 @@ async fn check(
     budget: Duration,
 ) -> Result<Connection, CheckError> {
     let attempt = async {
-        let conn = net.connection_to(r.id, &r.addrs).await?;
+        let conn = net.connection_to(r.id, &r.addrs, &r.relays).await?;
         if crate::transfer::has(&conn, file, budget).await? {
             Ok(conn)
         } else {

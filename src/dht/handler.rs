@@ -100,10 +100,7 @@ impl Dht {
                 .unwrap_or(false);
             let me = self.net().id();
             if holds && !providers.iter().any(|p| p.id == me) {
-                providers.push(PeerRecord {
-                    id: me,
-                    addrs: self.net().listen_addrs(),
-                });
+                providers.push(self.net().me());
             }
         }
         providers.truncate(MAX_PROVIDERS_PER_KEY);
@@ -116,16 +113,19 @@ impl Dht {
                 "ADD_PROVIDER for another id refused");
             return Response::Nack(NackReason::NotAccepted);
         }
-        let mut addrs: Vec<SocketAddr> = provider
+        // Only where it can be reached: the address it asks from may be a
+        // NAT's mapping, or a relayed circuit's.
+        let addrs: Vec<SocketAddr> = provider
             .addrs
             .into_iter()
             .filter(crate::net::membership::dialable)
             .collect();
-        if addrs.is_empty() {
-            addrs.push(from.remote);
-        }
         let expires = Instant::now() + self.net().config().provider_ttl;
-        let record = PeerRecord { id: from.id, addrs };
+        let record = PeerRecord {
+            id: from.id,
+            addrs,
+            relays: crate::net::membership::relay_list(&provider.relays),
+        };
         self.state()
             .providers
             .add(key, record, from.remote.ip(), expires);

@@ -28,6 +28,8 @@ pub struct Contact {
     pub id: NodeId,
     /// Its addresses.
     pub addrs: Vec<SocketAddr>,
+    /// Relays it can be reached through.
+    pub relays: Vec<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -311,7 +313,11 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn contact(id: NodeId) -> Contact {
-        Contact { id, addrs: vec![] }
+        Contact {
+            id,
+            addrs: vec![],
+            relays: vec![],
+        }
     }
 
     #[test]
@@ -389,7 +395,11 @@ mod tests {
         let id = NodeId::from_bytes([7; 32]);
         let own: SocketAddr = "10.0.0.7:5000".parse().unwrap();
         let told: SocketAddr = "192.0.2.1:4433".parse().unwrap();
-        let with = |a: SocketAddr| Contact { id, addrs: vec![a] };
+        let with = |a: SocketAddr| Contact {
+            id,
+            addrs: vec![a],
+            relays: vec![],
+        };
         // Unknown: a third party's word is all there is.
         assert_eq!(t.insert_keeping_addrs(with(told), now), Insert::Added);
         assert_eq!(t.get(&id).unwrap().addrs, vec![told]);

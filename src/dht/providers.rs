@@ -255,6 +255,7 @@ mod tests {
         PeerRecord {
             id: NodeId::from_bytes(id),
             addrs: vec![],
+            relays: Vec::new(),
         }
     }
 

@@ -470,7 +470,11 @@ mod tests {
     use std::collections::HashMap;
 
     fn c(id: NodeId) -> Contact {
-        Contact { id, addrs: vec![] }
+        Contact {
+            id,
+            addrs: vec![],
+            relays: vec![],
+        }
     }
 
     /// A small synchronous network of routing tables.

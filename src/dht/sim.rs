@@ -54,7 +54,11 @@ impl Report {
 }
 
 fn contact(id: NodeId) -> Contact {
-    Contact { id, addrs: vec![] }
+    Contact {
+        id,
+        addrs: vec![],
+        relays: vec![],
+    }
 }
 
 impl Sim {

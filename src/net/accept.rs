@@ -59,7 +59,7 @@ impl Network {
 
     /// A connection's place under the limits, taken before its handshake is
     /// processed; `None` once the connection is refused or asked to retry.
-    fn admit(&self, incoming: Incoming) -> Option<(Incoming, ConnPermit)> {
+    pub(super) fn admit(&self, incoming: Incoming) -> Option<(Incoming, ConnPermit)> {
         let remote = incoming.remote_address();
         // Under a handshake flood, an address must first show it receives
         // what is sent to it (QUIC Retry); spoofed sources go no further.
@@ -178,7 +178,7 @@ impl Network {
         conn.close(ErrorCode::ConnectionLimit.var_int(), &hit.encode());
     }
 
-    async fn handle_incoming(self, incoming: Incoming, permit: ConnPermit) {
+    pub(super) async fn handle_incoming(self, incoming: Incoming, permit: ConnPermit) {
         let remote = incoming.remote_address();
         let Some(conn) = self.handshake_in(incoming).await else {
             return;
@@ -209,6 +209,7 @@ impl Network {
             outbound: false,
             session: join.session,
             addrs: join.listen_addrs.clone(),
+            relays: join.relays.clone(),
         };
         self.run_connection(conn, meta, send, recv, permit, span);
     }
@@ -303,6 +304,7 @@ impl Network {
             version: PROTOCOL_VERSION,
             observed_addr: remote,
             listen_addrs: self.listen_addrs(),
+            relays: self.relays(),
             capabilities: 0,
             session: self.inner.session,
             peers,

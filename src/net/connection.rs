@@ -31,6 +31,8 @@ pub(super) struct ConnMeta {
     pub(super) session: u64,
     /// The address it was reached at, then those it announced.
     pub(super) addrs: Vec<SocketAddr>,
+    /// The relays it announced.
+    pub(super) relays: Vec<SocketAddr>,
 }
 
 /// Closes `conn` with `code` and logs why.
@@ -92,7 +94,12 @@ impl Network {
         self.inner
             .tasks
             .spawn(async move { n.accept_streams(c, id, role).await }.instrument(span.clone()));
-        self.proven(id, role, &meta.addrs);
+        self.proven(id, role, &meta.addrs, &meta.relays);
+        if role == Role::Peer {
+            // The first peer can tell at once whether this node can be
+            // dialed: before it gossips this node on.
+            self.maybe_check_reachability(Instant::now());
+        }
         let n = self.clone();
         self.inner
             .tasks
@@ -117,7 +124,7 @@ impl Network {
         let outcome = lock(&self.inner.peers).register(
             meta.id,
             meta.role,
-            &meta.addrs,
+            (&meta.addrs, &meta.relays),
             handle,
             Instant::now(),
         );
@@ -256,10 +263,10 @@ impl Network {
                     let _ = tx.try_send(Control::Pong(n));
                 }
                 Control::Pong(_) => {}
-                Control::Addrs(addrs) => {
-                    let addrs = lock(&self.inner.peers).readdress(id, &addrs);
-                    debug!(?addrs, "peer announced new addresses");
-                    self.proven(id, role, &addrs);
+                Control::Addrs { addrs, relays } => {
+                    let (addrs, relays) = lock(&self.inner.peers).readdress(id, &addrs, &relays);
+                    debug!(?addrs, ?relays, "peer announced new addresses");
+                    self.proven(id, role, &addrs, &relays);
                 }
                 Control::Leave(LeaveReason::Shutdown) => {
                     self.peer_left(&conn, id);

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use quinn::{Connection, ConnectionError, RecvStream, SendStream};
+use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
@@ -106,6 +106,21 @@ impl Drop for DialGuard {
     }
 }
 
+/// How a dial goes.
+#[derive(Clone, Copy)]
+pub(super) enum Route<'a> {
+    /// From this node's endpoint; a connection to the peer already up is
+    /// used instead.
+    Direct,
+    /// From this node's endpoint, even though a (relayed) connection to the
+    /// peer is up: a hole punch. The one-connection rule keeps the direct
+    /// one.
+    Punch,
+    /// Over a relayed circuit's endpoint: the address is the circuit's
+    /// made-up one, not one to remember the peer by.
+    Circuit(&'a Endpoint),
+}
+
 impl Network {
     /// Dials `addr`, runs JOIN/WELCOME, and returns the peer's proven id.
     ///
@@ -126,11 +141,13 @@ impl Network {
         }))
     }
 
-    /// The live connection to `id`, dialing `addrs` in turn if there is none.
+    /// The live connection to `id`, dialing `addrs` in turn if there is none,
+    /// then through `relays` in turn.
     pub async fn connection_to(
         &self,
         id: NodeId,
         addrs: &[SocketAddr],
+        relays: &[SocketAddr],
     ) -> Result<Connection, ConnectError> {
         if let Some(conn) = self.connection(&id).filter(|c| c.close_reason().is_none()) {
             return Ok(conn);
@@ -145,6 +162,18 @@ impl Network {
                 Err(e) => last = e,
             }
         }
+        for relay in relays {
+            match self.dial_relayed(*relay, id).await {
+                Ok(_) => match self.connection(&id) {
+                    Some(conn) => return Ok(conn),
+                    None => last = ConnectError::Replaced(id),
+                },
+                Err(e) => {
+                    debug!(peer = %id.fmt_short(), %relay, "relayed dial failed: {e}");
+                    last = e;
+                }
+            }
+        }
         Err(last)
     }
 
@@ -154,6 +183,20 @@ impl Network {
         addr: SocketAddr,
         expect: Option<NodeId>,
     ) -> Result<NodeId, ConnectError> {
+        self.dial_on(Route::Direct, addr, expect).await
+    }
+
+    /// Dials `addr` the way `route` says.
+    pub(super) async fn dial_on(
+        &self,
+        route: Route<'_>,
+        addr: SocketAddr,
+        expect: Option<NodeId>,
+    ) -> Result<NodeId, ConnectError> {
+        let circuit = match route {
+            Route::Circuit(endpoint) => Some(endpoint),
+            _ => None,
+        };
         if self.inner.stopping.is_cancelled() {
             return Err(ConnectError::ShuttingDown);
         }
@@ -165,7 +208,7 @@ impl Network {
         }
         // A second connection to a known peer would only be closed as a
         // duplicate: wait for a dial under way, or reuse a connection.
-        let _guard = match expect {
+        let _guard = match expect.filter(|_| !matches!(route, Route::Punch)) {
             Some(id) => match self.claim_dial(id, addr).await? {
                 Claim::Connected => return Ok(id),
                 Claim::Mine(guard) => Some(guard),
@@ -178,15 +221,22 @@ impl Network {
             .clone()
             .try_acquire_owned()
             .map_err(|_| ConnectError::Limit(self.inner.config.max_connections))?;
-        let (conn, id) = self.handshake(addr, expect).await?;
+        let (conn, id) = self.handshake(circuit, addr, expect).await?;
         let span = info_span!("conn", remote = %addr, peer = %id.fmt_short());
         let (send, recv, welcome) = match self.join(&conn, addr).instrument(span.clone()).await {
             Ok(joined) => joined,
             Err(e) => return join_failed(&conn, id, addr, e),
         };
         debug!(observed = %welcome.observed_addr, "welcomed");
+        if circuit.is_none() {
+            self.seen_at(welcome.observed_addr);
+        }
         lock(&self.inner.peers).learn(&welcome.peers, Instant::now());
-        let mut addrs = vec![addr];
+        let mut addrs = if circuit.is_some() {
+            Vec::new()
+        } else {
+            vec![addr]
+        };
         addrs.extend(
             welcome
                 .listen_addrs
@@ -200,6 +250,7 @@ impl Network {
             outbound: true,
             session: welcome.session,
             addrs,
+            relays: welcome.relays.clone(),
         };
         let permit = ConnPermit {
             _total: permit,
@@ -249,12 +300,12 @@ impl Network {
     /// pinned one).
     async fn handshake(
         &self,
+        circuit: Option<&Endpoint>,
         addr: SocketAddr,
         expect: Option<NodeId>,
     ) -> Result<(Connection, NodeId), ConnectError> {
-        let connecting = self
-            .inner
-            .endpoint
+        let connecting = circuit
+            .unwrap_or(&self.inner.endpoint)
             .connect_with(
                 self.inner.client_config.clone(),
                 addr,
@@ -316,6 +367,7 @@ impl Network {
                 version: PROTOCOL_VERSION,
                 role: self.inner.config.role,
                 listen_addrs: self.listen_addrs(),
+                relays: self.relays(),
                 capabilities: 0,
                 session: self.inner.session,
             });

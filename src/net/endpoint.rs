@@ -96,12 +96,12 @@ pub fn bind_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocke
 }
 
 /// Binds the endpoint for a node with `config` and `identity`: a server too
-/// unless the node is a client. Returns the endpoint and the config to dial
-/// with.
+/// unless the node is a client. Returns the endpoint, the config to dial
+/// with, and the one to accept with (`None` for a client).
 pub(crate) fn open(
     config: &NodeConfig,
     identity: &Identity,
-) -> Result<(Endpoint, quinn::ClientConfig), EndpointError> {
+) -> Result<(Endpoint, quinn::ClientConfig, Option<quinn::ServerConfig>), EndpointError> {
     let transport = Arc::new(transport_config(config)?);
     let policy = tls::PeerPolicy {
         network: config.network_key.clone(),
@@ -116,15 +116,11 @@ pub(crate) fn open(
 
     let socket = bind_socket(config.listen, config.socket_buffer)?;
     let runtime = quinn::default_runtime().ok_or(EndpointError::Config("no async runtime"))?;
-    let endpoint = Endpoint::new(
-        endpoint_config(),
-        (config.role == Role::Peer).then_some(server_config),
-        socket,
-        runtime,
-    )
-    .map_err(|source| EndpointError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    Ok((endpoint, client_config))
+    let server_config = (config.role == Role::Peer).then_some(server_config);
+    let endpoint = Endpoint::new(endpoint_config(), server_config.clone(), socket, runtime)
+        .map_err(|source| EndpointError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    Ok((endpoint, client_config, server_config))
 }

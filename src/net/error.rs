@@ -124,6 +124,16 @@ pub enum ConnectError {
     /// The peer is known by id only: no address to dial it at.
     #[error("no address known for {0}")]
     NoAddress(NodeId),
+    /// A relay gave no circuit to the peer.
+    #[error("no circuit to {target} through the relay at {relay}: {reason}")]
+    Relay {
+        /// The relay's address.
+        relay: SocketAddr,
+        /// The peer.
+        target: NodeId,
+        /// What went wrong.
+        reason: String,
+    },
     /// The connection was replaced (a simultaneous dial) and then lost.
     #[error("the connection to {0} was replaced and then lost")]
     Replaced(NodeId),

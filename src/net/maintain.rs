@@ -78,6 +78,7 @@ impl Network {
             self.expire_and_dial(now);
             self.maybe_bootstrap(now);
             self.maybe_check_reachability(now);
+            self.maybe_reserve(now);
         }
     }
 

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use rand::seq::IteratorRandom;
 use tokio::sync::mpsc;
 
-use crate::proto::wire::{Control, PeerRecord, Role, MAX_ADDRS_PER_PEER};
+use crate::proto::wire::{Control, PeerRecord, Role, MAX_ADDRS_PER_PEER, MAX_RELAYS_PER_PEER};
 use crate::proto::NodeId;
 
 /// Most peers kept that are known from gossip but not connected.
@@ -84,6 +84,9 @@ pub enum PeerEvent {
     },
     /// What this node learned about being dialed from outside changed.
     Reachability(super::Reachability),
+    /// The relays this node can be reached through changed (none: it
+    /// lost the last one).
+    Relays(Vec<SocketAddr>),
 }
 
 /// The live connection to a peer, as the table keeps it.
@@ -112,6 +115,8 @@ pub struct PeerEntry {
     pub id: NodeId,
     /// Addresses it can be dialed at, best first.
     pub addrs: Vec<SocketAddr>,
+    /// Relays it can be reached through.
+    pub relays: Vec<SocketAddr>,
     /// Full node or client.
     pub role: Role,
     /// Last time anything was heard from or about it.
@@ -138,6 +143,8 @@ pub struct PeerInfo {
     pub id: NodeId,
     /// Where it can be dialed.
     pub addrs: Vec<SocketAddr>,
+    /// Relays it can be reached through.
+    pub relays: Vec<SocketAddr>,
     /// Full node or client.
     pub role: Role,
     /// Whether a connection is up, and who dialed.
@@ -146,6 +153,8 @@ pub struct PeerInfo {
     pub last_seen: Duration,
     /// Round-trip time on the connection.
     pub rtt: Option<Duration>,
+    /// The connection runs through a relay.
+    pub relayed: bool,
 }
 
 /// Connection state of a peer in a [`PeerInfo`].
@@ -205,17 +214,36 @@ pub fn dial_backoff(failures: u32) -> Duration {
     Duration::from_secs(secs.min(60))
 }
 
-/// Whether an address can be dialed from elsewhere (not 0.0.0.0, not port 0).
+/// Whether an address can be dialed from elsewhere (not 0.0.0.0, not port 0,
+/// not a relayed circuit's made-up address).
 pub fn dialable(addr: &SocketAddr) -> bool {
-    !addr.ip().is_unspecified() && addr.port() != 0
+    !addr.ip().is_unspecified() && addr.port() != 0 && !super::circuit::is_circuit_addr(addr)
 }
 
 fn merge_addrs(into: &mut Vec<SocketAddr>, from: impl IntoIterator<Item = SocketAddr>) {
+    merge_up_to(into, from, MAX_ADDRS_PER_PEER);
+}
+
+/// The dialable ones of `from` not in `into` yet, while `into` holds fewer
+/// than `max`.
+fn merge_up_to(into: &mut Vec<SocketAddr>, from: impl IntoIterator<Item = SocketAddr>, max: usize) {
     for a in from {
-        if dialable(&a) && !into.contains(&a) && into.len() < MAX_ADDRS_PER_PEER {
+        if dialable(&a) && !into.contains(&a) && into.len() < max {
             into.push(a);
         }
     }
+}
+
+/// Whether `conn` runs through a relay.
+fn relayed(conn: &quinn::Connection) -> bool {
+    super::circuit::is_circuit_addr(&conn.remote_address())
+}
+
+/// The dialable ones of `relays`, at most [`MAX_RELAYS_PER_PEER`].
+pub fn relay_list(relays: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    merge_up_to(&mut out, relays.iter().copied(), MAX_RELAYS_PER_PEER);
+    out
 }
 
 impl PeerTable {
@@ -232,6 +260,7 @@ impl PeerTable {
         self.peers.entry(id).or_insert_with(|| PeerEntry {
             id,
             addrs: Vec::new(),
+            relays: Vec::new(),
             role,
             last_seen: now,
             conn: None,
@@ -249,7 +278,7 @@ impl PeerTable {
         &mut self,
         id: NodeId,
         role: Role,
-        addrs: &[SocketAddr],
+        (addrs, relays): (&[SocketAddr], &[SocketAddr]),
         handle: ConnHandle,
         now: Instant,
     ) -> Registered {
@@ -265,11 +294,19 @@ impl PeerTable {
         merge_addrs(&mut fresh, addrs.iter().copied());
         merge_addrs(&mut fresh, e.addrs.iter().copied());
         e.addrs = fresh;
+        e.relays = relay_list(relays);
 
         let replaced = match &e.conn {
             None => None,
             Some(old) if old.conn.close_reason().is_some() => Some(old.conn.clone()),
             Some(old) if old.session != handle.session => Some(old.conn.clone()),
+            // A direct path beats a relayed one, on both sides alike.
+            Some(old) if relayed(&old.conn) != relayed(&handle.conn) => {
+                if relayed(&handle.conn) {
+                    return Registered::Duplicate;
+                }
+                Some(old.conn.clone())
+            }
             Some(old) => {
                 // Same peer process, two live connections: the one dialed by the
                 // lower id wins, on both sides.
@@ -290,20 +327,26 @@ impl PeerTable {
         Registered::Accepted { joined, replaced }
     }
 
-    /// Replaces the addresses `id` announced with `announced` (its
+    /// Replaces the addresses and relays `id` announced (its
     /// [`Control::Addrs`](crate::proto::wire::Control::Addrs)), keeping the
-    /// one this node dialed it at. Returns its addresses now.
-    pub fn readdress(&mut self, id: NodeId, announced: &[SocketAddr]) -> Vec<SocketAddr> {
+    /// address this node dialed it at. Returns its addresses and relays now.
+    pub fn readdress(
+        &mut self,
+        id: NodeId,
+        addrs: &[SocketAddr],
+        relays: &[SocketAddr],
+    ) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
         let Some(e) = self.peers.get_mut(&id) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let mut fresh = Vec::new();
         if let Some(c) = e.conn.as_ref().filter(|c| c.outbound) {
             merge_addrs(&mut fresh, [c.conn.remote_address()]);
         }
-        merge_addrs(&mut fresh, announced.iter().copied());
+        merge_addrs(&mut fresh, addrs.iter().copied());
         e.addrs = fresh.clone();
-        fresh
+        e.relays = relay_list(relays);
+        (fresh, e.relays.clone())
     }
 
     /// Removes the connection `conn_id` of peer `id` if it is still the current
@@ -371,7 +414,8 @@ impl PeerTable {
         let mut known = self.peers.values().filter(|e| e.conn.is_none()).count();
         for r in records.iter().filter(|r| r.id != me) {
             let addrs: Vec<SocketAddr> = r.addrs.iter().copied().filter(dialable).collect();
-            if addrs.is_empty() {
+            let relays = relay_list(&r.relays);
+            if addrs.is_empty() && relays.is_empty() {
                 continue;
             }
             if !self.peers.contains_key(&r.id) {
@@ -388,6 +432,9 @@ impl PeerTable {
             merge_addrs(&mut e.addrs, addrs);
             if e.conn.is_none() {
                 e.last_seen = now;
+                if !relays.is_empty() {
+                    e.relays = relays;
+                }
             }
         }
         new
@@ -503,12 +550,13 @@ impl PeerTable {
         self.peers
             .values()
             .filter(|e| e.id != exclude && e.role == Role::Peer && e.conn.is_some())
-            .filter(|e| !e.addrs.is_empty())
+            .filter(|e| !e.addrs.is_empty() || !e.relays.is_empty())
             .choose_multiple(&mut rng, max)
             .into_iter()
             .map(|e| PeerRecord {
                 id: e.id,
                 addrs: e.addrs.clone(),
+                relays: e.relays.clone(),
             })
             .collect()
     }
@@ -547,6 +595,7 @@ impl PeerTable {
             .map(|e| PeerInfo {
                 id: e.id,
                 addrs: e.addrs.clone(),
+                relays: e.relays.clone(),
                 role: e.role,
                 state: match &e.conn {
                     Some(c) if c.outbound => PeerState::Outbound,
@@ -555,6 +604,7 @@ impl PeerTable {
                 },
                 last_seen: now.saturating_duration_since(e.last_seen),
                 rtt: e.conn.as_ref().map(|c| c.conn.rtt()),
+                relayed: e.conn.as_ref().is_some_and(|c| relayed(&c.conn)),
             })
             .collect();
         out.sort_by_key(|p| (p.state == PeerState::Known, p.id));
@@ -582,14 +632,17 @@ mod tests {
             PeerRecord {
                 id: id(1),
                 addrs: vec![addr(1)],
+                relays: Vec::new(),
             },
             PeerRecord {
                 id: id(2),
                 addrs: vec!["0.0.0.0:5".parse().unwrap(), addr(2)],
+                relays: Vec::new(),
             },
             PeerRecord {
                 id: id(3),
                 addrs: vec!["0.0.0.0:5".parse().unwrap()],
+                relays: Vec::new(),
             },
         ];
         assert_eq!(t.learn(&records, now), 1);
@@ -615,6 +668,7 @@ mod tests {
             &[PeerRecord {
                 id: id(2),
                 addrs: vec![addr(2)],
+                relays: Vec::new(),
             }],
             now,
         );

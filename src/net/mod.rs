@@ -32,6 +32,7 @@
 //! [`Network::shutdown`] stops them in order.
 
 mod accept;
+mod circuit;
 mod connection;
 mod dial;
 pub mod endpoint;
@@ -40,6 +41,7 @@ mod limits;
 mod maintain;
 pub mod membership;
 pub mod reach;
+mod relay;
 pub mod router;
 
 use std::collections::HashMap;
@@ -55,6 +57,7 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 pub use crate::proto::addr::{ParseAddrError, PeerAddr};
+pub use circuit::is_circuit_addr as is_relayed;
 pub use error::{ConnectError, EndpointError, JoinError, PeerLimit};
 pub(crate) use limits::ip_key;
 pub use maintain::BootstrapError;
@@ -64,7 +67,7 @@ pub use router::{RequestStream, Service};
 use crate::config::NodeConfig;
 use crate::crypto::identity::Identity;
 use crate::observe::Observe;
-use crate::proto::wire::{Control, ErrorCode, LeaveReason, RequestKind, Role};
+use crate::proto::wire::{Control, ErrorCode, LeaveReason, PeerRecord, RequestKind, Role};
 use crate::proto::NodeId;
 use limits::{
     IpCounts, LogGate, LogKey, TokenBucket, EXPLAINED_REFUSALS_BURST, EXPLAINED_REFUSALS_PER_SEC,
@@ -76,9 +79,11 @@ use router::Router;
 /// Hears about peers as the core proves and loses them (the DHT's routing
 /// table is fed this way). Called inline: implementations only record.
 pub trait PeerListener: Send + Sync + 'static {
-    /// A connection to `id`, whose key the handshake proved, is up. `addrs`
-    /// holds the address it was reached at, then those it announced.
-    fn proven(&self, id: NodeId, role: Role, addrs: &[SocketAddr]);
+    /// A connection to `id`, whose key the handshake proved, is up, or it
+    /// announced new addresses. `addrs` holds the address it was dialed at,
+    /// then those it announced; `relays` those it can be reached through.
+    /// Both empty: nobody can reach it.
+    fn proven(&self, id: NodeId, role: Role, addrs: &[SocketAddr], relays: &[SocketAddr]);
     /// `id` left or went silent, as `reason` says. Not called while this
     /// node is stopping.
     fn left(&self, id: NodeId, reason: &membership::LeftReason);
@@ -102,6 +107,14 @@ struct Inner {
     peers: Mutex<PeerTable>,
     /// Whether this node can be dialed, and the dial-backs under way.
     reach: Mutex<reach::ReachState>,
+    /// The reservations and circuits this node relays, and the relays it
+    /// is reached through.
+    relay: Mutex<relay::RelayState>,
+    /// Where peers saw this node's direct connections come from, newest
+    /// first: what a hole punch asks to be dialed at.
+    seen_at: Mutex<Vec<SocketAddr>>,
+    /// What accepting takes (also on a relayed circuit); `None` for a client.
+    server_config: Option<quinn::ServerConfig>,
     /// Dials under way, by peer: cancelled when the dial ends, however it
     /// ends, so a second dial to the same peer waits for the first.
     dialing: Mutex<HashMap<NodeId, CancellationToken>>,
@@ -141,7 +154,7 @@ impl Network {
     ///
     /// [`start`]: Network::start
     pub fn bind(config: NodeConfig, identity: Identity) -> Result<Network, EndpointError> {
-        let (endpoint, client_config) = endpoint::open(&config, &identity)?;
+        let (endpoint, client_config, server_config) = endpoint::open(&config, &identity)?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| EndpointError::Bind {
@@ -162,6 +175,10 @@ impl Network {
                 log_gate: Mutex::new(LogGate::default()),
                 peers: Mutex::new(PeerTable::new(identity.node_id())),
                 reach: Mutex::new(reach::ReachState::new(Instant::now())),
+                relay: Mutex::new(relay::RelayState::new(
+                    config.relay_circuits,
+                    Instant::now(),
+                )),
                 dialing: Mutex::new(HashMap::new()),
                 bootstrap: Mutex::new(BootstrapState::new(Instant::now())),
                 listeners: RwLock::new(Vec::new()),
@@ -171,6 +188,8 @@ impl Network {
                 identity,
                 endpoint,
                 client_config,
+                server_config,
+                seen_at: Mutex::new(Vec::new()),
                 local_addr,
                 events,
                 stopping: CancellationToken::new(),
@@ -182,6 +201,14 @@ impl Network {
         };
         let dial_backs = reach::DialBacks(Arc::downgrade(&net.inner));
         net.serve(&[RequestKind::DialBack], Arc::new(dial_backs));
+        let relaying = relay::Relaying(Arc::downgrade(&net.inner));
+        let kinds = [
+            RequestKind::Reserve,
+            RequestKind::Connect,
+            RequestKind::Circuit,
+            RequestKind::Punch,
+        ];
+        net.serve(&kinds, Arc::new(relaying));
         Ok(net)
     }
 
@@ -288,6 +315,16 @@ impl Network {
         }
     }
 
+    /// This node as a peer record: where it can be dialed, and the relays
+    /// it can be reached through.
+    pub fn me(&self) -> PeerRecord {
+        PeerRecord {
+            id: self.id(),
+            addrs: self.listen_addrs(),
+            relays: self.relays(),
+        }
+    }
+
     /// Subscribes to membership events.
     pub fn subscribe(&self) -> broadcast::Receiver<PeerEvent> {
         self.inner.events.subscribe()
@@ -359,7 +396,7 @@ impl Network {
             PeerEvent::Left { id, reason } => {
                 journal.record("leave", format!("{} {reason}", id.fmt_short()))
             }
-            PeerEvent::Reachability(_) => {}
+            PeerEvent::Reachability(_) | PeerEvent::Relays(_) => {}
         }
         // No subscribers is fine.
         let _ = self.inner.events.send(event);
@@ -374,9 +411,9 @@ impl Network {
     }
 
     /// A peer was proven by a handshake and registered.
-    fn proven(&self, id: NodeId, role: Role, addrs: &[SocketAddr]) {
+    fn proven(&self, id: NodeId, role: Role, addrs: &[SocketAddr], relays: &[SocketAddr]) {
         for l in self.listeners() {
-            l.proven(id, role, addrs);
+            l.proven(id, role, addrs, relays);
         }
     }
 

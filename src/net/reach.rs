@@ -38,9 +38,7 @@ use super::router::{RequestStream, ServeFuture, Service};
 use super::{lock, Inner, Network};
 use crate::crypto::tls;
 use crate::proto::frame::{read_frame, write_frame};
-use crate::proto::wire::{
-    Control, ErrorCode, NackReason, Request, Response, Role, MAX_CONTROL_FRAME,
-};
+use crate::proto::wire::{ErrorCode, NackReason, Request, Response, Role, MAX_CONTROL_FRAME};
 use crate::proto::NodeId;
 
 /// Peers asked per check.
@@ -304,10 +302,7 @@ impl Network {
         debug!("{v}");
         self.observe().journal.record("nat", v.to_string());
         self.emit(PeerEvent::Reachability(v));
-        let addrs = self.listen_addrs();
-        for (_, _, handle) in lock(&self.inner.peers).connections() {
-            let _ = handle.control.try_send(Control::Addrs(addrs.clone()));
-        }
+        self.announce_addrs();
     }
 
     /// Answers a peer's [`Request::DialBack`]: dials it back from a fresh

@@ -232,6 +232,7 @@ mod tests {
             holders: vec![PeerRecord {
                 id: NodeId::from_bytes([3; 32]),
                 addrs: vec!["127.0.0.1:5000".parse().unwrap()],
+                relays: Vec::new(),
             }],
             key: None,
         };

@@ -72,6 +72,18 @@
 //!   nonce arriving; the answer, [`Response::Dialed`] with the address
 //!   dialed or [`Response::Nack`] with [`NackReason::Unreachable`], tells it
 //!   where it was reached, or that it was not.
+//! - [`Request::Reserve`], [`Request::Connect`], [`Request::Circuit`]: relays.
+//!   A node nobody can dial reserves a slot at a reachable peer (RESERVE) and
+//!   announces that relay. A peer that wants to reach it asks the relay for a
+//!   circuit (CONNECT); the relay asks the node (CIRCUIT) on the node's
+//!   connection, and once both said yes joins the two streams. Each then
+//!   carries QUIC datagrams, each a 2-byte big-endian length and the bytes,
+//!   of a connection between the two ends: its TLS is end to end, so the
+//!   relay sees ciphertext and cannot pose as either. A relay bounds the
+//!   reservations and circuits it keeps, and each circuit's bytes and time.
+//! - [`Request::Punch`]: on a relayed connection, the two ends swap the
+//!   addresses peers see them at and dial each other there at once (hole
+//!   punching); a direct connection that comes up replaces the relayed one.
 //!
 //! Raw data is capped by [`MAX_CHUNK_SIZE`] (16 MiB) for chunks and
 //! [`MAX_MANIFEST_SIZE`] (16 MiB) for manifests; a larger declared length is
@@ -109,7 +121,7 @@ use crate::proto::NodeId;
 pub const ALPN: &[u8] = b"quic-peer/1";
 
 /// The minor protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Size of the length prefix in front of every frame.
 pub const LEN_PREFIX: usize = 4;
@@ -122,6 +134,9 @@ pub const MAX_PEERS_PER_MESSAGE: usize = 64;
 
 /// Most addresses listed for one peer.
 pub const MAX_ADDRS_PER_PEER: usize = 8;
+
+/// Most relays one peer is said to be reachable through.
+pub const MAX_RELAYS_PER_PEER: usize = 4;
 
 /// Longest byte range a [`Request::Prove`] may ask to be hashed.
 pub const MAX_PROOF_LEN: u32 = 64 * 1024;
@@ -359,6 +374,35 @@ pub enum Request {
         /// The nonce of the DIAL_BACK.
         nonce: u64,
     },
+    /// Asks a reachable node to relay for the sender (which cannot be
+    /// dialed) while this connection lasts: [`Response::Ack`], or
+    /// [`Response::Nack`] with [`NackReason::NotAccepted`].
+    Reserve,
+    /// Asks a relay for a circuit to `target`, which holds a reservation
+    /// there: [`Response::Ack`], then the stream carries the sender's QUIC
+    /// datagrams to `target` and back, each a 2-byte big-endian length and
+    /// the datagram; or [`Response::Nack`] with [`NackReason::Unreachable`]
+    /// when `target` has no reservation, [`NackReason::NotAccepted`] when
+    /// the relay is full or relays for nobody.
+    Connect {
+        /// The node to reach.
+        target: NodeId,
+    },
+    /// From a relay to a node with a reservation: `from` asks for a
+    /// circuit. [`Response::Ack`] if the node takes it; then the stream
+    /// carries datagrams as for [`Request::Connect`].
+    Circuit {
+        /// The node at the other end, proven by its connection to the relay.
+        from: NodeId,
+    },
+    /// On a relayed connection: let us both dial each other's public
+    /// addresses now (hole punching). `addrs` are where peers see the
+    /// sender; answered by [`Response::Addrs`] with the receiver's, or
+    /// [`Response::Nack`] with [`NackReason::NotAccepted`].
+    Punch {
+        /// Where peers see the sender.
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 /// What a request asks for, without its arguments: the key a service
@@ -387,6 +431,14 @@ pub enum RequestKind {
     DialBack,
     /// [`Request::Probe`].
     Probe,
+    /// [`Request::Reserve`].
+    Reserve,
+    /// [`Request::Connect`].
+    Connect,
+    /// [`Request::Circuit`].
+    Circuit,
+    /// [`Request::Punch`].
+    Punch,
 }
 
 impl RequestKind {
@@ -404,6 +456,10 @@ impl RequestKind {
             RequestKind::Prove => "prove",
             RequestKind::DialBack => "dial_back",
             RequestKind::Probe => "probe",
+            RequestKind::Reserve => "reserve",
+            RequestKind::Connect => "connect",
+            RequestKind::Circuit => "circuit",
+            RequestKind::Punch => "punch",
         }
     }
 }
@@ -423,6 +479,10 @@ impl Request {
             Request::Prove { .. } => RequestKind::Prove,
             Request::DialBack { .. } => RequestKind::DialBack,
             Request::Probe { .. } => RequestKind::Probe,
+            Request::Reserve => RequestKind::Reserve,
+            Request::Connect { .. } => RequestKind::Connect,
+            Request::Circuit { .. } => RequestKind::Circuit,
+            Request::Punch { .. } => RequestKind::Punch,
         }
     }
 }
@@ -481,6 +541,8 @@ pub enum Response {
     /// The answer to [`Request::DialBack`]: the probe reached the asker at
     /// this address.
     Dialed(SocketAddr),
+    /// The answer to [`Request::Punch`]: where peers see the receiver.
+    Addrs(Vec<SocketAddr>),
 }
 
 /// Why a PUT or HOLD was refused.
@@ -535,9 +597,12 @@ pub struct Join {
     pub version: u16,
     /// Full node or client.
     pub role: Role,
-    /// Addresses the dialer accepts connections on (may be empty: then the
-    /// address the connection came from is used).
+    /// Addresses the dialer accepts connections on (may be empty: it cannot
+    /// be dialed, or does not know yet where).
     pub listen_addrs: Vec<SocketAddr>,
+    /// Relays it holds a reservation at ([`Request::Connect`] reaches it
+    /// through them).
+    pub relays: Vec<SocketAddr>,
     /// Capability bits.
     pub capabilities: Capabilities,
     /// Random per process start: a new session from a known id means the peer
@@ -552,6 +617,8 @@ pub struct PeerRecord {
     pub id: NodeId,
     /// Where it can be dialed.
     pub addrs: Vec<SocketAddr>,
+    /// Relays it can be reached through ([`Request::Connect`]).
+    pub relays: Vec<SocketAddr>,
 }
 
 /// WELCOME: the accepting side's answer to JOIN.
@@ -563,6 +630,8 @@ pub struct Welcome {
     pub observed_addr: SocketAddr,
     /// Addresses the acceptor accepts connections on.
     pub listen_addrs: Vec<SocketAddr>,
+    /// Relays it holds a reservation at.
+    pub relays: Vec<SocketAddr>,
     /// Capability bits.
     pub capabilities: Capabilities,
     /// The acceptor's session (see [`Join::session`]).
@@ -591,10 +660,17 @@ pub enum Control {
     Pong(u64),
     /// The sender is leaving the network; the connection closes next.
     Leave(LeaveReason),
-    /// The addresses the sender can be dialed at changed (a dial-back proved
-    /// or disproved them): these replace the ones it announced. Empty: it
-    /// cannot be dialed, and is not to be gossiped or made a DHT contact.
-    Addrs(Vec<SocketAddr>),
+    /// The addresses the sender can be dialed at, or the relays it can be
+    /// reached through, changed (a dial-back proved or disproved them, a
+    /// reservation was made or lost): these replace the ones it announced.
+    /// Both empty: nobody can reach it, and it is not to be gossiped or made
+    /// a DHT contact.
+    Addrs {
+        /// Where it can be dialed.
+        addrs: Vec<SocketAddr>,
+        /// Relays it can be reached through.
+        relays: Vec<SocketAddr>,
+    },
 }
 
 /// Why bytes from the network were rejected.
@@ -660,10 +736,15 @@ fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), WireError
     }
 }
 
+fn check_addrs(addrs: &[SocketAddr], relays: &[SocketAddr]) -> Result<(), WireError> {
+    check_len("address list", addrs.len(), MAX_ADDRS_PER_PEER)?;
+    check_len("relay list", relays.len(), MAX_RELAYS_PER_PEER)
+}
+
 fn check_peers(peers: &[PeerRecord]) -> Result<(), WireError> {
     check_len("peer list", peers.len(), MAX_PEERS_PER_MESSAGE)?;
     for p in peers {
-        check_len("address list", p.addrs.len(), MAX_ADDRS_PER_PEER)?;
+        check_addrs(&p.addrs, &p.relays)?;
     }
     Ok(())
 }
@@ -675,7 +756,7 @@ impl Message for Request {
                 if j.version != PROTOCOL_VERSION {
                     return Err(WireError::UnsupportedVersion(j.version));
                 }
-                check_len("address list", j.listen_addrs.len(), MAX_ADDRS_PER_PEER)
+                check_addrs(&j.listen_addrs, &j.relays)
             }
             Request::PutChunk { len, .. } if *len > MAX_CHUNK_SIZE => {
                 Err(WireError::FrameTooLarge {
@@ -692,6 +773,7 @@ impl Message for Request {
             Request::Dht(DhtRequest::AddProvider { provider, .. }) => {
                 check_peers(std::slice::from_ref(provider))
             }
+            Request::Punch { addrs } => check_len("address list", addrs.len(), MAX_ADDRS_PER_PEER),
             Request::Prove { len, .. } if *len > MAX_PROOF_LEN => Err(WireError::FrameTooLarge {
                 len: *len as usize,
                 max: MAX_PROOF_LEN as usize,
@@ -705,6 +787,9 @@ impl Message for Request {
             | Request::Prove { .. }
             | Request::DialBack { .. }
             | Request::Probe { .. }
+            | Request::Reserve
+            | Request::Connect { .. }
+            | Request::Circuit { .. }
             | Request::Dht(_) => Ok(()),
         }
     }
@@ -714,6 +799,7 @@ impl Message for Response {
     fn validate(&self) -> Result<(), WireError> {
         match self {
             Response::Nodes(nodes) => check_peers(nodes),
+            Response::Addrs(addrs) => check_len("address list", addrs.len(), MAX_ADDRS_PER_PEER),
             Response::Providers { providers, closer } => {
                 check_peers(providers)?;
                 check_peers(closer)
@@ -730,11 +816,11 @@ impl Message for Control {
                 if w.version != PROTOCOL_VERSION {
                     return Err(WireError::UnsupportedVersion(w.version));
                 }
-                check_len("address list", w.listen_addrs.len(), MAX_ADDRS_PER_PEER)?;
+                check_addrs(&w.listen_addrs, &w.relays)?;
                 check_peers(&w.peers)
             }
             Control::Peers(p) => check_peers(p),
-            Control::Addrs(a) => check_len("address list", a.len(), MAX_ADDRS_PER_PEER),
+            Control::Addrs { addrs, relays } => check_addrs(addrs, relays),
             Control::Ping(_) | Control::Pong(_) | Control::Leave(_) => Ok(()),
         }
     }
@@ -813,6 +899,7 @@ mod tests {
             listen_addrs: vec![addr("127.0.0.1:5000"), addr("[::1]:5000")],
             capabilities: 0,
             session: 0x0102_0304_0506_0708,
+            relays: Vec::new(),
         }
     }
 
@@ -820,6 +907,7 @@ mod tests {
         PeerRecord {
             id: NodeId::from_bytes([n; 32]),
             addrs: vec![addr("10.0.0.1:1")],
+            relays: Vec::new(),
         }
     }
 
@@ -832,14 +920,21 @@ mod tests {
                 capabilities: 3,
                 session: 9,
                 peers: vec![peer(1), peer(2)],
+                relays: Vec::new(),
             }),
             Control::Peers(vec![peer(3)]),
             Control::Peers(vec![]),
             Control::Ping(42),
             Control::Pong(42),
             Control::Leave(LeaveReason::Shutdown),
-            Control::Addrs(vec![addr("192.0.2.2:5000")]),
-            Control::Addrs(vec![]),
+            Control::Addrs {
+                addrs: vec![addr("192.0.2.2:5000")],
+                relays: vec![addr("192.0.2.9:5000")],
+            },
+            Control::Addrs {
+                addrs: vec![],
+                relays: vec![],
+            },
         ]
     }
 
@@ -1070,10 +1165,10 @@ mod tests {
     #[test]
     fn wrong_version_is_rejected() {
         let mut j = join_msg();
-        j.version = 2;
+        j.version = PROTOCOL_VERSION + 1;
         let body = postcard::to_allocvec(&Request::Join(j)).unwrap();
         let err = decode_body::<Request>(&body).unwrap_err();
-        assert_eq!(err, WireError::UnsupportedVersion(2));
+        assert_eq!(err, WireError::UnsupportedVersion(PROTOCOL_VERSION + 1));
         assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
     }
 
@@ -1142,17 +1237,47 @@ mod tests {
             [0, 0, 0, 2, 3, 1]
         );
         let expected: Vec<u8> = [
-            &[0, 0, 0, 21][..],
+            &[0, 0, 0, 22][..],
             &[0],    // Request::Join
-            &[1],    // version 1
+            &[2],    // version 2
             &[0],    // Role::Peer
             &[1, 0], // one address, V4
             &[127, 0, 0, 1, 0x88, 0x27],
+            &[0],                                                    // no relays
             &[0],                                                    // capabilities
             &[0x88, 0x8e, 0x98, 0xa8, 0xc0, 0xe0, 0x80, 0x81, 0x01], // session varint
         ]
         .concat();
         assert_eq!(frame, expected);
+    }
+
+    /// Pins the reachability and relay messages, appended after the rest.
+    #[test]
+    fn nat_messages_are_pinned() {
+        let f = |m: &Request| encode(m, MAX_CONTROL_FRAME).unwrap();
+        let dial_back = Request::DialBack {
+            port: 5000,
+            nonce: 1,
+        };
+        assert_eq!(f(&dial_back), [0, 0, 0, 4, 9, 0x88, 0x27, 1]);
+        assert_eq!(f(&Request::Probe { nonce: 2 }), [0, 0, 0, 2, 10, 2]);
+        assert_eq!(f(&Request::Reserve), [0, 0, 0, 1, 11]);
+        let connect = f(&Request::Connect {
+            target: NodeId::from_bytes([7; 32]),
+        });
+        assert_eq!(connect[..6], [0, 0, 0, 33, 12, 7]);
+        let circuit = f(&Request::Circuit {
+            from: NodeId::from_bytes([7; 32]),
+        });
+        assert_eq!(circuit[..6], [0, 0, 0, 33, 13, 7]);
+        let dialed = encode(&Response::Dialed(addr("10.0.0.1:5000")), MAX_CONTROL_FRAME).unwrap();
+        assert_eq!(dialed, [0, 0, 0, 8, 7, 0, 10, 0, 0, 1, 0x88, 0x27]);
+        let addrs = Control::Addrs {
+            addrs: vec![],
+            relays: vec![addr("10.0.0.1:5000")],
+        };
+        let frame = encode(&addrs, MAX_CONTROL_FRAME).unwrap();
+        assert_eq!(frame, [0, 0, 0, 10, 5, 0, 1, 0, 10, 0, 0, 1, 0x88, 0x27]);
     }
 
     /// Pins the proof-of-possession messages, appended after the rest.

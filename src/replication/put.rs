@@ -296,10 +296,7 @@ impl Replication {
     }
 
     fn me(&self) -> PeerRecord {
-        PeerRecord {
-            id: self.net.id(),
-            addrs: self.net.listen_addrs(),
-        }
+        self.net.me()
     }
 
     /// Seals (unless public) and cuts `path` into a tree: into the store
@@ -398,7 +395,14 @@ impl Replication {
         }
         connected
             .into_iter()
-            .map(|id| (Contact { id, addrs: vec![] }, None))
+            .map(|id| {
+                let c = Contact {
+                    id,
+                    addrs: vec![],
+                    relays: vec![],
+                };
+                (c, None)
+            })
             .collect()
     }
 
@@ -443,15 +447,15 @@ impl Replication {
             let Ok((id, result)) = joined else { continue };
             match result {
                 Ok(()) => {
-                    let addrs = self
+                    let (addrs, relays) = self
                         .net
                         .peers()
                         .into_iter()
                         .find(|p| p.id == id)
-                        .map(|p| p.addrs)
+                        .map(|p| (p.addrs, p.relays))
                         .unwrap_or_default();
                     debug!(peer = %id.fmt_short(), file = %tree.root.fmt_short(), "replica stored");
-                    placement.holders.push(PeerRecord { id, addrs });
+                    placement.holders.push(PeerRecord { id, addrs, relays });
                 }
                 Err(e) => {
                     warn!(peer = %id.fmt_short(), "replica failed: {e}");
@@ -467,13 +471,14 @@ impl Replication {
         if let Some(conn) = self.net.connection(&c.id) {
             return Some(conn);
         }
-        let Some(first) = c.addrs.first() else {
+        if c.addrs.is_empty() && c.relays.is_empty() {
             placement
                 .failures
                 .push((c.id, ConnectError::NoAddress(c.id).into()));
             return None;
-        };
-        match self.net.connection_to(c.id, &[*first]).await {
+        }
+        let first = &c.addrs[..c.addrs.len().min(1)];
+        match self.net.connection_to(c.id, first, &c.relays).await {
             Ok(conn) => Some(conn),
             Err(ConnectError::Replaced(_)) => None,
             Err(e) => {

@@ -212,7 +212,7 @@ impl Replication {
             return None;
         }
         let first = &c.addrs[..c.addrs.len().min(1)];
-        let conn = self.net.connection_to(c.id, first).await.ok()?;
+        let conn = self.net.connection_to(c.id, first, &c.relays).await.ok()?;
         let expected = self.draw(file, pieces).await?;
         let shown = check(&conn, &expected, self.net.config().rpc_timeout).await;
         match shown {
@@ -277,6 +277,7 @@ impl Replication {
             let c = Contact {
                 id: p.id,
                 addrs: p.addrs,
+                relays: p.relays,
             };
             if let Some((_, Shown::Holds)) = self.challenge(file, pieces, &c).await {
                 return false;

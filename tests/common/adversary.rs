@@ -68,6 +68,7 @@ pub async fn join(ep: &quinn::Endpoint, target: SocketAddr, role: Role) -> Resul
         listen_addrs: vec![],
         capabilities: 0,
         session: rand::random(),
+        relays: Vec::new(),
     });
     send.write_all(&wire::encode(&join, MAX_CONTROL_FRAME).unwrap())
         .await

@@ -158,6 +158,7 @@ impl Bomb {
             holders: vec![PeerRecord {
                 id: self.id,
                 addrs: vec![self.addr],
+                relays: Vec::new(),
             }],
             key: None,
         }
@@ -276,6 +277,7 @@ async fn control(
         capabilities: 0,
         session: session(),
         peers: Vec::new(),
+        relays: Vec::new(),
     });
     if write_frame(&mut send, &welcome, MAX_CONTROL_FRAME)
         .await

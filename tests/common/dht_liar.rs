@@ -176,6 +176,7 @@ impl LyingDht {
             .map(|(i, id)| PeerRecord {
                 id: *id,
                 addrs: vec![self.dead_addr(i)],
+                relays: Vec::new(),
             })
             .collect();
         for i in 0..n {
@@ -185,6 +186,7 @@ impl LyingDht {
             out.push(PeerRecord {
                 id: NodeId::from_bytes(id),
                 addrs: vec![self.dead_addr(i)],
+                relays: Vec::new(),
             });
         }
         out.truncate(quic_peer::proto::wire::MAX_PEERS_PER_MESSAGE);
@@ -198,6 +200,7 @@ impl LyingDht {
             .map(|i| PeerRecord {
                 id: NodeId::from_bytes(rng.random()),
                 addrs: vec![self.dead_addr(i)],
+                relays: Vec::new(),
             })
             .collect()
     }

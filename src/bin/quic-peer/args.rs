@@ -188,6 +188,16 @@ pub struct NodeArgs {
     #[arg(long, global = true)]
     limit_loopback: bool,
 
+    /// Nodes behind NAT this node relays for at once (it relays only while
+    /// peers can dial it). Each relayed connection is ended after 1 GiB or
+    /// 30 minutes, whichever comes first; at most 16 run at once.
+    #[arg(long, value_name = "N", default_value_t = 32, global = true)]
+    relay_slots: usize,
+
+    /// Relay for nobody (the same as --relay-slots 0).
+    #[arg(long, global = true)]
+    no_relay: bool,
+
     /// Requests (get, put, has, hold, DHT) one peer may make per second, in
     /// bursts of up to twice that; more are refused with a rate-limited
     /// error. 0 for no limit.
@@ -251,6 +261,7 @@ impl NodeArgs {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             limit_loopback: self.limit_loopback,
+            relay_slots: if self.no_relay { 0 } else { self.relay_slots },
             max_streams: self.max_streams,
             max_requests_per_sec: self.max_requests_per_sec,
             request_burst: self.max_requests_per_sec.saturating_mul(2),

@@ -46,7 +46,8 @@ pub fn print_put(report: &PutReport, me: NodeId) {
             say!("[PUT] this node keeps a copy too");
             continue;
         }
-        let addrs: Vec<String> = h.addrs.iter().map(ToString::to_string).collect();
+        let mut addrs: Vec<String> = h.addrs.iter().map(ToString::to_string).collect();
+        addrs.extend(h.relays.iter().map(|r| format!("relay={r}")));
         say!("[SENT] copy held by {} ({})", h.id, addrs.join(","));
     }
     for (id, why) in &report.failures {

@@ -141,15 +141,16 @@ fn print_peers(node: &Node) {
         .count();
     say!("{} connected, {} known", members, peers.len() - members);
     for p in peers {
-        let addrs: Vec<String> = p.addrs.iter().map(ToString::to_string).collect();
+        let mut addrs: Vec<String> = p.addrs.iter().map(ToString::to_string).collect();
+        addrs.extend(p.relays.iter().map(|r| format!("relay={r}")));
         let rtt = p
             .rtt
             .map(|r| format!("{:.1} ms", r.as_secs_f64() * 1000.0))
             .unwrap_or_else(|| "-".into());
-        let role = if p.role == Role::Client {
-            " client"
-        } else {
-            ""
+        let role = match (p.role, p.relayed) {
+            (Role::Client, _) => " client",
+            (_, true) => " relayed",
+            _ => "",
         };
         say!(
             "  {}  {:<16}{}  rtt {:>9}  seen {:>5.1}s ago  {}",

@@ -116,25 +116,41 @@ async fn print_events(node: Node) {
 
 fn print_event(node: &Node, event: &PeerEvent) {
     let count = || node.connected_peers().len();
+    // How a connection goes: "at ADDR" / "from ADDR", or through a relay.
+    let via = |word: &str, addr: &std::net::SocketAddr| match quic_peer::net::is_relayed(addr) {
+        true => "through a relay".to_string(),
+        false => format!("{word} {addr}"),
+    };
     match event {
         PeerEvent::Connected {
             id,
             addr,
             outbound: true,
             ..
-        } => say!("[CONNECTED] Connected to peer {id} at {addr}"),
+        } => say!("[CONNECTED] Connected to peer {id} {}", via("at", addr)),
         PeerEvent::Connected { id, addr, role, .. } => {
             let what = if *role == Role::Client {
                 "Client"
             } else {
                 "Peer"
             };
-            say!("[CONNECTED] {what} {id} connected from {addr}")
+            say!("[CONNECTED] {what} {id} connected {}", via("from", addr))
         }
         PeerEvent::Joined { id, addr } => {
-            say!("[JOIN] {id} joined from {addr} ({} peers)", count())
+            say!(
+                "[JOIN] {id} joined {} ({} peers)",
+                via("from", addr),
+                count()
+            )
         }
         PeerEvent::Reachability(r) => say!("[NAT] {r}"),
+        PeerEvent::Relays(relays) if relays.is_empty() => {
+            say!("[RELAY] no relay holds a reservation for this node now")
+        }
+        PeerEvent::Relays(relays) => {
+            let list: Vec<String> = relays.iter().map(ToString::to_string).collect();
+            say!("[RELAY] reachable through {}", list.join(", "))
+        }
         PeerEvent::Left { id, reason } => {
             say!("[LEAVE] {id} {reason} ({} peers)", count())
         }
