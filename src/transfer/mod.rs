@@ -297,15 +297,8 @@ async fn serve(
             newly_held = anew.then_some(id);
             write_frame(&mut send, &resp, MAX_CONTROL_FRAME).await
         }
-        Request::Join(_)
-        | Request::Dht(_)
-        | Request::DialBack { .. }
-        | Request::Probe { .. }
-        | Request::Reserve
-        | Request::Connect { .. }
-        | Request::Circuit { .. }
-        | Request::Punch { .. } => {
-            // The node routes these elsewhere.
+        _ => {
+            // Not a transfer: the node routes these elsewhere.
             write_frame(
                 &mut send,
                 &Response::Nack(NackReason::NotAccepted),
