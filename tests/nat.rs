@@ -195,24 +195,15 @@ fn get(host: &mut Host, id: &str, out: &Path, src: &Path) -> f64 {
 
 /// How `host` is connected to `peer` now: "relayed" or "direct".
 fn path_to(host: &mut Host, peer: NodeId) -> &'static str {
-    host.send("peers");
-    let summary = host.expect_line(" connected, ", T);
-    let listed: usize = summary
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|w| !w.is_empty())
-        .map(|n| n.parse::<usize>().expect("count"))
-        .sum();
-    let mut path = None;
-    for _ in 0..listed {
-        let line = host.expect("peer row", T, |l| l.starts_with("  "));
-        if line.trim_start().starts_with(&peer.to_string()) && line.contains("connected (") {
-            path = Some(if line.contains(" relayed ") {
-                "relayed"
-            } else {
-                "direct"
-            });
-        }
-    }
+    let id = peer.to_string();
+    let path = host
+        .peer_rows()
+        .into_iter()
+        .find(|row| row.trim_start().starts_with(&id))
+        .map(|row| match row.contains(" relayed ") {
+            true => "relayed",
+            false => "direct",
+        });
     path.unwrap_or_else(|| panic!("{} is not connected to {peer}", host.name))
 }
 

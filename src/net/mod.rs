@@ -199,16 +199,15 @@ impl Network {
                 observe: Observe::default(),
             }),
         };
-        let dial_backs = reach::DialBacks(Arc::downgrade(&net.inner));
-        net.serve(&[RequestKind::DialBack], Arc::new(dial_backs));
-        let relaying = relay::Relaying(Arc::downgrade(&net.inner));
+        let core = relay::CoreRequests(Arc::downgrade(&net.inner));
         let kinds = [
+            RequestKind::DialBack,
             RequestKind::Reserve,
             RequestKind::Connect,
             RequestKind::Circuit,
             RequestKind::Punch,
         ];
-        net.serve(&kinds, Arc::new(relaying));
+        net.serve(&kinds, Arc::new(core));
         Ok(net)
     }
 

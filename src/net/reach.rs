@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn::Endpoint;
@@ -34,8 +34,8 @@ use tracing::debug;
 
 use super::endpoint::{bind_socket, endpoint_config};
 use super::membership::PeerEvent;
-use super::router::{RequestStream, ServeFuture, Service};
-use super::{lock, Inner, Network};
+use super::relay::ask;
+use super::{lock, Network};
 use crate::crypto::tls;
 use crate::proto::frame::{read_frame, write_frame};
 use crate::proto::wire::{ErrorCode, NackReason, Request, Response, Role, MAX_CONTROL_FRAME};
@@ -149,29 +149,6 @@ impl ReachState {
     }
 }
 
-/// Serves [`Request::DialBack`] (registered by the network core itself).
-pub(super) struct DialBacks(pub(super) Weak<Inner>);
-
-impl Service for DialBacks {
-    fn serve(&self, stream: RequestStream) -> ServeFuture {
-        let net = self.0.upgrade().map(|inner| Network { inner });
-        Box::pin(async move {
-            let Some(net) = net else { return };
-            let RequestStream {
-                peer,
-                role,
-                conn,
-                request,
-                mut send,
-                ..
-            } = stream;
-            let answer = net.dial_back(peer, role, &conn, request).await;
-            let _ = write_frame(&mut send, &answer, MAX_CONTROL_FRAME).await;
-            let _ = send.finish();
-        })
-    }
-}
-
 impl Network {
     /// What this node knows about being dialed from outside.
     pub fn reachability(&self) -> Reachability {
@@ -249,22 +226,8 @@ impl Network {
     async fn ask_dial_back(&self, id: NodeId, conn: &quinn::Connection, port: u16) -> Outcome {
         let nonce: u64 = rand::random();
         lock(&self.inner.reach).pending.insert(nonce, id);
-        let ask = async {
-            let (mut send, mut recv) = conn.open_bi().await.ok()?;
-            let request = Request::DialBack { port, nonce };
-            write_frame(&mut send, &request, MAX_CONTROL_FRAME)
-                .await
-                .ok()?;
-            let _ = send.finish();
-            read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
-                .await
-                .ok()
-                .flatten()
-        };
-        let answer = tokio::time::timeout(PROBE_TIMEOUT * 2, ask)
-            .await
-            .ok()
-            .flatten();
+        let request = Request::DialBack { port, nonce };
+        let answer = ask(conn, &request, PROBE_TIMEOUT * 2).await;
         // The probe is answered before its dialer answers us: by now a
         // nonce that came has been seen.
         let arrived = {
@@ -307,16 +270,12 @@ impl Network {
 
     /// Answers a peer's [`Request::DialBack`]: dials it back from a fresh
     /// port, if the bounds allow it now.
-    async fn dial_back(
+    pub(super) async fn dial_back(
         &self,
-        peer: NodeId,
-        role: Role,
-        conn: &quinn::Connection,
-        request: Request,
+        (peer, role, conn): (NodeId, Role, &quinn::Connection),
+        port: u16,
+        nonce: u64,
     ) -> Response {
-        let Request::DialBack { port, nonce } = request else {
-            return Response::Nack(NackReason::NotAccepted);
-        };
         if role != Role::Peer || port == 0 || self.is_shutting_down() {
             return Response::Nack(NackReason::NotAccepted);
         }

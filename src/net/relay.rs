@@ -87,11 +87,11 @@ impl RelayState {
     }
 }
 
-/// Serves [`Request::Reserve`], [`Request::Connect`] and
-/// [`Request::Circuit`] (registered by the network core itself).
-pub(super) struct Relaying(pub(super) Weak<Inner>);
+/// Serves the network core's own requests: dial-backs
+/// ([`super::reach`]), reservations, circuits and hole punches.
+pub(super) struct CoreRequests(pub(super) Weak<Inner>);
 
-impl Service for Relaying {
+impl Service for CoreRequests {
     fn serve(&self, stream: RequestStream) -> ServeFuture {
         let net = self.0.upgrade().map(|inner| Network { inner });
         Box::pin(async move {
@@ -105,6 +105,9 @@ impl Service for Relaying {
                 recv,
             } = stream;
             let answer = match request {
+                Request::DialBack { port, nonce } => {
+                    net.dial_back((peer, role, &conn), port, nonce).await
+                }
                 Request::Reserve => net.reserve_for(peer, role, &conn),
                 Request::Punch { addrs } => net.punch_for(peer, &conn, addrs),
                 Request::Connect { target } => {
@@ -119,6 +122,27 @@ impl Service for Relaying {
             let _ = send.finish();
         })
     }
+}
+
+/// Sends `request` on a new stream of `conn` and reads its one answer,
+/// within `timeout`.
+pub(super) async fn ask(
+    conn: &Connection,
+    request: &Request,
+    timeout: Duration,
+) -> Option<Response> {
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
+        write_frame(&mut send, request, MAX_CONTROL_FRAME)
+            .await
+            .ok()?;
+        let _ = send.finish();
+        read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
+            .await
+            .ok()
+            .flatten()
+    };
+    tokio::time::timeout(timeout, exchange).await.ok().flatten()
 }
 
 impl Network {
@@ -210,19 +234,13 @@ impl Network {
         let Some(conn) = self.connection(&relay) else {
             return false;
         };
-        let ask = async {
-            let (mut send, mut recv) = conn.open_bi().await.ok()?;
-            write_frame(&mut send, &Request::Reserve, MAX_CONTROL_FRAME)
-                .await
-                .ok()?;
-            let _ = send.finish();
-            read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
-                .await
-                .ok()
-                .flatten()
-        };
-        let answer = tokio::time::timeout(self.inner.config.handshake_timeout, ask).await;
-        let ok = matches!(answer, Ok(Some(Response::Ack)));
+        let answer = ask(
+            &conn,
+            &Request::Reserve,
+            self.inner.config.handshake_timeout,
+        )
+        .await;
+        let ok = matches!(answer, Some(Response::Ack));
         debug!(relay = %relay.fmt_short(), %addr, ok, "reservation");
         ok
     }
@@ -521,20 +539,9 @@ impl Network {
         if mine.is_empty() {
             return;
         }
-        let ask = async {
-            let (mut send, mut recv) = conn.open_bi().await.ok()?;
-            let request = Request::Punch { addrs: mine };
-            write_frame(&mut send, &request, MAX_CONTROL_FRAME)
-                .await
-                .ok()?;
-            let _ = send.finish();
-            match read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME).await {
-                Ok(Some(Response::Addrs(theirs))) => Some(theirs),
-                _ => None,
-            }
-        };
+        let request = Request::Punch { addrs: mine };
         let timeout = self.inner.config.handshake_timeout;
-        let Ok(Some(theirs)) = tokio::time::timeout(timeout, ask).await else {
+        let Some(Response::Addrs(theirs)) = ask(&conn, &request, timeout).await else {
             debug!(peer = %peer.fmt_short(), "no hole punch: no answer");
             return;
         };

@@ -223,9 +223,8 @@ impl Host {
         addr.to_string()
     }
 
-    /// The `peers` command: connected full nodes, each with the addresses this
-    /// node has for it.
-    pub fn peers(&mut self) -> Vec<(NodeId, Vec<String>)> {
+    /// The rows of the `peers` command about connected full nodes.
+    pub fn peer_rows(&mut self) -> Vec<String> {
         self.send("peers");
         let summary = self.expect_line(" connected, ", T);
         let listed: usize = summary
@@ -233,12 +232,17 @@ impl Host {
             .filter(|w| !w.is_empty())
             .map(|n| n.parse::<usize>().expect("count"))
             .sum();
+        (0..listed)
+            .map(|_| self.expect("peer table row", T, |l| l.starts_with("  ")))
+            .filter(|line| line.contains("connected (") && !line.contains(" client "))
+            .collect()
+    }
+
+    /// The `peers` command: connected full nodes, each with the addresses this
+    /// node has for it.
+    pub fn peers(&mut self) -> Vec<(NodeId, Vec<String>)> {
         let mut peers = Vec::new();
-        for _ in 0..listed {
-            let line = self.expect("peer table row", T, |l| l.starts_with("  "));
-            if !line.contains("connected (") || line.contains(" client ") {
-                continue;
-            }
+        for line in self.peer_rows() {
             let mut words = line.split_whitespace();
             let id = words.next().expect("id").parse().expect("node id");
             // The row ends with the addresses, comma-separated, if it has any.
