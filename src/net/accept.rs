@@ -265,7 +265,7 @@ impl Network {
         let join = match read_frame::<Request, _>(&mut recv, MAX_CONTROL_FRAME).await {
             Ok(Some(Request::Join(join))) => join,
             Ok(Some(Request::Probe { nonce })) => {
-                let asked = self.probe_arrived(id, nonce);
+                let asked = self.probe_arrived(id, nonce, conn.local_ip());
                 debug!(asked, "dial-back probe from {}", id.fmt_short());
                 let answer = if asked {
                     Response::Ack

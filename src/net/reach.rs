@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::debug;
 
+use super::circuit::is_circuit_addr;
 use super::endpoint::{bind_socket, endpoint_config};
 use super::membership::PeerEvent;
 use super::relay::ask;
@@ -86,8 +87,15 @@ impl std::fmt::Display for Reachability {
 /// How one peer's dial-back went, as the asking node saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The nonce arrived; the peer dialed this address.
-    Arrived(SocketAddr),
+    /// The nonce arrived; the peer says it dialed this address, and
+    /// `confirmed` if the probe came in on that very IP address (a node
+    /// with no NAT in front sees its public address arrive).
+    Arrived {
+        /// The address the peer says it dialed.
+        addr: SocketAddr,
+        /// The probe came in on that IP address.
+        confirmed: bool,
+    },
     /// The peer tried and the nonce did not arrive.
     Failed,
     /// No usable answer: refused, timed out, or the connection failed.
@@ -95,26 +103,32 @@ pub enum Outcome {
 }
 
 /// The verdict of one round of dial-backs, or `None` if it says nothing.
+///
+/// An arrival proves the node can be dialed, but the address is the
+/// dialer's word: it counts when the probe came in on that IP address, or
+/// when two peers that reached the node name the same one. One peer alone
+/// cannot make a node announce someone else's address.
 pub fn verdict(outcomes: &[Outcome]) -> Option<Reachability> {
-    let mut seen: Vec<(SocketAddr, usize)> = Vec::new();
+    let mut named: Vec<(SocketAddr, usize)> = Vec::new();
     for o in outcomes {
-        if let Outcome::Arrived(addr) = o {
-            match seen.iter_mut().find(|(a, _)| a == addr) {
+        match o {
+            Outcome::Arrived {
+                addr,
+                confirmed: true,
+            } => return Some(Reachability::Public(*addr)),
+            Outcome::Arrived { addr, .. } => match named.iter_mut().find(|(a, _)| a == addr) {
                 Some((_, n)) => *n += 1,
-                None => seen.push((*addr, 1)),
-            }
+                None => named.push((*addr, 1)),
+            },
+            _ => {}
         }
     }
-    // The address most of the peers that reached it agree on; the first
-    // seen on a tie.
-    let mut best: Option<(SocketAddr, usize)> = None;
-    for (addr, n) in seen {
-        if best.is_none_or(|(_, m)| n > m) {
-            best = Some((addr, n));
-        }
+    if let Some((addr, _)) = named.iter().find(|(_, n)| *n >= 2) {
+        return Some(Reachability::Public(*addr));
     }
-    if let Some((addr, _)) = best {
-        return Some(Reachability::Public(addr));
+    if !named.is_empty() {
+        // Reached, but where is one peer's word: ask again later.
+        return None;
     }
     let failed = outcomes.iter().filter(|o| **o == Outcome::Failed).count();
     (failed > 0 && failed >= outcomes.len().min(2)).then_some(Reachability::BehindNat { failed })
@@ -127,7 +141,7 @@ pub(super) struct ReachState {
     /// Nonces asked for, by the peer asked; a probe showing one (from that
     /// peer) moves it to `arrived`.
     pending: HashMap<u64, NodeId>,
-    arrived: Vec<u64>,
+    arrived: Vec<(u64, Option<IpAddr>)>,
     checking: bool,
     next_check: Instant,
     /// When each peer was last dialed back.
@@ -208,6 +222,8 @@ impl Network {
             .connections()
             .into_iter()
             .filter(|(_, role, h)| *role == Role::Peer && h.conn.close_reason().is_none())
+            // A relayed link's peer sees a made-up address: it cannot dial back.
+            .filter(|(_, _, h)| !is_circuit_addr(&h.conn.remote_address()))
             .choose_multiple(&mut rand::rng(), ASK);
         let mut tasks = JoinSet::new();
         for (id, _, handle) in asked {
@@ -233,12 +249,13 @@ impl Network {
         let arrived = {
             let mut r = lock(&self.inner.reach);
             r.pending.remove(&nonce);
-            let at = r.arrived.iter().position(|n| *n == nonce);
-            at.map(|i| r.arrived.swap_remove(i)).is_some()
+            let at = r.arrived.iter().position(|(n, _)| *n == nonce);
+            at.map(|i| r.arrived.swap_remove(i).1)
         };
         match answer {
-            Some(Response::Dialed(addr)) if arrived && addr.port() == port => {
-                Outcome::Arrived(addr)
+            Some(Response::Dialed(addr)) if arrived.is_some() && addr.port() == port => {
+                let confirmed = arrived.flatten() == Some(addr.ip());
+                Outcome::Arrived { addr, confirmed }
             }
             // A claim without the nonce is no better than a failure.
             Some(Response::Dialed(_)) | Some(Response::Nack(NackReason::Unreachable)) => {
@@ -248,15 +265,20 @@ impl Network {
         }
     }
 
-    /// A probe connection from `prober` showed `nonce`: true if this node
-    /// asked `prober` for it.
-    pub(super) fn probe_arrived(&self, prober: NodeId, nonce: u64) -> bool {
+    /// A probe connection from `prober` showed `nonce`, coming in on
+    /// `local_ip`: true if this node asked `prober` for it.
+    pub(super) fn probe_arrived(
+        &self,
+        prober: NodeId,
+        nonce: u64,
+        local_ip: Option<IpAddr>,
+    ) -> bool {
         let mut r = lock(&self.inner.reach);
         if r.pending.get(&nonce) != Some(&prober) {
             return false;
         }
         r.pending.remove(&nonce);
-        r.arrived.push(nonce);
+        r.arrived.push((nonce, local_ip));
         true
     }
 
@@ -276,7 +298,11 @@ impl Network {
         port: u16,
         nonce: u64,
     ) -> Response {
-        if role != Role::Peer || port == 0 || self.is_shutting_down() {
+        if role != Role::Peer
+            || port == 0
+            || self.is_shutting_down()
+            || is_circuit_addr(&conn.remote_address())
+        {
             return Response::Nack(NackReason::NotAccepted);
         }
         let permit = {
@@ -357,18 +383,28 @@ mod tests {
     }
 
     #[test]
-    fn one_arrival_is_enough_and_the_most_agreed_address_wins() {
+    fn an_address_counts_when_seen_arriving_or_named_by_two() {
         let a = addr("203.0.113.1:5000");
         let b = addr("198.51.100.7:5000");
         use Outcome::*;
+        let seen = |addr| Arrived {
+            addr,
+            confirmed: true,
+        };
+        let said = |addr| Arrived {
+            addr,
+            confirmed: false,
+        };
         assert_eq!(
-            verdict(&[Failed, Arrived(a), NoAnswer]),
+            verdict(&[Failed, seen(a), NoAnswer]),
             Some(Reachability::Public(a))
         );
         assert_eq!(
-            verdict(&[Arrived(b), Arrived(a), Arrived(a)]),
+            verdict(&[said(b), said(a), said(a)]),
             Some(Reachability::Public(a))
         );
+        // One peer's word alone, even with failures beside it, says nothing.
+        assert_eq!(verdict(&[said(b), Failed, Failed]), None);
     }
 
     #[test]
