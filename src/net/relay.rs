@@ -56,6 +56,9 @@ const RESERVE_RETRY: Duration = Duration::from_secs(10);
 pub const PUNCH_ADDRS: usize = 2;
 /// One hole punch answered per peer per this long.
 const PUNCH_EVERY: Duration = Duration::from_secs(60);
+/// A circuit on which nothing moves, or nothing is taken, for this long
+/// is ended.
+const CIRCUIT_IDLE: Duration = Duration::from_secs(60);
 
 /// What this node relays for others, and where it is relayed itself.
 pub(super) struct RelayState {
@@ -65,8 +68,14 @@ pub(super) struct RelayState {
     circuits: Arc<Semaphore>,
     /// Circuits through this node, by the peer that asked.
     circuits_of: HashMap<NodeId, usize>,
-    /// Relays this node holds a reservation at: their id and address.
-    reserved: Vec<(NodeId, SocketAddr)>,
+    /// Relays this node holds a reservation at: their id, address, and the
+    /// connection the reservation was made on (it dies with it).
+    reserved: Vec<(NodeId, SocketAddr, usize)>,
+    /// Ids of the peers asked for a reservation, most recent last: asked
+    /// again only once the others were.
+    asked: Vec<NodeId>,
+    /// Circuits this node accepted as a reserved node, at once.
+    accepted: Arc<Semaphore>,
     reserving: bool,
     next_reserve: Instant,
     /// When each peer last asked for a hole punch.
@@ -80,6 +89,8 @@ impl RelayState {
             circuits: Arc::new(Semaphore::new(circuits)),
             circuits_of: HashMap::new(),
             reserved: Vec::new(),
+            asked: Vec::new(),
+            accepted: Arc::new(Semaphore::new(circuits)),
             reserving: false,
             next_reserve: now,
             punched: HashMap::new(),
@@ -152,9 +163,16 @@ impl Network {
         let reserved = lock(&self.inner.relay).reserved.clone();
         reserved
             .into_iter()
-            .filter(|(id, _)| self.connection(id).is_some())
-            .map(|(_, addr)| addr)
+            .filter(|(id, _, conn)| self.reservation_holds(id, *conn))
+            .map(|(_, addr, _)| addr)
             .collect()
+    }
+
+    /// Whether the connection a reservation at `relay` was made on is still
+    /// the live one (a relay that reconnected or restarted forgot it).
+    fn reservation_holds(&self, relay: &NodeId, conn: usize) -> bool {
+        self.connection(relay)
+            .is_some_and(|c| c.stable_id() == conn && c.close_reason().is_none())
     }
 
     /// Tells every peer what this node can be reached at now.
@@ -179,7 +197,8 @@ impl Network {
         let lost = {
             let mut r = lock(&self.inner.relay);
             let before = r.reserved.len();
-            r.reserved.retain(|(id, _)| self.connection(id).is_some());
+            r.reserved
+                .retain(|(id, _, conn)| self.reservation_holds(id, *conn));
             before != r.reserved.len()
         };
         if lost {
@@ -191,28 +210,42 @@ impl Network {
             {
                 return;
             }
-            let taken: Vec<NodeId> = r.reserved.iter().map(|(id, _)| *id).collect();
-            let found = self.peers().into_iter().find(|p| {
-                p.role == Role::Peer
-                    && p.state != super::PeerState::Known
-                    && !p.addrs.is_empty()
-                    && !taken.contains(&p.id)
-            });
-            let Some(peer) = found else { return };
+            let taken: Vec<NodeId> = r.reserved.iter().map(|(id, ..)| *id).collect();
+            // Reachable full peers, those not asked lately first.
+            let mut found: Vec<_> = self
+                .peers()
+                .into_iter()
+                .filter(|p| {
+                    p.role == Role::Peer
+                        && p.state != super::PeerState::Known
+                        && !p.relayed
+                        && !p.addrs.is_empty()
+                        && !taken.contains(&p.id)
+                })
+                .collect();
+            found.sort_by_key(|p| r.asked.iter().position(|a| *a == p.id));
+            let Some(peer) = found.into_iter().next() else {
+                return;
+            };
+            r.asked.retain(|a| *a != peer.id);
+            r.asked.push(peer.id);
+            r.asked.truncate(64);
             r.reserving = true;
             (peer.id, peer.addrs[0])
         };
         let n = self.clone();
         self.inner.tasks.spawn(async move {
-            let ok = n.reserve_at(candidate.0, candidate.1).await;
+            let (relay, addr) = candidate;
+            let held = n.reserve_at(relay).await;
             let mut r = lock(&n.inner.relay);
             r.reserving = false;
-            if ok {
-                r.reserved.push(candidate);
-                drop(r);
-                n.relays_changed();
-            } else {
-                r.next_reserve = Instant::now() + RESERVE_RETRY;
+            match held {
+                Some(conn) => {
+                    r.reserved.push((relay, addr, conn));
+                    drop(r);
+                    n.relays_changed();
+                }
+                None => r.next_reserve = Instant::now() + RESERVE_RETRY,
             }
         });
     }
@@ -229,20 +262,19 @@ impl Network {
         self.announce_addrs();
     }
 
-    /// Asks `relay` for a reservation.
-    async fn reserve_at(&self, relay: NodeId, addr: SocketAddr) -> bool {
-        let Some(conn) = self.connection(&relay) else {
-            return false;
-        };
+    /// Asks `relay` for a reservation; the id of the connection it holds
+    /// on if granted.
+    async fn reserve_at(&self, relay: NodeId) -> Option<usize> {
+        let conn = self.connection(&relay)?;
         let answer = ask(
             &conn,
             &Request::Reserve,
             self.inner.config.handshake_timeout,
         )
         .await;
-        let ok = matches!(answer, Some(Response::Ack));
-        debug!(relay = %relay.fmt_short(), %addr, ok, "reservation");
-        ok
+        let held = matches!(answer, Some(Response::Ack));
+        debug!(relay = %relay.fmt_short(), held, "reservation");
+        held.then(|| conn.stable_id())
     }
 
     /// Answers a RESERVE from `peer`.
@@ -290,7 +322,7 @@ impl Network {
         {
             return;
         }
-        let Ok((to_target, from_target, _permit)) = opened else {
+        let Ok((to_target, from_target, _slot)) = opened else {
             let _ = send.finish();
             return;
         };
@@ -305,13 +337,6 @@ impl Network {
         }
         let carried = cfg.relay_circuit_bytes - budget.load(Ordering::Relaxed);
         debug!(from = %peer.fmt_short(), to = %target.fmt_short(), carried, "circuit closed");
-        let mut r = lock(&self.inner.relay);
-        if let Some(n) = r.circuits_of.get_mut(&peer) {
-            *n -= 1;
-            if *n == 0 {
-                r.circuits_of.remove(&peer);
-            }
-        }
     }
 
     /// A circuit from `peer` to `target`, if the limits allow one and
@@ -320,11 +345,11 @@ impl Network {
         &self,
         peer: NodeId,
         target: NodeId,
-    ) -> Result<(SendStream, RecvStream, tokio::sync::OwnedSemaphorePermit), NackReason> {
+    ) -> Result<(SendStream, RecvStream, CircuitSlot), NackReason> {
         if self.inner.config.relay_slots == 0 || peer == target {
             return Err(NackReason::NotAccepted);
         }
-        let (conn, permit) = {
+        let (conn, slot) = {
             let mut r = lock(&self.inner.relay);
             let conn = r
                 .reservations
@@ -341,7 +366,12 @@ impl Network {
                 .try_acquire_owned()
                 .map_err(|_| NackReason::NotAccepted)?;
             *r.circuits_of.entry(peer).or_insert(0) += 1;
-            (conn, permit)
+            let slot = CircuitSlot {
+                net: self.clone(),
+                peer,
+                _permit: permit,
+            };
+            (conn, slot)
         };
         let ask = async {
             let (mut send, mut recv) = conn.open_bi().await.ok()?;
@@ -358,17 +388,8 @@ impl Network {
             }
         };
         match tokio::time::timeout(self.inner.config.handshake_timeout, ask).await {
-            Ok(Some((send, recv))) => Ok((send, recv, permit)),
-            _ => {
-                let mut r = lock(&self.inner.relay);
-                if let Some(n) = r.circuits_of.get_mut(&peer) {
-                    *n -= 1;
-                    if *n == 0 {
-                        r.circuits_of.remove(&peer);
-                    }
-                }
-                Err(NackReason::Unreachable)
-            }
+            Ok(Some((send, recv))) => Ok((send, recv, slot)),
+            _ => Err(NackReason::Unreachable),
         }
     }
 
@@ -382,12 +403,18 @@ impl Network {
         mut send: SendStream,
         recv: RecvStream,
     ) {
-        let reserved = lock(&self.inner.relay)
-            .reserved
-            .iter()
-            .any(|(id, _)| *id == relay);
+        // Only from a relay this node reserved at, and at most as many at
+        // once as this node would relay itself.
+        let taken = {
+            let r = lock(&self.inner.relay);
+            let reserved = r.reserved.iter().any(|(id, ..)| *id == relay);
+            reserved
+                .then(|| r.accepted.clone().try_acquire_owned().ok())
+                .flatten()
+        };
         let server = self.inner.server_config.clone();
-        let Some(server) = server.filter(|_| reserved && !self.is_shutting_down()) else {
+        let ready = taken.is_some() && !self.is_shutting_down();
+        let (Some(server), Some(taken)) = (server.filter(|_| ready), taken) else {
             let no = Response::Nack(NackReason::NotAccepted);
             let _ = write_frame(&mut send, &no, MAX_CONTROL_FRAME).await;
             let _ = send.finish();
@@ -406,14 +433,25 @@ impl Network {
             ended.cancel();
             return;
         };
-        self.hold_circuit(endpoint.clone(), ended.clone());
+        self.hold_circuit(endpoint.clone(), ended.clone(), Some(taken));
         let incoming = tokio::time::timeout(self.inner.config.handshake_timeout, endpoint.accept());
         let Ok(Some(incoming)) = incoming.await else {
             ended.cancel();
             return;
         };
-        let Some((incoming, permit)) = self.admit(incoming) else {
+        // One connection per circuit: no more are accepted on it.
+        endpoint.set_server_config(None);
+        // Under the total limit; the per-address limit and Retry do not
+        // apply: every circuit has a made-up address, and the relay
+        // bounds them per asking peer.
+        let Ok(total) = self.inner.permits.clone().try_acquire_owned() else {
+            incoming.refuse();
+            ended.cancel();
             return;
+        };
+        let permit = super::limits::ConnPermit {
+            _total: total,
+            _ip: None,
         };
         self.clone().handle_incoming(incoming, permit).await;
     }
@@ -430,9 +468,15 @@ impl Network {
 
     /// Keeps a circuit's endpoint until the circuit ends or its connection
     /// is gone, then closes both.
-    fn hold_circuit(&self, endpoint: Endpoint, ended: CancellationToken) {
+    fn hold_circuit(
+        &self,
+        endpoint: Endpoint,
+        ended: CancellationToken,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let grace = self.inner.config.handshake_timeout;
         self.inner.tasks.spawn(async move {
+            let _permit = permit;
             let idle = async {
                 // Idle before its connection came up says nothing.
                 tokio::time::sleep(grace).await;
@@ -488,7 +532,7 @@ impl Network {
             ended.cancel();
             return Err(relayed("no circuit endpoint".into()));
         };
-        self.hold_circuit(endpoint.clone(), ended.clone());
+        self.hold_circuit(endpoint.clone(), ended.clone(), None);
         let dialed = self
             .dial_on(Route::Circuit(&endpoint), peer_addr, Some(target))
             .await;
@@ -595,16 +639,39 @@ impl Network {
     }
 }
 
-/// Copies `from` into `to` while `budget` lasts.
+/// A circuit's place under the relay's limits, given back when dropped.
+struct CircuitSlot {
+    net: Network,
+    peer: NodeId,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for CircuitSlot {
+    fn drop(&mut self) {
+        let mut r = lock(&self.net.inner.relay);
+        if let Some(n) = r.circuits_of.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                r.circuits_of.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Copies `from` into `to` while `budget` lasts, and while each read and
+/// write takes less than [`CIRCUIT_IDLE`] (both ends' QUIC keep-alives pass
+/// through a live circuit far more often).
 async fn pump(mut from: RecvStream, mut to: SendStream, budget: Arc<AtomicU64>) {
     loop {
-        let chunk = match from.read_chunk(64 << 10, true).await {
-            Ok(Some(chunk)) => chunk.bytes,
+        let read = tokio::time::timeout(CIRCUIT_IDLE, from.read_chunk(64 << 10, true)).await;
+        let chunk = match read {
+            Ok(Ok(Some(chunk))) => chunk.bytes,
             _ => break,
         };
         let n = chunk.len() as u64;
         let left = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n));
-        if left.is_err() || to.write_chunk(chunk).await.is_err() {
+        let written = tokio::time::timeout(CIRCUIT_IDLE, to.write_chunk(chunk)).await;
+        if left.is_err() || !matches!(written, Ok(Ok(()))) {
             break;
         }
     }
