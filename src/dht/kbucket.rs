@@ -128,8 +128,9 @@ impl RoutingTable {
             let mut e = b.entries.remove(pos);
             e.last_seen = now;
             e.failures = 0;
-            if replace_addrs && !contact.addrs.is_empty() {
+            if replace_addrs && !(contact.addrs.is_empty() && contact.relays.is_empty()) {
                 e.contact.addrs = contact.addrs;
+                e.contact.relays = contact.relays;
             }
             b.entries.push(e);
             return Insert::Updated;

@@ -22,6 +22,8 @@ use crate::proto::NodeId;
 
 /// Control frames queued per connection before gossip is dropped.
 const CONTROL_QUEUE: usize = 64;
+/// At most one change of a peer's addresses is taken per this long.
+const ADDRS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Who is at the other end of a connection, as JOIN / WELCOME said.
 pub(super) struct ConnMeta {
@@ -217,6 +219,7 @@ impl Network {
         mut recv: RecvStream,
         tx: mpsc::Sender<Control>,
     ) {
+        let mut readdressed: Option<Instant> = None;
         loop {
             let msg = match read_frame::<Control, _>(&mut recv, MAX_CONTROL_FRAME).await {
                 Ok(Some(msg)) => msg,
@@ -264,6 +267,13 @@ impl Network {
                 }
                 Control::Pong(_) => {}
                 Control::Addrs { addrs, relays } => {
+                    // A node's addresses change rarely: more often than
+                    // once a second is ignored.
+                    let now = Instant::now();
+                    if readdressed.is_some_and(|at| now.duration_since(at) < ADDRS_EVERY) {
+                        continue;
+                    }
+                    readdressed = Some(now);
                     let (addrs, relays) = lock(&self.inner.peers).readdress(id, &addrs, &relays);
                     debug!(?addrs, ?relays, "peer announced new addresses");
                     self.proven(id, role, &addrs, &relays);
