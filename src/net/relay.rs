@@ -229,7 +229,8 @@ impl Network {
             };
             r.asked.retain(|a| *a != peer.id);
             r.asked.push(peer.id);
-            r.asked.truncate(64);
+            let over = r.asked.len().saturating_sub(64);
+            r.asked.drain(..over);
             r.reserving = true;
             (peer.id, peer.addrs[0])
         };
