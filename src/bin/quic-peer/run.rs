@@ -9,7 +9,7 @@ use quic_peer::store::datadir::DataDir;
 use quic_peer::{Node, NodeConfig, PeerEvent};
 use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,11 +30,13 @@ pub async fn run_node(args: &NodeArgs, http: &HttpArgs) -> Result<()> {
         ..config
     };
     let node = Node::start(config).await?;
+    // At once: the first peers connect while the dashboard starts.
+    let events = node.subscribe();
     print_started(&node, &dir);
     if !http.no_http {
         serve_dashboard(&node, http.http, dir.path()).await?;
     }
-    let printer = tokio::spawn(print_events(node.clone()));
+    let printer = tokio::spawn(print_events(node.clone(), events));
     serve_until_exit(&node).await?;
     node.shutdown().await;
     printer.abort();
@@ -103,8 +105,7 @@ async fn serve_until_exit(node: &Node) -> Result<()> {
 }
 
 /// Prints the node's peer events until it shuts down.
-async fn print_events(node: Node) {
-    let mut events = node.subscribe();
+async fn print_events(node: Node, mut events: broadcast::Receiver<PeerEvent>) {
     loop {
         match events.recv().await {
             Ok(event) => print_event(&node, &event),
