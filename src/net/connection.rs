@@ -22,8 +22,10 @@ use crate::proto::NodeId;
 
 /// Control frames queued per connection before gossip is dropped.
 const CONTROL_QUEUE: usize = 64;
-/// At most one change of a peer's addresses is taken per this long.
-const ADDRS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// At most [`ADDRS_PER_WINDOW`] changes of a peer's addresses are taken
+/// per this long.
+const ADDRS_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+const ADDRS_PER_WINDOW: u32 = 8;
 
 /// Who is at the other end of a connection, as JOIN / WELCOME said.
 pub(super) struct ConnMeta {
@@ -219,7 +221,7 @@ impl Network {
         mut recv: RecvStream,
         tx: mpsc::Sender<Control>,
     ) {
-        let mut readdressed: Option<Instant> = None;
+        let mut readdressed = (Instant::now(), 0u32);
         loop {
             let msg = match read_frame::<Control, _>(&mut recv, MAX_CONTROL_FRAME).await {
                 Ok(Some(msg)) => msg,
@@ -267,13 +269,17 @@ impl Network {
                 }
                 Control::Pong(_) => {}
                 Control::Addrs { addrs, relays } => {
-                    // A node's addresses change rarely: more often than
-                    // once a second is ignored.
+                    // A node's addresses change rarely (a verdict, a relay
+                    // won or lost): more than a few changes a window are
+                    // ignored.
                     let now = Instant::now();
-                    if readdressed.is_some_and(|at| now.duration_since(at) < ADDRS_EVERY) {
+                    if now.duration_since(readdressed.0) > ADDRS_WINDOW {
+                        readdressed = (now, 0);
+                    }
+                    if readdressed.1 >= ADDRS_PER_WINDOW {
                         continue;
                     }
-                    readdressed = Some(now);
+                    readdressed.1 += 1;
                     let (addrs, relays) = lock(&self.inner.peers).readdress(id, &addrs, &relays);
                     debug!(?addrs, ?relays, "peer announced new addresses");
                     self.proven(id, role, &addrs, &relays);
