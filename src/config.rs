@@ -113,6 +113,9 @@ pub struct NodeConfig {
     pub relay_circuit_bytes: u64,
     /// How long one relayed connection may last.
     pub relay_circuit_time: Duration,
+    /// Behind NAT, ask the home router to forward this node's port (UPnP
+    /// IGD); `--no-port-mapping` turns it off.
+    pub port_mapping: bool,
 }
 
 /// QUIC congestion control.
@@ -173,6 +176,7 @@ impl Default for NodeConfig {
             relay_circuits: 16,
             relay_circuit_bytes: 1 << 30,
             relay_circuit_time: Duration::from_secs(1800),
+            port_mapping: true,
         }
     }
 }

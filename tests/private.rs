@@ -44,7 +44,9 @@ async fn assert_no_events_about(
             PeerEvent::Connected { id: who, .. }
             | PeerEvent::Joined { id: who, .. }
             | PeerEvent::Left { id: who, .. } => *who == id,
-            PeerEvent::Reachability(_) | PeerEvent::Relays(_) => false,
+            PeerEvent::Reachability(_) | PeerEvent::Relays(_) | PeerEvent::PortMapped { .. } => {
+                false
+            }
         };
         assert!(!about, "{} reported {e:?}", node.id().fmt_short());
     }

@@ -79,6 +79,7 @@ impl Network {
             self.maybe_bootstrap(now);
             self.maybe_check_reachability(now);
             self.maybe_reserve(now);
+            self.maybe_map_port();
         }
     }
 

@@ -87,6 +87,14 @@ pub enum PeerEvent {
     /// The relays this node can be reached through changed (none: it
     /// lost the last one).
     Relays(Vec<SocketAddr>),
+    /// The home router forwards `external` to this node's `local` address
+    /// (UPnP IGD), as the router says.
+    PortMapped {
+        /// The router's public address and port, as it says.
+        external: SocketAddr,
+        /// Where it forwards to.
+        local: SocketAddr,
+    },
 }
 
 /// The live connection to a peer, as the table keeps it.

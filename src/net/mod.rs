@@ -40,6 +40,7 @@ mod error;
 mod limits;
 mod maintain;
 pub mod membership;
+mod portmap;
 pub mod reach;
 mod relay;
 pub mod router;
@@ -107,6 +108,8 @@ struct Inner {
     peers: Mutex<PeerTable>,
     /// Whether this node can be dialed, and the dial-backs under way.
     reach: Mutex<reach::ReachState>,
+    /// The port the home router forwards to this node, if any.
+    portmap: Mutex<portmap::PortMapState>,
     /// The reservations and circuits this node relays, and the relays it
     /// is reached through.
     relay: Mutex<relay::RelayState>,
@@ -175,6 +178,7 @@ impl Network {
                 log_gate: Mutex::new(LogGate::default()),
                 peers: Mutex::new(PeerTable::new(identity.node_id())),
                 reach: Mutex::new(reach::ReachState::new(Instant::now())),
+                portmap: Mutex::new(portmap::PortMapState::new()),
                 relay: Mutex::new(relay::RelayState::new(
                     config.relay_circuits,
                     Instant::now(),
@@ -395,7 +399,7 @@ impl Network {
             PeerEvent::Left { id, reason } => {
                 journal.record("leave", format!("{} {reason}", id.fmt_short()))
             }
-            PeerEvent::Reachability(_) | PeerEvent::Relays(_) => {}
+            PeerEvent::Reachability(_) | PeerEvent::Relays(_) | PeerEvent::PortMapped { .. } => {}
         }
         // No subscribers is fine.
         let _ = self.inner.events.send(event);

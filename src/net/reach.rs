@@ -49,7 +49,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Dial-backs one node makes for others at once.
 pub const DIALS_AT_ONCE: usize = 4;
 /// One dial-back per asking peer per this long.
-pub const DIAL_BACK_EVERY: Duration = Duration::from_secs(10);
+pub const DIAL_BACK_EVERY: Duration = Duration::from_secs(5);
 /// A verdict is checked again after this long.
 pub const RECHECK: Duration = Duration::from_secs(600);
 /// An inconclusive check (no peer, no answers) is tried again after this long.
@@ -143,7 +143,7 @@ pub(super) struct ReachState {
     pending: HashMap<u64, NodeId>,
     arrived: Vec<(u64, Option<IpAddr>)>,
     checking: bool,
-    next_check: Instant,
+    pub(super) next_check: Instant,
     /// When each peer was last dialed back.
     dialed: HashMap<NodeId, Instant>,
     dials: Arc<Semaphore>,

@@ -198,6 +198,12 @@ pub struct NodeArgs {
     #[arg(long, global = true)]
     no_relay: bool,
 
+    /// Behind NAT, do not ask the home router to forward this node's port
+    /// (UPnP IGD). The mapping is renewed while the node runs and removed
+    /// when it stops.
+    #[arg(long, global = true)]
+    no_port_mapping: bool,
+
     /// Requests (get, put, has, hold, DHT) one peer may make per second, in
     /// bursts of up to twice that; more are refused with a rate-limited
     /// error. 0 for no limit.
@@ -262,6 +268,7 @@ impl NodeArgs {
             max_connections_per_ip: self.max_connections_per_ip,
             limit_loopback: self.limit_loopback,
             relay_slots: if self.no_relay { 0 } else { self.relay_slots },
+            port_mapping: !self.no_port_mapping,
             max_streams: self.max_streams,
             max_requests_per_sec: self.max_requests_per_sec,
             request_burst: self.max_requests_per_sec.saturating_mul(2),

@@ -145,6 +145,9 @@ fn print_event(node: &Node, event: &PeerEvent) {
             )
         }
         PeerEvent::Reachability(r) => say!("[NAT] {r}"),
+        PeerEvent::PortMapped { external, local } => {
+            say!("[NAT] port mapped by the router (UPnP): {external} to {local}")
+        }
         PeerEvent::Relays(relays) if relays.is_empty() => {
             say!("[RELAY] no relay holds a reservation for this node now")
         }
