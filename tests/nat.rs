@@ -12,7 +12,10 @@
 //!    which address; the home nodes learn that they are behind NAT;
 //! 2. each home node reserves a slot at a public node and is known by that
 //!    relay only: nobody knows it by its NAT's mapping;
-//! 3. files move between every kind of place, and the path each transfer
+//! 3. a fourth home's router runs miniupnpd (UPnP IGD): the node has it map
+//!    its port, is then reachable at the router's address, and the mapping
+//!    goes when the node stops;
+//! 4. files move between every kind of place, and the path each transfer
 //!    took is checked: public to public directly; from the symmetric NAT
 //!    through the relay (a hole punch cannot work: its router picks a new
 //!    port for every destination); between the cone NATs through the relay
@@ -42,15 +45,45 @@ const HOMES: [(&str, &str, u8, &[&str]); 3] = [
     ("cone2", "10.78.0.12", 2, &[]),
     ("symmetric", "10.78.0.13", 3, &["--random-fully"]),
 ];
+/// The router with a UPnP gateway (miniupnpd): its address on the
+/// internet bridge, and the public address it is told to claim (miniupnpd
+/// refuses to run with a private one; nothing routes to it, the peers'
+/// dial-backs find the real one).
+const UPNP_ROUTER: &str = "10.78.0.14";
+const UPNP_CLAIMED: &str = "11.78.0.14";
 /// Bytes of each file moved.
 const FILE: usize = 64 << 20;
+
+/// The UPnP router's rules: forwarding and masquerading, with the chains
+/// miniupnpd adds its mappings to.
+const UPNP_RULES: &str = "table inet miniupnpd {
+  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
+  chain miniupnpd { }
+  chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+  chain prerouting_miniupnpd { }
+  chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; oifname \"eth0\" masquerade; }
+  chain postrouting_miniupnpd { }
+  chain input { type filter hook input priority 0; policy accept; iifname \"eth0\" ct state new drop; }
+}
+";
 
 /// The namespaces: the internet's switch, the public hosts, the routers and
 /// the host behind each.
 struct Net {
+    /// The UPnP gateway, if miniupnpd is installed (killed before the
+    /// namespaces go).
+    upnp: Option<Upnp>,
     ns: Namespaces,
     public: Vec<String>,
     homes: Vec<String>,
+}
+
+/// The home network behind a router running miniupnpd.
+struct Upnp {
+    _daemon: netns::Daemon,
+    router: String,
+    home: String,
+    nft: std::path::PathBuf,
 }
 
 impl Net {
@@ -96,7 +129,24 @@ impl Net {
             ns.exec(&router, &iptables, &quiet)?;
             homes.push(home);
         }
-        Ok(Net { ns, public, homes })
+        let upnp = match (find_tool("miniupnpd"), find_tool("nft")) {
+            (Some(daemon), Some(nft)) => Some(upnp_home(&mut ns, &plug, &daemon, &nft, &sysctl)?),
+            _ => None,
+        };
+        Ok(Net {
+            upnp,
+            ns,
+            public,
+            homes,
+        })
+    }
+
+    /// The port forwardings the UPnP router holds now.
+    fn upnp_forwardings(&self) -> String {
+        let upnp = self.upnp.as_ref().expect("a UPnP home");
+        let args = ["list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd"];
+        let rules = self.ns.output(&upnp.router, &upnp.nft, &args);
+        rules.expect("nft lists the chain")
     }
 
     fn start(&self, net_ns: &str, name: &str, work: &Path, bootstrap: Option<&str>) -> Host {
@@ -115,6 +165,59 @@ impl Net {
             &work.join(format!("{name}.log")),
         )
     }
+}
+
+/// Builds the home network behind a router that runs miniupnpd (UPnP IGD
+/// and NAT-PMP) with its own nftables rules, and starts the daemon.
+fn upnp_home(
+    ns: &mut Namespaces,
+    plug: &dyn Fn(&mut Namespaces, &str, &str) -> Result<String, String>,
+    daemon: &Path,
+    nft: &Path,
+    sysctl: &Path,
+) -> Result<Upnp, String> {
+    let router = plug(ns, "r-upnp", UPNP_ROUTER)?;
+    let home = ns.add("upnp")?;
+    ns.link(
+        (&router, "lan0", Some("192.168.5.1/24")),
+        (&home, "eth0", Some("192.168.5.2/24")),
+    )?;
+    ns.ip(&["-n", &home, "route", "add", "default", "via", "192.168.5.1"])?;
+    ns.exec(&router, sysctl, &["-qw", "net.ipv4.ip_forward=1"])?;
+    let dir = std::env::temp_dir().join(format!("qp-upnp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let rules = dir.join("rules.nft");
+    std::fs::write(&rules, UPNP_RULES).map_err(|e| e.to_string())?;
+    ns.exec(&router, nft, &["-f", &rules.display().to_string()])?;
+    let conf = dir.join("miniupnpd.conf");
+    let settings = [
+        "ext_ifname=eth0",
+        &format!("ext_ip={UPNP_CLAIMED}"),
+        "listening_ip=lan0",
+        "port=0",
+        "enable_upnp=yes",
+        "enable_natpmp=yes",
+        "secure_mode=yes",
+        "system_uptime=yes",
+        "uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b",
+        "upnp_table_name=miniupnpd",
+        "upnp_nat_table_name=miniupnpd",
+        "upnp_forward_chain=miniupnpd",
+        "upnp_nat_chain=prerouting_miniupnpd",
+        "upnp_nat_postrouting_chain=postrouting_miniupnpd",
+        "allow 1024-65535 192.168.5.0/24 1024-65535",
+        "deny 0-65535 0.0.0.0/0 0-65535",
+    ];
+    std::fs::write(&conf, settings.join("\n") + "\n").map_err(|e| e.to_string())?;
+    let conf_arg = conf.display().to_string();
+    let log = dir.join("miniupnpd.log");
+    let daemon = ns.daemon(&router, daemon, &["-f", &conf_arg, "-d"], &log);
+    Ok(Upnp {
+        _daemon: daemon,
+        router,
+        home,
+        nft: nft.to_path_buf(),
+    })
 }
 
 /// A peer row of `peers`: its addresses, the relays it is known through,
@@ -227,6 +330,18 @@ fn nodes_behind_nat_are_reached_through_relays() {
         .zip(&net.homes)
         .map(|((name, ..), ns)| net.start(ns, name, work.path(), Some(&boot)))
         .collect();
+    let mut upnp = match &net.upnp {
+        Some(u) => Some(net.start(&u.home, "upnp", work.path(), Some(&boot))),
+        None => {
+            let why = "miniupnpd or nft not found";
+            assert!(
+                std::env::var_os("QUIC_PEER_REQUIRE_UPNP").is_none(),
+                "QUIC_PEER_REQUIRE_UPNP is set, but: {why}"
+            );
+            eprintln!("skipping the UPnP home of the nat test: {why}");
+            None
+        }
+    };
     for (host, ip) in [(&mut p0, PUBLIC[0]), (&mut p1, PUBLIC[1])] {
         let line = host.expect_line("[NAT] ", T);
         assert_eq!(
@@ -246,6 +361,23 @@ fn nodes_behind_nat_are_reached_through_relays() {
         );
     }
     step("public nodes reachable at their addresses, home nodes behind NAT");
+    let upnp_addr = format!("{UPNP_ROUTER}:{PORT}");
+    if let Some(home) = &mut upnp {
+        // Behind NAT first; then the router maps the port, and peers dialing
+        // it back make the node reachable at the router's address.
+        let line = home.expect_line("[NAT] ", T);
+        assert!(line.starts_with("[NAT] behind NAT"), "upnp: {line}");
+        let line = home.expect_line("[NAT] port mapped by the router (UPnP): ", T);
+        let claimed = format!("{UPNP_CLAIMED}:{PORT} to 192.168.5.2:{PORT}");
+        assert!(line.ends_with(&claimed), "upnp: {line}");
+        let line = home.expect_line("[NAT] reachable at ", T);
+        assert_eq!(line, format!("[NAT] reachable at {upnp_addr}"));
+        assert!(
+            net.upnp_forwardings().contains("dnat"),
+            "no forwarding on the router"
+        );
+        step(&format!("upnp: the router mapped port {PORT}; {line}"));
+    }
 
     // 2. Relays: every home node is known by its relays only.
     for home in &mut homes {
@@ -254,6 +386,7 @@ fn nodes_behind_nat_are_reached_through_relays() {
     }
     let public_addrs: Vec<String> = PUBLIC.iter().map(|ip| format!("{ip}:{PORT}")).collect();
     let home_ids: Vec<NodeId> = homes.iter().map(|h| h.id).collect();
+    let upnp_id = upnp.as_ref().map(|h| h.id);
     for host in [&mut p0, &mut p1] {
         let name = host.name.clone();
         let rows = wait_for_peers(host, &home_ids, |rows| {
@@ -273,12 +406,24 @@ fn nodes_behind_nat_are_reached_through_relays() {
                     "{name}: relays {:?}",
                     r.relays
                 );
-            } else {
+            } else if Some(r.id) != upnp_id {
+                assert_eq!(r.addrs.len(), 1, "{name}: {:?}", r.addrs);
                 assert!(public_addrs.contains(&r.addrs[0]), "{name}: {:?}", r.addrs);
             }
         }
     }
     step("public nodes know each home node by its relays only");
+    if let Some(home) = &upnp {
+        let id = home.id;
+        for host in [&mut p0, &mut p1] {
+            let rows = wait_for_peers(host, &[id], |rows| {
+                rows.iter()
+                    .any(|r| r.id == id && r.addrs == [upnp_addr.clone()])
+            });
+            assert!(rows.iter().any(|r| r.id == id));
+        }
+        step("public nodes know the UPnP home by its router's address");
+    }
 
     // 3. Transfers, and the path each took.
     let bytes: Vec<u8> = (0..FILE as u32)
@@ -346,6 +491,22 @@ fn nodes_behind_nat_are_reached_through_relays() {
     let rate = get(&mut p1, &id, &work.path().join("home-to-public.bin"), &src);
     let path = path_to(&mut p1, cone1.id);
     rows.push(("cone NAT to public", path, rate));
+
+    if let Some(home) = &mut upnp {
+        let id = put(home, &src2);
+        let rate = get(cone1, &id, &work.path().join("from-upnp.bin"), &src2);
+        assert_eq!(path_to(cone1, home.id), "direct");
+        rows.push(("UPnP-mapped home to cone NAT", "direct", rate));
+        // A node that stops removes its mapping.
+        home.send("exit");
+        assert!(home.wait_exit(T).success());
+        let deadline = Instant::now() + T;
+        while net.upnp_forwardings().contains("dnat") {
+            assert!(Instant::now() < deadline, "the mapping outlived the node");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        step("the UPnP home's mapping is gone once it stopped");
+    }
 
     eprintln!(
         "\n| {} MiB, get by id | path | MB/s | of public |",

@@ -91,6 +91,37 @@ impl Namespaces {
             .args(args))
     }
 
+    /// Runs `program ARGS` inside namespace `ns` and returns its output.
+    pub fn output(&self, ns: &str, program: &Path, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.ip)
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        match out.status.success() {
+            true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+            false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        }
+    }
+
+    /// Starts `program ARGS` inside namespace `ns` as a daemon, its output
+    /// to `log`; it is killed when the returned guard drops.
+    pub fn daemon(&self, ns: &str, program: &Path, args: &[&str], log: &Path) -> Daemon {
+        let log = File::create(log).expect("daemon log");
+        let child = Command::new(&self.ip)
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("daemon starts");
+        Daemon(child)
+    }
+
     /// A veth pair: `a_name` in `a`, `b_name` in `b`, both up, each with
     /// its address (CIDR) if given.
     pub fn link(
@@ -118,6 +149,17 @@ impl Drop for Namespaces {
                 eprintln!("netns cleanup: {e}");
             }
         }
+    }
+}
+
+/// A process running in a namespace, killed on drop (before the namespace
+/// goes: hold it in a field declared before the [`Namespaces`]).
+pub struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
