@@ -7,6 +7,11 @@
 //! NAT, as carrier-grade NATs often are). Every node runs as the README
 //! says, `--listen 0.0.0.0:7000`.
 //!
+//! Every node is a member of one private network (`--network-key`), admits
+//! only the others' ids (`--allow`), and joins through a pinned address:
+//! relays, hole punches and port mappings all work inside those rules, the
+//! relays being members that carry ciphertext they cannot read.
+//!
 //! The test shows that
 //! 1. the public nodes learn from dial-backs that they are reachable, and at
 //!    which address; the home nodes learn that they are behind NAT;
@@ -149,11 +154,24 @@ impl Net {
         rules.expect("nft lists the chain")
     }
 
-    fn start(&self, net_ns: &str, name: &str, work: &Path, bootstrap: Option<&str>) -> Host {
+    /// Starts a node in `net_ns`, a member of the private network whose key
+    /// is `work/net.key` that admits only the `allowed` ids: relays, punches
+    /// and mappings all happen inside it.
+    fn start(
+        &self,
+        (net_ns, name): (&str, &str),
+        work: &Path,
+        bootstrap: Option<&str>,
+        allowed: &[String],
+    ) -> Host {
         let data = work.join(name).display().to_string();
+        let key = work.join("net.key").display().to_string();
         let listen = format!("0.0.0.0:{PORT}");
         let mut args = vec!["--listen", &listen, "--data-dir", &data, "--no-http"];
-        args.extend(["--gossip-interval", "1"]);
+        args.extend(["--gossip-interval", "1", "--network-key", &key]);
+        for id in allowed {
+            args.extend(["--allow", id]);
+        }
         if let Some(b) = bootstrap {
             args.extend(["--bootstrap", b]);
         }
@@ -319,19 +337,37 @@ fn nodes_behind_nat_are_reached_through_relays() {
         Err(why) => return netns::skip("nat", "QUIC_PEER_REQUIRE_NAT", &why),
     };
     let work = tempfile::tempdir().expect("tempdir");
+    let key = work.path().join("net.key").display().to_string();
+    let made = common::binary()
+        .args(["keygen", &key])
+        .output()
+        .expect("keygen");
+    assert!(made.status.success(), "{made:?}");
     step("internet bridge, 2 public hosts, 3 home networks behind masquerading routers");
 
     // 1. Reachability, from dial-backs.
-    let mut p0 = net.start(&net.public[0], "pub0", work.path(), None);
+    // Every node's id, made before any starts: each admits only these.
+    let names = ["pub0", "pub1", "cone1", "cone2", "symmetric", "upnp"];
+    let allowed: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let dir = work.path().join(name).display().to_string();
+            let out = common::binary().args(["id", "--data-dir", &dir]).output();
+            let out = out.expect("quic-peer id");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    let mut p0 = net.start((&net.public[0], "pub0"), work.path(), None, &allowed);
     let boot = format!("{}@{}:{PORT}", p0.id, PUBLIC[0]);
-    let mut p1 = net.start(&net.public[1], "pub1", work.path(), Some(&boot));
+    let mut p1 = net.start((&net.public[1], "pub1"), work.path(), Some(&boot), &allowed);
     let mut homes: Vec<Host> = HOMES
         .iter()
         .zip(&net.homes)
-        .map(|((name, ..), ns)| net.start(ns, name, work.path(), Some(&boot)))
+        .map(|((name, ..), ns)| net.start((ns, name), work.path(), Some(&boot), &allowed))
         .collect();
     let mut upnp = match &net.upnp {
-        Some(u) => Some(net.start(&u.home, "upnp", work.path(), Some(&boot))),
+        Some(u) => Some(net.start((&u.home, "upnp"), work.path(), Some(&boot), &allowed)),
         None => {
             let why = "miniupnpd or nft not found";
             assert!(
