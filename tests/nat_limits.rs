@@ -8,23 +8,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::adversary::{endpoint, ip, join};
-use quic_peer::proto::frame::{read_frame, write_frame};
-use quic_peer::proto::wire::{NackReason, Request, Response, Role, MAX_CONTROL_FRAME};
+use common::adversary::{ask, endpoint, ip, join};
+use quic_peer::proto::wire::{NackReason, Request, Response, Role};
 use quic_peer::NodeId;
-
-/// Sends `request` on a stream of its own and reads the answer.
-async fn ask(conn: &quinn::Connection, request: Request) -> Option<Response> {
-    let (mut send, mut recv) = conn.open_bi().await.ok()?;
-    write_frame(&mut send, &request, MAX_CONTROL_FRAME)
-        .await
-        .ok()?;
-    let _ = send.finish();
-    read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
-        .await
-        .ok()
-        .flatten()
-}
 
 fn nack(reason: NackReason) -> Option<Response> {
     Some(Response::Nack(reason))
@@ -46,11 +32,11 @@ async fn strangers_get_clear_refusals_and_bounded_relaying() {
     // is refused.
     let dial_back = |port| Request::DialBack { port, nonce: 7 };
     assert_eq!(
-        ask(&client.conn, dial_back(9)).await,
+        ask(&client.conn, &dial_back(9)).await,
         nack(NackReason::NotAccepted)
     );
     assert_eq!(
-        ask(&peer.conn, dial_back(0)).await,
+        ask(&peer.conn, &dial_back(0)).await,
         nack(NackReason::NotAccepted)
     );
     let started = Instant::now();
@@ -58,13 +44,13 @@ async fn strangers_get_clear_refusals_and_bounded_relaying() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     assert_eq!(
-        ask(&peer.conn, dial_back(port)).await,
+        ask(&peer.conn, &dial_back(port)).await,
         nack(NackReason::Unreachable)
     );
     let took = started.elapsed();
     assert!(took < Duration::from_secs(7), "a dial-back took {took:?}");
     assert_eq!(
-        ask(&peer.conn, dial_back(port)).await,
+        ask(&peer.conn, &dial_back(port)).await,
         nack(NackReason::NotAccepted)
     );
 
@@ -73,23 +59,23 @@ async fn strangers_get_clear_refusals_and_bounded_relaying() {
     let nobody = NodeId::from_bytes([9; 32]);
     let connect = Request::Connect { target: nobody };
     assert_eq!(
-        ask(&client.conn, connect).await,
+        ask(&client.conn, &connect).await,
         nack(NackReason::Unreachable)
     );
     let circuit = Request::Circuit { from: nobody };
     assert_eq!(
-        ask(&peer.conn, circuit).await,
+        ask(&peer.conn, &circuit).await,
         nack(NackReason::NotAccepted)
     );
     let punch = Request::Punch {
         addrs: vec!["192.0.2.1:9".parse().unwrap()],
     };
-    assert_eq!(ask(&peer.conn, punch).await, nack(NackReason::NotAccepted));
+    assert_eq!(ask(&peer.conn, &punch).await, nack(NackReason::NotAccepted));
 
     // Reservations: not for clients; for full nodes, at most four from one
     // address.
     assert_eq!(
-        ask(&client.conn, Request::Reserve).await,
+        ask(&client.conn, &Request::Reserve).await,
         nack(NackReason::NotAccepted)
     );
     let mut held = vec![peer];
@@ -98,7 +84,7 @@ async fn strangers_get_clear_refusals_and_bounded_relaying() {
     }
     let mut answers = Vec::new();
     for p in &held {
-        answers.push(ask(&p.conn, Request::Reserve).await);
+        answers.push(ask(&p.conn, &Request::Reserve).await);
     }
     let granted = answers
         .iter()
@@ -118,7 +104,7 @@ async fn strangers_get_clear_refusals_and_bounded_relaying() {
         .await
         .unwrap();
     let probe = Request::Probe { nonce: 1 };
-    assert_eq!(ask(&conn, probe).await, nack(NackReason::NotAccepted));
+    assert_eq!(ask(&conn, &probe).await, nack(NackReason::NotAccepted));
 
     // Through all of it the stranger's connections stay up, and served.
     for p in &held {
@@ -127,6 +113,6 @@ async fn strangers_get_clear_refusals_and_bounded_relaying() {
     let has = Request::Has {
         id: quic_peer::proto::Hash::of(b"nothing"),
     };
-    assert_eq!(ask(&client.conn, has).await, Some(Response::NotFound));
+    assert_eq!(ask(&client.conn, &has).await, Some(Response::NotFound));
     node.shutdown().await;
 }

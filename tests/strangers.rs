@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::adversary::{ip, join, memory};
 use common::{get_to, parse_started, random_bytes, store_node_with, wait_until, Proc};
-use quic_peer::proto::frame::{read_frame, write_frame};
+use quic_peer::proto::frame::write_frame;
 use quic_peer::proto::manifest::{Manifest, MAX_CHUNK_SIZE};
 use quic_peer::proto::wire::{Request, Response, Role, MAX_CONTROL_FRAME};
 use quic_peer::proto::Hash;
@@ -230,19 +230,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Sends HOLD for `id` on a stream of its own and reads the answer.
-async fn hold(conn: &quinn::Connection, id: Hash) -> Option<Response> {
-    let (mut send, mut recv) = conn.open_bi().await.ok()?;
-    write_frame(&mut send, &Request::Hold { id }, MAX_CONTROL_FRAME)
-        .await
-        .ok()?;
-    let _ = send.finish();
-    read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
-        .await
-        .ok()
-        .flatten()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_flood_costs_a_store_lookup_each() {
     const HOLDS: usize = 2000;
@@ -268,7 +255,9 @@ async fn a_hold_flood_costs_a_store_lookup_each() {
     let started = Instant::now();
     let mut acks = 0;
     for _ in 0..HOLDS {
-        if hold(&joined.conn, report.id).await == Some(Response::Ack) {
+        if common::adversary::ask(&joined.conn, &Request::Hold { id: report.id }).await
+            == Some(Response::Ack)
+        {
             acks += 1;
         }
     }

@@ -59,7 +59,7 @@ impl Network {
 
     /// A connection's place under the limits, taken before its handshake is
     /// processed; `None` once the connection is refused or asked to retry.
-    pub(super) fn admit(&self, incoming: Incoming) -> Option<(Incoming, ConnPermit)> {
+    fn admit(&self, incoming: Incoming) -> Option<(Incoming, ConnPermit)> {
         let remote = incoming.remote_address();
         // Under a handshake flood, an address must first show it receives
         // what is sent to it (QUIC Retry); spoofed sources go no further.

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use quic_peer::proto::wire::{
-    self, Control, Join, Request, Role, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
+    self, Control, Join, Request, Response, Role, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
 };
 use quic_peer::Identity;
 
@@ -41,6 +41,19 @@ pub fn valid_client() -> quinn::ClientConfig {
     let identity = Identity::generate().unwrap();
     let (client, _) = quic_peer::crypto::tls::quic_configs(&identity).unwrap();
     quinn::ClientConfig::new(client)
+}
+
+/// Sends `request` on a stream of its own and reads the one answer.
+pub async fn ask(conn: &quinn::Connection, request: &Request) -> Option<Response> {
+    let (mut send, mut recv) = conn.open_bi().await.ok()?;
+    quic_peer::proto::frame::write_frame(&mut send, request, MAX_CONTROL_FRAME)
+        .await
+        .ok()?;
+    let _ = send.finish();
+    quic_peer::proto::frame::read_frame::<Response, _>(&mut recv, MAX_CONTROL_FRAME)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// A raw connection that has done JOIN/WELCOME; the control stream is kept

@@ -317,14 +317,7 @@ impl Host {
 impl Host {
     /// Waits for the node to exit (after `exit` was typed), at most `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.proc.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit", self.name);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.proc.wait(timeout)
     }
 }
 
