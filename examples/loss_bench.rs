@@ -77,7 +77,7 @@ async fn main() -> Result<()> {
         .put(
             &src,
             &quic_peer::replication::PutOptions {
-                chunk_size: DEFAULT_CHUNK_SIZE,
+                chunk_size: DEFAULT_CHUNK_SIZE.into(),
                 ..quic_peer::replication::PutOptions::public(0)
             },
             Arc::new(NoProgress),

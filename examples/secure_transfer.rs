@@ -189,7 +189,7 @@ async fn store_locally(node: &Node, path: &Path) -> Result<replication::PutRepor
         .put(
             path,
             &quic_peer::replication::PutOptions {
-                chunk_size: CHUNK_SIZE,
+                chunk_size: CHUNK_SIZE.into(),
                 ..quic_peer::replication::PutOptions::public(0)
             },
             Arc::new(NoProgress),

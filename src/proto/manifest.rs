@@ -11,8 +11,12 @@ use serde::{Deserialize, Serialize};
 use super::hash::Hash;
 use super::wire::WireError;
 
-/// Default chunk size: 1 MiB.
+/// Default chunk size: 1 MiB, for files up to [`AUTO_CHUNKS`] MiB.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Largest chunk size a put picks by itself ([`ChunkSize::Auto`]).
+pub const LARGE_CHUNK_SIZE: u32 = 4 << 20;
+/// Chunks a file is cut into before [`ChunkSize::Auto`] picks larger ones.
+pub const AUTO_CHUNKS: u64 = 256;
 /// Smallest chunk size accepted.
 pub const MIN_CHUNK_SIZE: u32 = 1 << 10;
 /// Largest chunk size accepted (and so the largest chunk on the wire).
@@ -23,6 +27,42 @@ pub const MAX_MANIFEST_SIZE: usize = 16 << 20;
 pub const MAX_NAME_LEN: usize = 255;
 /// Cap on entries in one directory manifest.
 pub const MAX_DIR_ENTRIES: usize = 100_000;
+
+/// How large a put cuts a file's chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChunkSize {
+    /// By the file's size, as BitTorrent picks its piece size: 1 MiB,
+    /// doubled while that makes more than [`AUTO_CHUNKS`] chunks, up to
+    /// [`LARGE_CHUNK_SIZE`]. A large file then costs the node that stores
+    /// it a quarter of the files, syncs and requests, while a download's
+    /// memory stays bounded by bytes in flight, not by chunks.
+    #[default]
+    Auto,
+    /// Always this many bytes.
+    Fixed(u32),
+}
+
+impl ChunkSize {
+    /// The chunk size for `len` bytes.
+    pub fn for_len(self, len: u64) -> u32 {
+        match self {
+            ChunkSize::Fixed(size) => size,
+            ChunkSize::Auto => {
+                let mut size = DEFAULT_CHUNK_SIZE;
+                while size < LARGE_CHUNK_SIZE && len > u64::from(size) * AUTO_CHUNKS {
+                    size *= 2;
+                }
+                size
+            }
+        }
+    }
+}
+
+impl From<u32> for ChunkSize {
+    fn from(size: u32) -> Self {
+        ChunkSize::Fixed(size)
+    }
+}
 
 /// A file: its name, size, and the hashes of its chunks in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +291,23 @@ mod tests {
             chunk_size,
             chunks: vec![Hash::of(b"x"); FileManifest::chunk_count(size, chunk_size) as usize],
         })
+    }
+
+    #[test]
+    fn auto_chunks_grow_with_the_file_up_to_the_large_size() {
+        let mib = 1u64 << 20;
+        for (len, size) in [
+            (0, 1),
+            (mib, 1),
+            (256 * mib, 1),
+            (256 * mib + 1, 2),
+            (512 * mib, 2),
+            (512 * mib + 1, 4),
+            (1 << 40, 4),
+        ] {
+            assert_eq!(ChunkSize::Auto.for_len(len), size << 20, "{len} bytes");
+        }
+        assert_eq!(ChunkSize::from(4096).for_len(1 << 40), 4096);
     }
 
     #[test]

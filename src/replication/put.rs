@@ -22,7 +22,7 @@ use crate::dht::behaviour::RpcError;
 use crate::dht::kbucket::Contact;
 use crate::download::Progress;
 use crate::net::ConnectError;
-use crate::proto::manifest::DEFAULT_CHUNK_SIZE;
+use crate::proto::manifest::ChunkSize;
 use crate::proto::sealed::{FileKey, Sealer};
 use crate::proto::ticket::{Ticket, MAX_HOLDERS};
 use crate::proto::wire::PeerRecord;
@@ -57,7 +57,7 @@ pub struct PutOptions {
     /// Copies on other full nodes.
     pub replicas: usize,
     /// Bytes of plaintext per chunk.
-    pub chunk_size: u32,
+    pub chunk_size: ChunkSize,
     /// Encrypted (and how) or plain.
     pub sealing: Sealing,
     /// Pad an encrypted file's size (Padmé: at most 12% more), so that its
@@ -69,7 +69,7 @@ impl Default for PutOptions {
     fn default() -> Self {
         PutOptions {
             replicas: 3,
-            chunk_size: DEFAULT_CHUNK_SIZE,
+            chunk_size: ChunkSize::Auto,
             sealing: Sealing::Random,
             pad: false,
         }
@@ -347,7 +347,7 @@ impl Replication {
     async fn chunk_plain(
         &self,
         path: &Path,
-        chunk_size: u32,
+        chunk_size: ChunkSize,
     ) -> Result<(Tree, ChunkSource), PutError> {
         let path = path.to_path_buf();
         let task_failed = |e: tokio::task::JoinError| ChunkError::Io {

@@ -6,7 +6,9 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::proto::manifest::{check_name, DirEntry, DirManifest, FileManifest, Manifest};
+use crate::proto::manifest::{
+    check_name, ChunkSize, DirEntry, DirManifest, FileManifest, Manifest,
+};
 use crate::proto::Hash;
 
 /// Why a local file could not be chunked.
@@ -130,15 +132,15 @@ impl Tree {
 
 /// Chunks the file or directory at `path`. `each` sees every chunk with its
 /// location (e.g. to store it, or to remember where to read it again).
-/// Directories become manifests of manifests; symlinks and special files are
-/// skipped.
+/// Each file's chunk size is `chunk_size` for its length. Directories become
+/// manifests of manifests; symlinks and special files are skipped.
 pub fn build_tree(
     path: &Path,
-    chunk_size: u32,
+    chunk_size: impl Into<ChunkSize>,
     each: &mut OnChunk<'_>,
 ) -> Result<Tree, ChunkError> {
     let mut manifests = Vec::new();
-    let (root, size) = build_node(path, chunk_size, each, &mut manifests)?;
+    let (root, size) = build_node(path, chunk_size.into(), each, &mut manifests)?;
     // build_node pushes children before parents: the root is last.
     manifests.reverse();
     Ok(Tree {
@@ -150,7 +152,7 @@ pub fn build_tree(
 
 fn build_node(
     path: &Path,
-    chunk_size: u32,
+    chunk_size: ChunkSize,
     each: &mut OnChunk<'_>,
     manifests: &mut Vec<(Hash, Vec<u8>)>,
 ) -> Result<(Hash, u64), ChunkError> {
@@ -181,6 +183,7 @@ fn build_node(
         });
         (m, size)
     } else {
+        let chunk_size = chunk_size.for_len(meta.len());
         let f = chunk_file(path, chunk_size, |i, hash, data| {
             let loc = ChunkLocation {
                 path: path.to_path_buf(),

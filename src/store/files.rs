@@ -330,8 +330,9 @@ impl Store {
     pub fn import(
         &self,
         path: &Path,
-        chunk_size: u32,
+        chunk_size: impl Into<crate::proto::manifest::ChunkSize>,
     ) -> Result<crate::store::chunker::Tree, ImportError> {
+        let chunk_size = chunk_size.into();
         self.import_with(
             |put| crate::store::chunker::build_tree(path, chunk_size, &mut |h, d, _| put(h, d)),
             |tree| tree,

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::proto::manifest::{
-    Manifest, SealedManifest, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE, MIN_CHUNK_SIZE,
+    ChunkSize, Manifest, SealedManifest, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE, MIN_CHUNK_SIZE,
 };
 use crate::proto::sealed::{self, Entry, EntryKind, FileKey, Meta, Sealer};
 use crate::proto::tree::{MAX_TREE_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_SIZE};
@@ -77,12 +77,12 @@ pub struct SealedTree {
     pub content_len: u64,
 }
 
-/// Seals the file or directory at `path` in chunks of `chunk_size` bytes of
-/// plaintext (`pad`: the stream padded to [`sealed::padme`] of its length),
-/// handing each sealed chunk to `each`.
+/// Seals the file or directory at `path` in chunks of `chunk_size` (for the
+/// length of its stream) bytes of plaintext (`pad`: the stream padded to
+/// [`sealed::padme`] of its length), handing each sealed chunk to `each`.
 pub fn seal_tree(
     path: &Path,
-    chunk_size: u32,
+    chunk_size: impl Into<ChunkSize>,
     key: KeyChoice,
     pad: bool,
     each: &mut OnSealed<'_>,
@@ -91,8 +91,8 @@ pub fn seal_tree(
         path: path.to_path_buf(),
         why,
     };
-    let (meta, files, content_len) = lay_out(path, chunk_size, pad)?;
-    let stream_len = meta.stream_len;
+    let (meta, files, content_len) = lay_out(path, chunk_size.into(), pad)?;
+    let (stream_len, chunk_size) = (meta.stream_len, meta.chunk_size);
     // A convergent key covers the content read in a first pass; the sealing
     // pass hashes what it reads again, and a file changed in between stops
     // the put (its key would otherwise seal other bytes than it was made
@@ -161,10 +161,11 @@ impl super::Store {
     pub fn import_sealed(
         &self,
         path: &Path,
-        chunk_size: u32,
+        chunk_size: impl Into<ChunkSize>,
         key: KeyChoice,
         pad: bool,
     ) -> Result<SealedTree, super::ImportError> {
+        let chunk_size = chunk_size.into();
         self.import_with(
             |put| seal_tree(path, chunk_size, key, pad, &mut |h, d, _| put(h, d)),
             |sealed| &sealed.tree,
@@ -184,7 +185,7 @@ type LocalFile = (PathBuf, u64);
 /// a sealed manifest could not describe before any byte is read.
 fn lay_out(
     path: &Path,
-    chunk_size: u32,
+    chunk_size: ChunkSize,
     pad: bool,
 ) -> Result<(Meta, Vec<LocalFile>, u64), ChunkError> {
     let refuse = |why: String| ChunkError::Unsealable {
@@ -192,11 +193,13 @@ fn lay_out(
         why,
     };
     let largest = MAX_CHUNK_SIZE - sealed::TAG_LEN as u32;
-    if !(MIN_CHUNK_SIZE..=largest).contains(&chunk_size) {
-        return Err(refuse(format!(
-            "the chunk size must be from {MIN_CHUNK_SIZE} to {largest} bytes (a sealed chunk is {} bytes longer)",
-            sealed::TAG_LEN
-        )));
+    if let ChunkSize::Fixed(size) = chunk_size {
+        if !(MIN_CHUNK_SIZE..=largest).contains(&size) {
+            return Err(refuse(format!(
+                "the chunk size must be from {MIN_CHUNK_SIZE} to {largest} bytes (a sealed chunk is {} bytes longer)",
+                sealed::TAG_LEN
+            )));
+        }
     }
     let mut entries = Vec::new();
     let mut files = Vec::new();
@@ -212,6 +215,7 @@ fn lay_out(
     } else {
         content_len
     };
+    let chunk_size = chunk_size.for_len(stream_len);
     let meta = Meta {
         chunk_size,
         stream_len,

@@ -94,7 +94,7 @@ pub async fn put_chunked(
     chunk_size: u32,
 ) -> PutReport {
     let opts = quic_peer::replication::PutOptions {
-        chunk_size,
+        chunk_size: chunk_size.into(),
         ..quic_peer::replication::PutOptions::public(replicas)
     };
     node.put(path, &opts, Arc::new(NoProgress))

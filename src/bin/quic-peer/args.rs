@@ -68,9 +68,10 @@ pub enum Command {
         /// Copies to place on other nodes.
         #[arg(long, default_value_t = 3)]
         replicas: usize,
-        /// Chunk size in bytes (1K to 16M).
-        #[arg(long, default_value = "1M", value_parser = parse_size)]
-        chunk_size: u64,
+        /// Chunk size in bytes (1K to 16M) [default: 1M, doubling for files
+        /// over 256M up to 4M].
+        #[arg(long, value_parser = parse_size)]
+        chunk_size: Option<u64>,
         /// Store it in plaintext, for content meant for everyone (by
         /// default a file is encrypted on this machine and only its ticket
         /// opens it).

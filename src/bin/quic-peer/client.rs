@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use quic_peer::download::DownloadOptions;
-use quic_peer::proto::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use quic_peer::proto::manifest::{ChunkSize, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use quic_peer::proto::sealed::FileKey;
 use quic_peer::proto::ticket::Target;
 use quic_peer::proto::wire::Role;
@@ -24,8 +24,8 @@ use crate::display::{print_get, print_put, say, TransferProgress};
 pub struct PutHow {
     /// Copies on other nodes.
     pub replicas: usize,
-    /// Plaintext bytes per chunk.
-    pub chunk_size: u64,
+    /// Plaintext bytes per chunk (by the file's size when not given).
+    pub chunk_size: Option<u64>,
     /// `--public`.
     pub public: bool,
     /// `--convergent`.
@@ -50,7 +50,10 @@ pub fn with_key(target: Target, key: Option<FileKey>) -> Result<Target> {
 /// work): the file is less safe than asked, and a script must hear it.
 pub async fn put(args: &NodeArgs, path: &Path, how: &PutHow) -> Result<()> {
     anyhow::ensure!(how.replicas >= 1, "--replicas must be at least 1");
-    let chunk_size = checked_chunk_size(how.chunk_size)?;
+    let chunk_size = match how.chunk_size {
+        Some(size) => ChunkSize::Fixed(checked_chunk_size(size)?),
+        None => ChunkSize::Auto,
+    };
     std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let sealing = match (how.public, how.convergent) {
         (true, _) => Sealing::Public,
