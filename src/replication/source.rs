@@ -82,15 +82,18 @@ impl ChunkSource {
                 Ok(data)
             }
             ChunkSource::Files(map) => {
-                use std::os::unix::fs::FileExt;
+                use std::io::{Read, Seek, SeekFrom};
                 let loc = map.get(hash).ok_or(SourceError::Missing(*hash))?;
                 let io = |source| SourceError::Io {
                     path: loc.path.clone(),
                     source,
                 };
-                let f = std::fs::File::open(&loc.path).map_err(io)?;
-                let mut buf = vec![0u8; loc.len];
-                f.read_exact_at(&mut buf, loc.offset).map_err(io)?;
+                let mut f = std::fs::File::open(&loc.path).map_err(io)?;
+                f.seek(SeekFrom::Start(loc.offset)).map_err(io)?;
+                // Read into the spare capacity, not over zeros; a file cut
+                // shorter fails the hash.
+                let mut buf = Vec::with_capacity(loc.len);
+                f.take(loc.len as u64).read_to_end(&mut buf).map_err(io)?;
                 if Hash::of(&buf) != *hash {
                     return Err(SourceError::Changed(loc.path.clone()));
                 }

@@ -4,7 +4,7 @@
 //! memory.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::proto::manifest::{
@@ -53,9 +53,13 @@ impl SealedLocation {
     pub fn read(&self) -> std::io::Result<Vec<u8>> {
         let mut data = Vec::with_capacity(self.len + sealed::TAG_LEN);
         for s in &self.segments {
-            let start = data.len();
-            data.resize(start + s.len, 0);
-            File::open(&s.path)?.read_exact_at(&mut data[start..], s.offset)?;
+            // Read into the spare capacity: no zeroing of what the read
+            // overwrites at once.
+            let mut f = File::open(&s.path)?;
+            f.seek(SeekFrom::Start(s.offset))?;
+            if f.take(s.len as u64).read_to_end(&mut data)? != s.len {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
         }
         data.resize(self.len, 0);
         Ok(data)
@@ -319,6 +323,16 @@ fn sealed_chunk(
     each: &mut OnSealed<'_>,
 ) -> Result<Hash, ChunkError> {
     let hash = Hash::of(&data);
+    hand_on(loc, hash, data, each)
+}
+
+/// Hands a sealed chunk whose hash is known to `each`; returns the hash.
+fn hand_on(
+    loc: SealedLocation,
+    hash: Hash,
+    data: Vec<u8>,
+    each: &mut OnSealed<'_>,
+) -> Result<Hash, ChunkError> {
     let at = loc
         .segments
         .first()
@@ -331,10 +345,10 @@ fn sealed_chunk(
 /// Threads that read and seal chunks at once, at most.
 const SEALING_THREADS: usize = 4;
 
-/// Reads and seals every chunk of `stream` on up to [`SEALING_THREADS`]
-/// threads (reading, AES-GCM and BLAKE3 were one core's work, ahead of any
-/// byte sent), handing them to `each` in order; returns their hashes. At
-/// most two chunks per thread are in memory.
+/// Reads, seals and hashes every chunk of `stream` on up to
+/// [`SEALING_THREADS`] threads (reading, AES-GCM and BLAKE3 were one core's
+/// work, ahead of any byte sent), handing them to `each` in order; returns
+/// their hashes. At most two chunks per thread are in memory.
 fn seal_all(
     stream: &mut Stream<'_>,
     sealer: &Sealer,
@@ -365,7 +379,7 @@ fn seal_all(
                 guard.loc = Some(loc.clone());
                 let sealed = read(&loc).map(|mut data| {
                     sealer.seal_chunk(loc.index, &mut data);
-                    data
+                    (Hash::of(&data), data)
                 });
                 guard.loc = None;
                 if guard.done.send((loc, sealed)).is_err() {
@@ -400,18 +414,22 @@ fn seal_all(
             };
             waiting.insert(loc.index, (loc, sealed));
             while let Some((loc, sealed)) = waiting.remove(&next) {
-                chunks.push(sealed_chunk(loc, sealed?, each)?);
+                let (hash, data) = sealed?;
+                chunks.push(hand_on(loc, hash, data, each)?);
                 next += 1;
             }
         }
     })
 }
 
+/// A chunk sealed by a sealing thread: its hash and bytes.
+type Sealed = Result<(Hash, Vec<u8>), ChunkError>;
+
 /// A sealing thread's chunk in hand: if the thread panics with it, the
 /// chunk comes back as an error, or the loop that waits for it in order
 /// would wait forever.
 struct Unwinding {
-    done: std::sync::mpsc::SyncSender<(SealedLocation, Result<Vec<u8>, ChunkError>)>,
+    done: std::sync::mpsc::SyncSender<(SealedLocation, Sealed)>,
     loc: Option<SealedLocation>,
 }
 
