@@ -23,6 +23,7 @@ pub mod possession;
 mod put;
 mod repair;
 mod source;
+mod stream;
 
 pub use put::{
     push_tree, CopyError, PushTreeError, PutError, PutOptions, PutReport, Sealing, Shortfall,

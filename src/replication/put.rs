@@ -17,13 +17,14 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::source::{ChunkSource, SourceError};
+use super::stream::{Tap, TapSender};
 use super::Replication;
 use crate::dht::behaviour::RpcError;
 use crate::dht::kbucket::Contact;
 use crate::download::Progress;
 use crate::net::ConnectError;
 use crate::proto::manifest::ChunkSize;
-use crate::proto::sealed::{FileKey, Sealer};
+use crate::proto::sealed::{self, FileKey, Sealer};
 use crate::proto::ticket::{Ticket, MAX_HOLDERS};
 use crate::proto::wire::PeerRecord;
 use crate::proto::{Hash, NodeId};
@@ -170,6 +171,9 @@ pub struct PutReport {
     pub found: usize,
     /// Nodes that acknowledged a complete copy (this node first, if it stores).
     pub holders: Vec<PeerRecord>,
+    /// Holders whose chunks were pushed while the file was cut, in one pass
+    /// (in a network of at most `wanted` other full nodes: [`super::stream`]).
+    pub in_one_pass: usize,
     /// Targets that failed, with why.
     pub failures: Vec<(NodeId, CopyError)>,
     /// A ticket naming the holders (and, for an encrypted file, with the
@@ -233,8 +237,32 @@ impl Replication {
     ) -> Result<PutReport, PutError> {
         let start = Instant::now();
         let replicas = opts.replicas;
-        let (tree, source, key) = self.chunk(path, opts).await?;
-        debug!(file = %tree.root.fmt_short(), secs = start.elapsed().as_secs_f64(), "cut into chunks");
+        // A convergent key is made from a first pass over the plaintext, and
+        // a file changed before the second is caught only at its end: chunks
+        // sealed meanwhile must not have left this machine (see seal_tree).
+        let early = match opts.sealing {
+            Sealing::Convergent(_) => Vec::new(),
+            Sealing::Random | Sealing::Public => self.early_targets(replicas).await,
+        };
+        let tap = if early.is_empty() {
+            None
+        } else {
+            let size = size_to_send(path, opts);
+            progress.begin(&what(path, early.len()), size * early.len() as u64);
+            Some(Tap::start(early, PUSH_TIMEOUT, progress.clone()))
+        };
+        let cut = self.chunk(path, opts, tap.as_ref().map(Tap::sender)).await;
+        let streamed = match tap {
+            Some(tap) => tap.finish().await,
+            None => Vec::new(),
+        };
+        let (tree, source, key) = cut?;
+        debug!(
+            file = %tree.root.fmt_short(),
+            secs = start.elapsed().as_secs_f64(),
+            pushed_to = streamed.len(),
+            "cut into chunks"
+        );
         let mut placement = Placement {
             holders: Vec::new(),
             failures: Vec::new(),
@@ -244,27 +272,20 @@ impl Replication {
         }
         let candidates = self.candidates(tree.root).await;
         let found = candidates.len();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let answered = candidates.iter().filter(|(_, failed)| failed.is_none());
-        let copies = replicas.min(answered.count());
-        let what = format!(
-            "{name}, {copies} cop{}",
-            if copies == 1 { "y" } else { "ies" }
-        );
-        progress.begin(&what, tree.size * copies as u64);
+        if streamed.is_empty() {
+            let answered = candidates.iter().filter(|(_, failed)| failed.is_none());
+            let copies = replicas.min(answered.count());
+            progress.begin(&what(path, copies), tree.size * copies as u64);
+        }
         let tree = Arc::new(tree);
-        self.place(
-            &tree,
-            &source,
-            candidates,
-            replicas,
-            &progress,
-            &mut placement,
-        )
-        .await;
+        let push = Push {
+            tree: &tree,
+            source: &source,
+            streamed: &streamed,
+            progress: &progress,
+        };
+        self.place(&push, candidates, replicas, &mut placement)
+            .await;
         if self.store.is_some() {
             // This node holds a copy too: say so in the DHT.
             self.dht.announce(tree.root).await;
@@ -276,6 +297,7 @@ impl Replication {
         }
         let me = self.net.id();
         let remote_copies = holders.iter().filter(|h| h.id != me).count();
+        let in_one_pass = holders.iter().filter(|h| streamed.contains(&h.id)).count();
         let ticket = Ticket {
             id: tree.root,
             holders: holders.iter().take(MAX_HOLDERS).cloned().collect(),
@@ -289,6 +311,7 @@ impl Replication {
             remote_copies,
             found,
             holders,
+            in_one_pass,
             failures,
             ticket,
             elapsed: start.elapsed(),
@@ -301,16 +324,18 @@ impl Replication {
 
     /// Seals (unless public) and cuts `path` into a tree: into the store
     /// when this node has one, else remembering where each chunk is to read
-    /// it again. Returns the key of a sealed tree.
+    /// it again; each chunk also goes to `tap` if there is one. Returns the
+    /// key of a sealed tree.
     async fn chunk(
         &self,
         path: &Path,
         opts: &PutOptions,
+        tap: Option<TapSender>,
     ) -> Result<(Tree, ChunkSource, Option<FileKey>), PutError> {
         let chunk_size = opts.chunk_size;
         let key = match opts.sealing {
             Sealing::Public => {
-                let (tree, source) = self.chunk_plain(path, chunk_size).await?;
+                let (tree, source) = self.chunk_plain(path, chunk_size, tap).await?;
                 return Ok((tree, source, None));
             }
             Sealing::Random => KeyChoice::Random,
@@ -323,16 +348,24 @@ impl Replication {
         };
         if let Some(store) = self.store.clone() {
             let s = store.clone();
-            let sealed =
-                tokio::task::spawn_blocking(move || s.import_sealed(&path, chunk_size, key, pad))
-                    .await
-                    .map_err(task_failed)??;
+            let sealed = tokio::task::spawn_blocking(move || {
+                s.import_sealed_tapped(&path, chunk_size, key, pad, &mut |hash, data| {
+                    if let Some(tap) = &tap {
+                        tap.send(hash, data.into());
+                    }
+                })
+            })
+            .await
+            .map_err(task_failed)??;
             return Ok((sealed.tree, ChunkSource::Store(store), Some(sealed.key)));
         }
         let (sealed, map) = tokio::task::spawn_blocking(move || {
             let mut map = HashMap::new();
-            let sealed = seal_tree(&path, chunk_size, key, pad, &mut |hash, _, loc| {
+            let sealed = seal_tree(&path, chunk_size, key, pad, &mut |hash, data, loc| {
                 map.entry(hash).or_insert(loc);
+                if let Some(tap) = &tap {
+                    tap.send(hash, data.into());
+                }
                 Ok(())
             })?;
             Ok::<_, ChunkError>((sealed, map))
@@ -348,6 +381,7 @@ impl Replication {
         &self,
         path: &Path,
         chunk_size: ChunkSize,
+        tap: Option<TapSender>,
     ) -> Result<(Tree, ChunkSource), PutError> {
         let path = path.to_path_buf();
         let task_failed = |e: tokio::task::JoinError| ChunkError::Io {
@@ -356,15 +390,24 @@ impl Replication {
         };
         if let Some(store) = self.store.clone() {
             let s = store.clone();
-            let tree = tokio::task::spawn_blocking(move || s.import(&path, chunk_size))
-                .await
-                .map_err(task_failed)??;
+            let tree = tokio::task::spawn_blocking(move || {
+                s.import_tapped(&path, chunk_size, &mut |hash, data| {
+                    if let Some(tap) = &tap {
+                        tap.send(hash, Bytes::copy_from_slice(data));
+                    }
+                })
+            })
+            .await
+            .map_err(task_failed)??;
             return Ok((tree, ChunkSource::Store(store)));
         }
         let (tree, map) = tokio::task::spawn_blocking(move || {
             let mut map = HashMap::new();
-            let tree = build_tree(&path, chunk_size, &mut |hash, _, loc| {
+            let tree = build_tree(&path, chunk_size, &mut |hash, data, loc| {
                 map.entry(hash).or_insert(loc);
+                if let Some(tap) = &tap {
+                    tap.send(hash, Bytes::copy_from_slice(data));
+                }
                 Ok(())
             })?;
             Ok::<_, ChunkError>((tree, map))
@@ -406,15 +449,39 @@ impl Replication {
             .collect()
     }
 
+    /// Targets known before the file id ([`super::stream`]): every other
+    /// full node, when a lookup finds no more than `replicas` and so has
+    /// seen the whole network; none otherwise. Asks the network only when
+    /// the routing table is that small.
+    async fn early_targets(&self, replicas: usize) -> Vec<(NodeId, Connection)> {
+        if replicas == 0 || self.dht.routing_table_len() > replicas {
+            return Vec::new();
+        }
+        let found = self.candidates(Hash::from_bytes(rand::random())).await;
+        let answered: Vec<&Contact> = found
+            .iter()
+            .filter(|(_, failed)| failed.is_none())
+            .map(|(c, _)| c)
+            .collect();
+        if found.len() + 1 >= crate::dht::K || answered.len() > replicas {
+            return Vec::new();
+        }
+        let mut targets = Vec::new();
+        for c in answered {
+            if let Ok(conn) = self.connect(c).await {
+                targets.push((c.id, conn));
+            }
+        }
+        targets
+    }
+
     /// Pushes the tree to candidates, in order, until `replicas` other nodes
     /// hold it or the candidates run out.
     async fn place(
         &self,
-        tree: &Arc<Tree>,
-        source: &ChunkSource,
+        push: &Push<'_>,
         candidates: Vec<Candidate>,
         replicas: usize,
-        progress: &Arc<dyn Progress>,
         placement: &mut Placement,
     ) {
         let me = self.net.id();
@@ -434,9 +501,20 @@ impl Replication {
                 let Some(conn) = self.target(&c, placement).await else {
                     continue;
                 };
-                let (tree, source, progress) = (tree.clone(), source.clone(), progress.clone());
-                let id = c.id;
+                let (tree, source, progress) = (
+                    push.tree.clone(),
+                    push.source.clone(),
+                    push.progress.clone(),
+                );
+                let (id, streamed) = (c.id, push.streamed.contains(&c.id));
                 tasks.spawn(async move {
+                    if streamed {
+                        // Its chunks went out while the file was cut.
+                        match hold_pushed(&conn, &tree).await {
+                            Ok(()) => return (id, Ok(())),
+                            Err(e) => debug!(peer = %id.fmt_short(), "{e}: pushing it all"),
+                        }
+                    }
                     let r = push_tree(&conn, &tree, &source, progress.as_ref()).await;
                     (id, r)
                 });
@@ -454,7 +532,7 @@ impl Replication {
                         .find(|p| p.id == id)
                         .map(|p| (p.addrs, p.relays))
                         .unwrap_or_default();
-                    debug!(peer = %id.fmt_short(), file = %tree.root.fmt_short(), "replica stored");
+                    debug!(peer = %id.fmt_short(), file = %push.tree.root.fmt_short(), "replica stored");
                     placement.holders.push(PeerRecord { id, addrs, relays });
                 }
                 Err(e) => {
@@ -468,17 +546,7 @@ impl Replication {
     /// The connection to a candidate, dialed if need be; a failed dial (or
     /// none to make) is recorded.
     async fn target(&self, c: &Contact, placement: &mut Placement) -> Option<Connection> {
-        if let Some(conn) = self.net.connection(&c.id) {
-            return Some(conn);
-        }
-        if c.addrs.is_empty() && c.relays.is_empty() {
-            placement
-                .failures
-                .push((c.id, ConnectError::NoAddress(c.id).into()));
-            return None;
-        }
-        let first = &c.addrs[..c.addrs.len().min(1)];
-        match self.net.connection_to(c.id, first, &c.relays).await {
+        match self.connect(c).await {
             Ok(conn) => Some(conn),
             Err(ConnectError::Replaced(_)) => None,
             Err(e) => {
@@ -487,6 +555,70 @@ impl Replication {
             }
         }
     }
+
+    /// The connection to `c`, dialed if need be.
+    async fn connect(&self, c: &Contact) -> Result<Connection, ConnectError> {
+        if let Some(conn) = self.net.connection(&c.id) {
+            return Ok(conn);
+        }
+        if c.addrs.is_empty() && c.relays.is_empty() {
+            return Err(ConnectError::NoAddress(c.id));
+        }
+        let first = &c.addrs[..c.addrs.len().min(1)];
+        self.net.connection_to(c.id, first, &c.relays).await
+    }
+}
+
+/// What [`Replication::place`] pushes: the tree, where its chunks are read
+/// from, and the targets that got them while it was cut.
+struct Push<'a> {
+    tree: &'a Arc<Tree>,
+    source: &'a ChunkSource,
+    streamed: &'a [NodeId],
+    progress: &'a Arc<dyn Progress>,
+}
+
+/// The progress line of a put of `path` with `copies` copies.
+fn what(path: &Path, copies: usize) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    format!(
+        "{name}, {copies} cop{}",
+        if copies == 1 { "y" } else { "ies" }
+    )
+}
+
+/// Bytes a put of `path` sends per copy, for its progress before it has cut
+/// the file: the files' bytes, or for an encrypted put, the sealed stream.
+fn size_to_send(path: &Path, opts: &PutOptions) -> u64 {
+    let len = local_size(path);
+    if opts.sealing == Sealing::Public {
+        return len;
+    }
+    let stream = if opts.pad { sealed::padme(len) } else { len };
+    let chunks = stream.div_ceil(u64::from(opts.chunk_size.for_len(stream)));
+    stream + chunks * sealed::TAG_LEN as u64
+}
+
+/// Bytes in the files at `path` (a file, or every file below a directory,
+/// as a put cuts them).
+fn local_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() || t.is_file()))
+        .map(|e| local_size(&e.path()))
+        .sum()
 }
 
 /// Pushes every manifest and chunk of `tree` to one peer (at most
@@ -506,15 +638,30 @@ pub async fn push_tree(
             .await
             .map_err(PushTreeError::Hold);
     }
+    push_manifests(conn, tree).await?;
+    push_chunks(conn, tree, source, progress).await?;
+    hold_file(conn, tree.root, PUSH_TIMEOUT)
+        .await
+        .map_err(PushTreeError::Hold)
+}
+
+/// Pushes every manifest of `tree` and asks the peer to hold it: all a
+/// peer needs that has its chunks already.
+async fn hold_pushed(conn: &Connection, tree: &Tree) -> Result<(), PushTreeError> {
+    push_manifests(conn, tree).await?;
+    hold_file(conn, tree.root, PUSH_TIMEOUT)
+        .await
+        .map_err(PushTreeError::Hold)
+}
+
+/// Pushes every manifest of `tree`.
+async fn push_manifests(conn: &Connection, tree: &Tree) -> Result<(), PushTreeError> {
     for (id, bytes) in &tree.manifests {
         push_manifest(conn, *id, Bytes::from(bytes.clone()), PUSH_TIMEOUT)
             .await
             .map_err(|source| PushTreeError::Manifest { id: *id, source })?;
     }
-    push_chunks(conn, tree, source, progress).await?;
-    hold_file(conn, tree.root, PUSH_TIMEOUT)
-        .await
-        .map_err(PushTreeError::Hold)
+    Ok(())
 }
 
 /// Pushes every chunk of `tree`, stopping at the first failure.

@@ -332,9 +332,26 @@ impl Store {
         path: &Path,
         chunk_size: impl Into<crate::proto::manifest::ChunkSize>,
     ) -> Result<crate::store::chunker::Tree, ImportError> {
+        self.import_tapped(path, chunk_size, &mut |_, _| {})
+    }
+
+    /// [`import`](Self::import), handing each chunk to `tap` once it is
+    /// stored.
+    pub fn import_tapped(
+        &self,
+        path: &Path,
+        chunk_size: impl Into<crate::proto::manifest::ChunkSize>,
+        tap: &mut dyn FnMut(crate::proto::Hash, &[u8]),
+    ) -> Result<crate::store::chunker::Tree, ImportError> {
         let chunk_size = chunk_size.into();
         self.import_with(
-            |put| crate::store::chunker::build_tree(path, chunk_size, &mut |h, d, _| put(h, d)),
+            |put| {
+                crate::store::chunker::build_tree(path, chunk_size, &mut |h, d, _| {
+                    put(h, d)?;
+                    tap(h, d);
+                    Ok(())
+                })
+            },
             |tree| tree,
         )
     }

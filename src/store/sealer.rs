@@ -68,7 +68,7 @@ impl SealedLocation {
 
 /// Called with every sealed chunk: its hash, its bytes (ciphertext) and
 /// where its plaintext is.
-pub type OnSealed<'a> = dyn FnMut(Hash, &[u8], SealedLocation) -> std::io::Result<()> + 'a;
+pub type OnSealed<'a> = dyn FnMut(Hash, Vec<u8>, SealedLocation) -> std::io::Result<()> + 'a;
 
 /// A local file or directory sealed: its one manifest and its key.
 #[derive(Debug, Clone)]
@@ -169,9 +169,28 @@ impl super::Store {
         key: KeyChoice,
         pad: bool,
     ) -> Result<SealedTree, super::ImportError> {
+        self.import_sealed_tapped(path, chunk_size, key, pad, &mut |_, _| {})
+    }
+
+    /// [`import_sealed`](Self::import_sealed), handing each sealed chunk to
+    /// `tap` once it is stored.
+    pub fn import_sealed_tapped(
+        &self,
+        path: &Path,
+        chunk_size: impl Into<ChunkSize>,
+        key: KeyChoice,
+        pad: bool,
+        tap: &mut dyn FnMut(Hash, Vec<u8>),
+    ) -> Result<SealedTree, super::ImportError> {
         let chunk_size = chunk_size.into();
         self.import_with(
-            |put| seal_tree(path, chunk_size, key, pad, &mut |h, d, _| put(h, d)),
+            |put| {
+                seal_tree(path, chunk_size, key, pad, &mut |h, d, _| {
+                    put(h, &d)?;
+                    tap(h, d);
+                    Ok(())
+                })
+            },
             |sealed| &sealed.tree,
         )
     }
@@ -338,7 +357,7 @@ fn hand_on(
         .first()
         .map(|s| s.path.clone())
         .unwrap_or_default();
-    each(hash, &data, loc).map_err(|source| ChunkError::Io { path: at, source })?;
+    each(hash, data, loc).map_err(|source| ChunkError::Io { path: at, source })?;
     Ok(hash)
 }
 
@@ -523,8 +542,8 @@ mod tests {
             KeyChoice::Random,
             false,
             &mut |h, data, loc| {
-                assert_eq!(h, Hash::of(data));
-                sealed.push((data.to_vec(), loc));
+                assert_eq!(h, Hash::of(&data));
+                sealed.push((data, loc));
                 Ok(())
             },
         )

@@ -41,6 +41,19 @@ pub fn print_put(report: &PutReport, me: NodeId) {
         if report.remote_copies == 1 { "" } else { "s" },
         sent as f64 / secs / 1e6
     );
+    if report.in_one_pass > 0 {
+        let n = report.in_one_pass;
+        say!(
+            "[PUT] {n} cop{} sent while the file was {}, in one pass (this network \
+             has no other full nodes to choose from)",
+            if n == 1 { "y" } else { "ies" },
+            if report.key.is_some() {
+                "encrypted"
+            } else {
+                "read"
+            }
+        );
+    }
     for h in &report.holders {
         if h.id == me {
             say!("[PUT] this node keeps a copy too");
