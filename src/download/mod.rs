@@ -128,7 +128,7 @@ impl Default for DownloadOptions {
     fn default() -> Self {
         DownloadOptions {
             max_in_flight: 12,
-            max_in_flight_bytes: 24 << 20,
+            max_in_flight_bytes: 12 << 20,
             per_peer: 4,
             chunk_timeout: Duration::from_secs(30),
             retry_for: Duration::from_secs(60),

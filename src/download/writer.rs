@@ -226,10 +226,11 @@ impl WriterThread {
             self.unsynced = 0;
             let _ = self.file.sync_data();
         }
-        // Kept within the reorder budget too, whatever the chunk size.
+        // Kept within the reorder budget, with what is held back: the two
+        // share it, whatever the chunk size.
         let mut spare = lock(&self.spare);
         let kept = (spare.len() as u64 + 1).saturating_mul(data.capacity() as u64);
-        if spare.len() < SPARE_BUFFERS && kept <= self.reorder_bytes {
+        if spare.len() < SPARE_BUFFERS && kept.saturating_add(self.held) <= self.reorder_bytes {
             spare.push(data);
         }
     }

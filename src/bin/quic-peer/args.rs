@@ -105,7 +105,7 @@ pub enum Command {
         /// Chunk data requested at once, across all peers (at least one
         /// chunk); as much again may wait to be written in order. Bounds the
         /// download's memory.
-        #[arg(long, value_name = "SIZE", default_value = "24M", value_parser = parse_size)]
+        #[arg(long, value_name = "SIZE", default_value = "12M", value_parser = parse_size)]
         max_in_flight: u64,
         /// Replace files already at the output path (or in the output
         /// directory) that differ from the download; without it, get refuses
