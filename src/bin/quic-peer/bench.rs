@@ -69,7 +69,10 @@ async fn run_in(work: &Path, size: u64) -> Result<()> {
         bare1.secs,
     )?);
     let small = bench.small_files(&a)?;
-
+    // Three fresh nodes: joined to `a`, they would spend the next rows
+    // repairing its files (held once, where a node wants three copies).
+    drop(a);
+    let a = NodeProc::start(&bench.exe, &work.join("a3"), None)?;
     let b = NodeProc::start(&bench.exe, &work.join("b"), Some(&a.pinned))?;
     let c = NodeProc::start(&bench.exe, &work.join("c"), Some(&a.pinned))?;
     std::thread::sleep(Duration::from_secs(2));
@@ -89,14 +92,26 @@ async fn run_in(work: &Path, size: u64) -> Result<()> {
         "get3.bin",
         bare,
     )?);
+    // With three nodes to choose from, one copy goes where the id says:
+    // the put must cut the file before it knows where to send it.
+    let (put, _) = bench.put(&bench.src, &a, 1, false)?;
+    let mut row = put.row(
+        "put, client to 1 of 3 nodes (encrypted, 2 passes)",
+        size,
+        &a,
+        bare,
+    );
+    row.rss_kib = [&a, &b, &c].iter().filter_map(|n| n.peak_rss_kib()).max();
+    rows.push(row);
     drop((a, b, c));
 
     print_table(size, [&bare1, &bare2], &bare_file, &rows);
     let rate = |i: usize| rows[i].bytes as f64 / rows[i].secs;
     println!(
-        "In this run: put {:.2} of get's rate (encrypted), {:.2} (--public); get from 3 holders {:.2} of get from 1; encrypted {:.2} of --public for put, {:.2} for get.",
+        "In this run: put {:.2} of get's rate (encrypted), {:.2} (--public), {:.2} when the id picks the node (2 passes); get from 3 holders {:.2} of get from 1; encrypted {:.2} of --public for put, {:.2} for get.",
         rate(0) / rate(1),
         rate(2) / rate(3),
+        rate(6) / rate(1),
         rate(5) / rate(1),
         rate(0) / rate(2),
         rate(1) / rate(3),
