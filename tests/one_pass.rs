@@ -75,6 +75,34 @@ async fn a_put_to_every_node_of_a_small_network_goes_out_in_one_pass() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_store_keeps_its_copy_and_sends_the_others_in_one_pass() {
+    let net = store_network(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (i, opts) in [
+        PutOptions {
+            replicas: 2,
+            ..PutOptions::default()
+        },
+        PutOptions::public(2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = random_bytes(6 * MIB + 5, 20 + i as u64);
+        let src = dir.path().join(format!("own-{i}"));
+        std::fs::write(&src, &data).unwrap();
+        let report = put_with(&net[0].node, &src, opts).await;
+        assert_eq!(report.remote_copies, 2, "{:?}", report.failures);
+        assert_eq!(report.in_one_pass, 2);
+        assert_eq!(report.holders[0].id, net[0].node.id(), "its own copy first");
+        for s in &net[1..] {
+            get_back(&s.node, &report, dir.path(), &data).await;
+        }
+    }
+    common::shutdown(net).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_larger_network_the_copy_goes_to_the_closest_after_the_cut() {
     let net = store_network(4).await;
     let client = common::node(&[&net[0].node]).await;
@@ -92,10 +120,7 @@ async fn in_a_larger_network_the_copy_goes_to_the_closest_after_the_cut() {
     };
     let report = put_with(&client, &src, opts).await;
     assert_eq!(report.remote_copies, 1);
-    assert_eq!(
-        report.in_one_pass, 0,
-        "four nodes to choose from: the id chooses"
-    );
+    assert_eq!(report.in_one_pass, 0, "four nodes to choose from");
     let key = key_of(&report.id);
     let closest = net
         .iter()

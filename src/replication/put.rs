@@ -3,7 +3,8 @@
 //! the R live nodes closest to its id, and push every manifest and chunk to
 //! each, then a HOLD that the target acknowledges only once it has verified
 //! and stored every piece. A target that fails is replaced by the next
-//! closest.
+//! closest. In a network of at most R other full nodes the chunks go out
+//! while the file is cut, and the manifests after ([`super::stream`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -223,6 +224,9 @@ type Candidate = (Contact, Option<Arc<RpcError>>);
 struct Placement {
     holders: Vec<PeerRecord>,
     failures: Vec<(NodeId, CopyError)>,
+    /// Holders that needed only the manifests and the HOLD: their chunks
+    /// went out while the file was cut.
+    one_pass: usize,
 }
 
 impl Replication {
@@ -247,16 +251,19 @@ impl Replication {
         let tap = if early.is_empty() {
             None
         } else {
-            let size = size_to_send(path, opts);
+            let size = size_to_send(path, opts).await;
             progress.begin(&what(path, early.len()), size * early.len() as u64);
             Some(Tap::start(early, PUSH_TIMEOUT, progress.clone()))
         };
-        let cut = self.chunk(path, opts, tap.as_ref().map(Tap::sender)).await;
+        let begun = tap.is_some();
+        // A cut that failed drops the tap, which stops its pushes.
+        let (tree, source, key) = self
+            .chunk(path, opts, tap.as_ref().map(Tap::sender))
+            .await?;
         let streamed = match tap {
             Some(tap) => tap.finish().await,
             None => Vec::new(),
         };
-        let (tree, source, key) = cut?;
         debug!(
             file = %tree.root.fmt_short(),
             secs = start.elapsed().as_secs_f64(),
@@ -266,13 +273,14 @@ impl Replication {
         let mut placement = Placement {
             holders: Vec::new(),
             failures: Vec::new(),
+            one_pass: 0,
         };
         if self.store.is_some() {
             placement.holders.push(self.me());
         }
         let candidates = self.candidates(tree.root).await;
         let found = candidates.len();
-        if streamed.is_empty() {
+        if !begun {
             let answered = candidates.iter().filter(|(_, failed)| failed.is_none());
             let copies = replicas.min(answered.count());
             progress.begin(&what(path, copies), tree.size * copies as u64);
@@ -290,14 +298,17 @@ impl Replication {
             // This node holds a copy too: say so in the DHT.
             self.dht.announce(tree.root).await;
         }
-        let Placement { holders, failures } = placement;
+        let Placement {
+            holders,
+            failures,
+            one_pass: in_one_pass,
+        } = placement;
         if holders.is_empty() {
             let first = failures.into_iter().next().map(|(_, e)| e);
             return Err(PutError::NoCopies { first });
         }
         let me = self.net.id();
         let remote_copies = holders.iter().filter(|h| h.id != me).count();
-        let in_one_pass = holders.iter().filter(|h| streamed.contains(&h.id)).count();
         let ticket = Ticket {
             id: tree.root,
             holders: holders.iter().take(MAX_HOLDERS).cloned().collect(),
@@ -450,24 +461,22 @@ impl Replication {
     }
 
     /// Targets known before the file id ([`super::stream`]): every other
-    /// full node, when a lookup finds no more than `replicas` and so has
-    /// seen the whole network; none otherwise. Asks the network only when
-    /// the routing table is that small.
+    /// full node, when a lookup finds no more than `replicas`, all of which
+    /// answered, and so has seen the whole network; none otherwise. Asks the
+    /// network only when the routing table is that small.
     async fn early_targets(&self, replicas: usize) -> Vec<(NodeId, Connection)> {
         if replicas == 0 || self.dht.routing_table_len() > replicas {
             return Vec::new();
         }
         let found = self.candidates(Hash::from_bytes(rand::random())).await;
-        let answered: Vec<&Contact> = found
-            .iter()
-            .filter(|(_, failed)| failed.is_none())
-            .map(|(c, _)| c)
-            .collect();
-        if found.len() + 1 >= crate::dht::K || answered.len() > replicas {
+        // Fewer than k found, every one answered, and no more than the
+        // copies wanted: they are the R closest to any id.
+        let all_answered = found.iter().all(|(_, failed)| failed.is_none());
+        if found.len() + 1 >= crate::dht::K || found.len() > replicas || !all_answered {
             return Vec::new();
         }
         let mut targets = Vec::new();
-        for c in answered {
+        for (c, _) in &found {
             if let Ok(conn) = self.connect(c).await {
                 targets.push((c.id, conn));
             }
@@ -511,20 +520,23 @@ impl Replication {
                     if streamed {
                         // Its chunks went out while the file was cut.
                         match hold_pushed(&conn, &tree).await {
-                            Ok(()) => return (id, Ok(())),
+                            Ok(()) => return (id, Ok(()), true),
                             Err(e) => debug!(peer = %id.fmt_short(), "{e}: pushing it all"),
                         }
                     }
                     let r = push_tree(&conn, &tree, &source, progress.as_ref()).await;
-                    (id, r)
+                    (id, r, false)
                 });
             }
             let Some(joined) = tasks.join_next().await else {
                 break;
             };
-            let Ok((id, result)) = joined else { continue };
+            let Ok((id, result, one_pass)) = joined else {
+                continue;
+            };
             match result {
                 Ok(()) => {
+                    placement.one_pass += usize::from(one_pass);
                     let (addrs, relays) = self
                         .net
                         .peers()
@@ -592,14 +604,17 @@ fn what(path: &Path, copies: usize) -> String {
 
 /// Bytes a put of `path` sends per copy, for its progress before it has cut
 /// the file: the files' bytes, or for an encrypted put, the sealed stream.
-fn size_to_send(path: &Path, opts: &PutOptions) -> u64 {
-    let len = local_size(path);
+async fn size_to_send(path: &Path, opts: &PutOptions) -> u64 {
+    let (path, opts) = (path.to_path_buf(), *opts);
+    let len = tokio::task::spawn_blocking(move || local_size(&path))
+        .await
+        .unwrap_or(0);
     if opts.sealing == Sealing::Public {
         return len;
     }
     let stream = if opts.pad { sealed::padme(len) } else { len };
-    let chunks = stream.div_ceil(u64::from(opts.chunk_size.for_len(stream)));
-    stream + chunks * sealed::TAG_LEN as u64
+    let chunk = opts.chunk_size.for_len(stream).max(1);
+    stream + stream.div_ceil(u64::from(chunk)) * sealed::TAG_LEN as u64
 }
 
 /// Bytes in the files at `path` (a file, or every file below a directory,

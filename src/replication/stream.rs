@@ -4,16 +4,20 @@
 //! known only once every chunk is sealed and hashed: so a put reads and seals
 //! the file twice, once to learn the id and once to send. But in a network of
 //! at most R other full nodes (a lookup that finds fewer than k nodes has
-//! seen them all), every one of them is a target whatever the id turns out
-//! to be. There the put hands each chunk to a [`Tap`] as it is cut, which
+//! seen them all, and every one answered), every one of them is a target
+//! whatever the id turns out to be. There the put hands each chunk to a [`Tap`] as it is cut, which
 //! pushes it to every target at once: one pass, and the network busy while
 //! the disk and the cipher work. The targets then need only the manifests
 //! and the HOLD.
 //!
 //! A target whose push fails, or that keeps the cut waiting for [`BEHIND`],
 //! is dropped from the tap and served by the ordinary second pass (which
-//! reads the file again); chunks a target got but is not asked to hold are
-//! pending bytes it collects as garbage (see [`crate::transfer::allowance`]).
+//! reads the file again, and sends the manifests first). So is every target
+//! of a cut that lasts [`TAP_TIME`]: chunks that no manifest names yet are
+//! garbage to a node once its grace period passes (an hour by default), and
+//! a long cut must not outlive it. Chunks a target got but is not asked to
+//! hold are pending bytes it collects as garbage (see
+//! [`crate::transfer::allowance`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -38,11 +42,16 @@ const WAITING: usize = 2;
 /// without it: a dead or slow target does not hold up the others.
 const BEHIND: Duration = Duration::from_secs(10);
 
+/// How long a tap pushes before it leaves every target to the second pass.
+const TAP_TIME: Duration = Duration::from_secs(15 * 60);
+
 /// Where a put's cutting hands its chunks, to be pushed to targets known
 /// before the file id.
+/// Dropped before [`finish`](Tap::finish) (a cut that failed, a put
+/// cancelled), it stops its pushes.
 pub(super) struct Tap {
     tx: mpsc::Sender<(Hash, Bytes)>,
-    pusher: JoinHandle<Vec<NodeId>>,
+    pusher: Option<JoinHandle<Vec<NodeId>>>,
 }
 
 /// The cutting side of a [`Tap`]: cheap to clone, used from blocking
@@ -69,7 +78,10 @@ impl Tap {
     ) -> Tap {
         let (tx, rx) = mpsc::channel(WAITING);
         let pusher = tokio::spawn(push_all(targets, rx, timeout, progress));
-        Tap { tx, pusher }
+        Tap {
+            tx,
+            pusher: Some(pusher),
+        }
     }
 
     /// The side the cutting threads send on.
@@ -78,9 +90,21 @@ impl Tap {
     }
 
     /// Waits for the pushes to end: the targets that got every chunk.
-    pub(super) async fn finish(self) -> Vec<NodeId> {
-        drop(self.tx);
-        self.pusher.await.unwrap_or_default()
+    pub(super) async fn finish(mut self) -> Vec<NodeId> {
+        let pusher = self.pusher.take();
+        drop(self);
+        match pusher {
+            Some(p) => p.await.unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        if let Some(p) = self.pusher.take() {
+            p.abort();
+        }
     }
 }
 
@@ -146,7 +170,13 @@ async fn push_all(
         .collect();
     // A chunk repeated in the file (zeros, say) is pushed once.
     let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + TAP_TIME;
     while let Some((hash, data)) = rx.recv().await {
+        if tokio::time::Instant::now() >= deadline {
+            for t in &mut targets {
+                t.drop_out("the cut outlasted the tap");
+            }
+        }
         if !seen.insert(hash) {
             continue;
         }
