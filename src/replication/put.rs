@@ -241,29 +241,13 @@ impl Replication {
     ) -> Result<PutReport, PutError> {
         let start = Instant::now();
         let replicas = opts.replicas;
-        // A convergent key is made from a first pass over the plaintext, and
-        // a file changed before the second is caught only at its end: chunks
-        // sealed meanwhile must not have left this machine (see seal_tree).
-        let early = match opts.sealing {
-            Sealing::Convergent(_) => Vec::new(),
-            Sealing::Random | Sealing::Public => self.early_targets(replicas).await,
-        };
-        let tap = if early.is_empty() {
-            None
-        } else {
-            let size = size_to_send(path, opts).await;
-            progress.begin(&what(path, early.len()), size * early.len() as u64);
-            Some(Tap::start(early, PUSH_TIMEOUT, progress.clone()))
-        };
-        let begun = tap.is_some();
-        // A cut that failed drops the tap, which stops its pushes.
-        let (tree, source, key) = self
-            .chunk(path, opts, tap.as_ref().map(Tap::sender))
-            .await?;
-        let streamed = match tap {
-            Some(tap) => tap.finish().await,
-            None => Vec::new(),
-        };
+        let Cut {
+            tree,
+            source,
+            key,
+            streamed,
+            begun,
+        } = self.cut(path, opts, &progress).await?;
         debug!(
             file = %tree.root.fmt_short(),
             secs = start.elapsed().as_secs_f64(),
@@ -331,6 +315,47 @@ impl Replication {
 
     fn me(&self) -> PeerRecord {
         self.net.me()
+    }
+
+    /// Cuts `path` ([`chunk`](Self::chunk)), pushing its chunks meanwhile
+    /// to the targets known before the id, if there are any
+    /// ([`super::stream`]); then the progress has begun.
+    async fn cut(
+        &self,
+        path: &Path,
+        opts: &PutOptions,
+        progress: &Arc<dyn Progress>,
+    ) -> Result<Cut, PutError> {
+        // A convergent key is made from a first pass over the plaintext, and
+        // a file changed before the second is caught only at its end: chunks
+        // sealed meanwhile must not have left this machine (see seal_tree).
+        let early = match opts.sealing {
+            Sealing::Convergent(_) => Vec::new(),
+            Sealing::Random | Sealing::Public => self.early_targets(opts.replicas).await,
+        };
+        let tap = if early.is_empty() {
+            None
+        } else {
+            let size = size_to_send(path, opts).await;
+            progress.begin(&what(path, early.len()), size * early.len() as u64);
+            Some(Tap::start(early, PUSH_TIMEOUT, progress.clone()))
+        };
+        let begun = tap.is_some();
+        // A cut that failed drops the tap, which stops its pushes.
+        let (tree, source, key) = self
+            .chunk(path, opts, tap.as_ref().map(Tap::sender))
+            .await?;
+        let streamed = match tap {
+            Some(tap) => tap.finish().await,
+            None => Vec::new(),
+        };
+        Ok(Cut {
+            tree,
+            source,
+            key,
+            streamed,
+            begun,
+        })
     }
 
     /// Seals (unless public) and cuts `path` into a tree: into the store
@@ -579,6 +604,17 @@ impl Replication {
         let first = &c.addrs[..c.addrs.len().min(1)];
         self.net.connection_to(c.id, first, &c.relays).await
     }
+}
+
+/// A file cut for a put: its tree, where its chunks are read from, its key
+/// if sealed, the targets that got every chunk meanwhile, and whether the
+/// progress has begun.
+struct Cut {
+    tree: Tree,
+    source: ChunkSource,
+    key: Option<FileKey>,
+    streamed: Vec<NodeId>,
+    begun: bool,
 }
 
 /// What [`Replication::place`] pushes: the tree, where its chunks are read
