@@ -5,10 +5,10 @@
 //! the file twice, once to learn the id and once to send. But in a network of
 //! at most R other full nodes (a lookup that finds fewer than k nodes has
 //! seen them all, and every one answered), every one of them is a target
-//! whatever the id turns out to be. There the put hands each chunk to a [`Tap`] as it is cut, which
-//! pushes it to every target at once: one pass, and the network busy while
-//! the disk and the cipher work. The targets then need only the manifests
-//! and the HOLD.
+//! whatever the id turns out to be. There the put hands each chunk to a
+//! [`Tap`] as it is cut, which pushes it to every target at once: one pass,
+//! and the network busy while the disk and the cipher work. The targets
+//! then need only the manifests and the HOLD.
 //!
 //! A target whose push fails, or that keeps the cut waiting for [`BEHIND`],
 //! is dropped from the tap and served by the ordinary second pass (which
@@ -47,6 +47,7 @@ const TAP_TIME: Duration = Duration::from_secs(15 * 60);
 
 /// Where a put's cutting hands its chunks, to be pushed to targets known
 /// before the file id.
+///
 /// Dropped before [`finish`](Tap::finish) (a cut that failed, a put
 /// cancelled), it stops its pushes.
 pub(super) struct Tap {
