@@ -98,7 +98,7 @@ async fn run_in(work: &Path, size: u64) -> Result<()> {
     );
     row.rss_kib = [&a, &b, &c].iter().filter_map(|n| n.peak_rss_kib()).max();
     rows.push(row);
-    let (gets, first) = bench.get_rounds(&a, [&sealed1, &sealed3], bare)?;
+    let (gets, first) = bench.get_rounds([&a, &b, &c], [&sealed1, &sealed3], bare)?;
     rows.extend(gets);
     drop((a, b, c));
 
@@ -319,21 +319,25 @@ impl Bench {
         Ok(got)
     }
 
-    /// Gets `one` (held by one of the nodes) and `three` (held by all
-    /// three) in turn, [`GET_ROUNDS`] times, so that both meet the same
-    /// nodes, disk and page cache. Their rows give the median time; the
-    /// ratio of rates (three to one) of the first round, where the holders
-    /// read chunks they had just written, is returned beside them.
+    /// Gets `one` (held by one of `nodes`) and `three` (held by all three)
+    /// in turn, [`GET_ROUNDS`] times, joining through the first node. Before
+    /// each get the nodes' files leave the page cache, so that every get
+    /// reads its chunks from disk, as a get of a file stored a while ago
+    /// does: otherwise a holder would serve what an earlier round read from
+    /// memory, and one holder more often than three. The rows give the
+    /// median time; the ratio of rates (three to one) of the first round
+    /// is returned beside them.
     fn get_rounds(
         &self,
-        via: &NodeProc,
+        nodes: [&NodeProc; 3],
         [one, three]: [&str; 2],
         baseline: f64,
     ) -> Result<([Row; 2], f64)> {
         let mut runs: [Vec<(Timed, usize)>; 2] = Default::default();
         for _ in 0..GET_ROUNDS {
             for (k, target) in [one, three].into_iter().enumerate() {
-                let got = self.get_timed(via, target, "get-round.bin")?;
+                nodes.iter().for_each(|n| evict(&n.dir));
+                let got = self.get_timed(nodes[0], target, "get-round.bin")?;
                 let peers = got
                     .out
                     .lines()
@@ -466,6 +470,22 @@ fn write_payload(path: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
+/// Drops the cached pages of every file under `dir` (clean ones: a node
+/// syncs what it stores), best effort.
+fn evict(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            evict(&path);
+        } else if let Ok(f) = std::fs::File::open(&path) {
+            let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+        }
+    }
+}
+
 /// The hashes of a file's 1 MiB chunks.
 fn chunk_hashes(path: &Path) -> Result<Vec<quic_peer::proto::Hash>> {
     let tree = quic_peer::store::chunker::build_tree(path, 1 << 20, &mut |_, _, _| Ok(()))?;
@@ -546,6 +566,7 @@ fn timed_client(exe: &Path, args: &[&str]) -> Result<Timed> {
 struct NodeProc {
     child: Child,
     pinned: String,
+    dir: PathBuf,
 }
 
 impl NodeProc {
@@ -571,7 +592,11 @@ impl NodeProc {
         let pinned = format!("{}@{addr}", id.trim_end_matches(')'));
         // Keep draining stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(NodeProc { child, pinned })
+        Ok(NodeProc {
+            child,
+            pinned,
+            dir: dir.to_path_buf(),
+        })
     }
 
     fn peak_rss_kib(&self) -> Option<u64> {
