@@ -162,6 +162,13 @@ impl Store {
                 actual,
             });
         }
+        self.put_hashed_chunk(hash, data)
+    }
+
+    /// Stores `data` under `hash`, which this process computed from these
+    /// very bytes (the chunker's or the sealer's hash of a local file's
+    /// chunk): [`put_chunk`](Self::put_chunk) without hashing them again.
+    pub(super) fn put_hashed_chunk(&self, hash: &Hash, data: &[u8]) -> Result<Stored, StoreError> {
         let path = self.chunk_path(hash);
         if self.touch_chunk(hash) {
             return Ok(Stored::AlreadyHad);

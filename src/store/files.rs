@@ -357,10 +357,10 @@ impl Store {
     }
 
     /// Imports what `cut` makes of a local file or tree: every chunk it
-    /// hands to `put` is stored, then the manifests of the tree `tree_of`
-    /// finds in its result, and the root is recorded as held (under the
-    /// root manifest's name: an encrypted tree's is
-    /// [`crate::proto::sealed::BODY_NAME`]).
+    /// hands to `put`, with the hash `cut` computed of those bytes, is
+    /// stored, then the manifests of the tree `tree_of` finds in its
+    /// result, and the root is recorded as held (under the root manifest's
+    /// name: an encrypted tree's is [`crate::proto::sealed::BODY_NAME`]).
     pub(super) fn import_with<T>(
         &self,
         cut: impl FnOnce(
@@ -369,8 +369,9 @@ impl Store {
         tree_of: impl Fn(&T) -> &crate::store::chunker::Tree,
     ) -> Result<T, ImportError> {
         let mut store_err = None;
+        // The chunker and the sealer hash each chunk as they cut it.
         let cut = cut(&mut |hash, data| {
-            self.put_chunk(&hash, data).map(|_| ()).map_err(|e| {
+            self.put_hashed_chunk(&hash, data).map(|_| ()).map_err(|e| {
                 let msg = e.to_string();
                 store_err = Some(e);
                 std::io::Error::other(msg)
