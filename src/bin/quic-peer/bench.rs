@@ -30,9 +30,9 @@ struct Row {
     cpu: f64,
 }
 
-/// Files in the small-files rows, of [`SMALL_FILE`] bytes each.
 /// Rounds of the gets from the three nodes, one holder and three in turn.
 const GET_ROUNDS: usize = 3;
+/// Files in the small-files rows, of [`SMALL_FILE`] bytes each.
 const SMALL_FILES: usize = 1000;
 const SMALL_FILE: usize = 4096;
 
@@ -350,29 +350,37 @@ impl Bench {
             }
         }
         let first = runs[0][0].0.secs / runs[1][0].0.secs;
-        let [r1, r3] = runs.map(|mut r| {
-            let peers = r.iter().map(|(_, p)| *p).max().unwrap_or(0);
-            r.sort_by(|x, y| x.0.secs.total_cmp(&y.0.secs));
-            let (mid, _) = &r[r.len() / 2];
-            let rss_kib = r.iter().filter_map(|(t, _)| t.rss_kib).max();
-            (mid.secs, mid.cpu, rss_kib, peers)
-        });
-        let row = |what: String, (secs, cpu, rss_kib, _): (f64, f64, Option<u64>, usize)| Row {
-            what,
-            secs,
-            bytes: self.size,
-            rss_kib,
-            baseline,
-            cpu,
-        };
-        let one_what = match r1.3 {
+        let [one_runs, three_runs] = runs;
+        let one_what = match one_runs.iter().map(|(_, p)| *p).max().unwrap_or(0) {
             1 => format!("get, 1 holder of 3 nodes (encrypted, median of {GET_ROUNDS})"),
             n => format!(
                 "get, 1 holder of 3 nodes, {n} once repair copied it (median of {GET_ROUNDS})"
             ),
         };
         let three_what = format!("get, 3 holders at once (encrypted, median of {GET_ROUNDS})");
-        Ok(([row(one_what, r1), row(three_what, r3)], first))
+        Ok((
+            [
+                self.median_row(one_what, one_runs, baseline),
+                self.median_row(three_what, three_runs, baseline),
+            ],
+            first,
+        ))
+    }
+
+    /// The row of the median run (by time) of `runs`, with the highest peak
+    /// RSS of them all.
+    fn median_row(&self, what: String, mut runs: Vec<(Timed, usize)>, baseline: f64) -> Row {
+        runs.sort_by(|x, y| x.0.secs.total_cmp(&y.0.secs));
+        let rss_kib = runs.iter().filter_map(|(t, _)| t.rss_kib).max();
+        let mid = &runs[runs.len() / 2].0;
+        Row {
+            what,
+            secs: mid.secs,
+            bytes: self.size,
+            rss_kib,
+            baseline,
+            cpu: mid.cpu,
+        }
     }
 }
 
@@ -470,8 +478,8 @@ fn write_payload(path: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Drops the cached pages of every file under `dir` (clean ones: a node
-/// syncs what it stores), best effort.
+/// Drops the cached pages of every file under `dir`, best effort: the
+/// clean ones, which is all of a node's chunks (it syncs what it stores).
 fn evict(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
