@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::source::{ChunkSource, SourceError};
-use super::stream::{Tap, TapSender};
+use super::stream::{Streamed, Tap, TapSender};
 use super::Replication;
 use crate::dht::behaviour::RpcError;
 use crate::dht::kbucket::Contact;
@@ -347,7 +347,7 @@ impl Replication {
             .await?;
         let streamed = match tap {
             Some(tap) => tap.finish().await,
-            None => Vec::new(),
+            None => Streamed::default(),
         };
         Ok(Cut {
             tree,
@@ -535,12 +535,14 @@ impl Replication {
                 let Some(conn) = self.target(&c, placement).await else {
                     continue;
                 };
+                // What the tap counted for this target is not counted
+                // again by a second pass to it.
                 let (tree, source, progress) = (
                     push.tree.clone(),
                     push.source.clone(),
-                    push.progress.clone(),
+                    push.streamed.progress_for(&c.id, push.progress.clone()),
                 );
-                let (id, streamed) = (c.id, push.streamed.contains(&c.id));
+                let (id, streamed) = (c.id, push.streamed.got_all(&c.id));
                 tasks.spawn(async move {
                     if streamed {
                         // Its chunks went out while the file was cut.
@@ -613,7 +615,7 @@ struct Cut {
     tree: Tree,
     source: ChunkSource,
     key: Option<FileKey>,
-    streamed: Vec<NodeId>,
+    streamed: Streamed,
     begun: bool,
 }
 
@@ -622,7 +624,7 @@ struct Cut {
 struct Push<'a> {
     tree: &'a Arc<Tree>,
     source: &'a ChunkSource,
-    streamed: &'a [NodeId],
+    streamed: &'a Streamed,
     progress: &'a Arc<dyn Progress>,
 }
 

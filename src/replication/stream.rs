@@ -20,6 +20,7 @@
 //! [`crate::transfer::allowance`]).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +53,70 @@ const TAP_TIME: Duration = Duration::from_secs(15 * 60);
 /// cancelled), it stops its pushes.
 pub(super) struct Tap {
     tx: mpsc::Sender<(Hash, Bytes)>,
-    pusher: Option<JoinHandle<Vec<NodeId>>>,
+    pusher: Option<JoinHandle<Streamed>>,
+}
+
+/// What a [`Tap`] got done.
+#[derive(Default)]
+pub(super) struct Streamed {
+    /// The targets that got every chunk.
+    got_all: Vec<NodeId>,
+    /// Bytes counted on the progress for each target, the ones that left
+    /// the tap included.
+    counted: Vec<(NodeId, u64)>,
+}
+
+impl Streamed {
+    /// Whether `id` got every chunk.
+    pub(super) fn got_all(&self, id: &NodeId) -> bool {
+        self.got_all.contains(id)
+    }
+
+    /// How many targets got every chunk.
+    pub(super) fn len(&self) -> usize {
+        self.got_all.len()
+    }
+
+    /// `progress` for a second pass to `id`: the bytes the tap already
+    /// counted for it are not counted again.
+    pub(super) fn progress_for(
+        &self,
+        id: &NodeId,
+        progress: Arc<dyn Progress>,
+    ) -> Arc<dyn Progress> {
+        match self.counted.iter().find(|(t, _)| t == id) {
+            Some(&(_, counted)) if counted > 0 => Arc::new(Recounted {
+                inner: progress,
+                skip: AtomicU64::new(counted),
+            }),
+            _ => progress,
+        }
+    }
+}
+
+/// A progress that lets its first `skip` bytes pass uncounted.
+struct Recounted {
+    inner: Arc<dyn Progress>,
+    skip: AtomicU64,
+}
+
+impl Progress for Recounted {
+    fn begin(&self, name: &str, total_bytes: u64) {
+        self.inner.begin(name, total_bytes);
+    }
+
+    fn advance(&self, bytes: u64) {
+        let before = self
+            .skip
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                Some(s.saturating_sub(bytes))
+            })
+            .unwrap_or(0);
+        let counted = bytes.saturating_sub(before);
+        if counted > 0 {
+            self.inner.advance(counted);
+        }
+    }
 }
 
 /// The cutting side of a [`Tap`]: cheap to clone, used from blocking
@@ -90,13 +154,13 @@ impl Tap {
         TapSender(self.tx.clone())
     }
 
-    /// Waits for the pushes to end: the targets that got every chunk.
-    pub(super) async fn finish(mut self) -> Vec<NodeId> {
+    /// Waits for the pushes to end: what they got done.
+    pub(super) async fn finish(mut self) -> Streamed {
         let pusher = self.pusher.take();
         drop(self);
         match pusher {
             Some(p) => p.await.unwrap_or_default(),
-            None => Vec::new(),
+            None => Streamed::default(),
         }
     }
 }
@@ -116,6 +180,8 @@ struct Target {
     permits: Arc<Semaphore>,
     pushes: JoinSet<Result<u64, crate::transfer::PushError>>,
     failed: bool,
+    /// Bytes counted on the progress for this target.
+    counted: u64,
 }
 
 impl Target {
@@ -133,7 +199,10 @@ impl Target {
         progress: &dyn Progress,
     ) {
         match done {
-            Ok(Ok(len)) => progress.advance(len),
+            Ok(Ok(len)) => {
+                progress.advance(len);
+                self.counted += len;
+            }
             Ok(Err(e)) => self.drop_out(&e.to_string()),
             Err(e) => self.drop_out(&e.to_string()),
         }
@@ -152,13 +221,13 @@ impl Target {
 
 /// Pushes every chunk that arrives on `rx` to every target that has not
 /// failed (at most [`PUSH_IN_FLIGHT`] at a time each); returns those that
-/// got them all.
+/// got them all, and what was counted for each.
 async fn push_all(
     targets: Vec<(NodeId, Connection)>,
     mut rx: mpsc::Receiver<(Hash, Bytes)>,
     timeout: Duration,
     progress: Arc<dyn Progress>,
-) -> Vec<NodeId> {
+) -> Streamed {
     let mut targets: Vec<Target> = targets
         .into_iter()
         .map(|(id, conn)| Target {
@@ -167,6 +236,7 @@ async fn push_all(
             permits: Arc::new(Semaphore::new(PUSH_IN_FLIGHT)),
             pushes: JoinSet::new(),
             failed: false,
+            counted: 0,
         })
         .collect();
     // A chunk repeated in the file (zeros, say) is pushed once.
@@ -204,7 +274,7 @@ async fn push_all(
             rx.close();
         }
     }
-    let mut got_all = Vec::new();
+    let mut streamed = Streamed::default();
     for mut t in targets {
         while !t.failed {
             let Some(done) = t.pushes.join_next().await else {
@@ -213,8 +283,48 @@ async fn push_all(
             t.count(done, progress.as_ref());
         }
         if !t.failed {
-            got_all.push(t.id);
+            streamed.got_all.push(t.id);
+        }
+        streamed.counted.push((t.id, t.counted));
+    }
+    streamed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A progress that adds up what it is told.
+    #[derive(Default)]
+    struct Sum(Mutex<u64>);
+
+    impl Progress for Sum {
+        fn begin(&self, _: &str, _: u64) {}
+
+        fn advance(&self, bytes: u64) {
+            *self.0.lock().unwrap() += bytes;
         }
     }
-    got_all
+
+    #[test]
+    fn a_second_pass_counts_only_what_the_tap_did_not() {
+        let [a, b, c] = [1, 2, 3].map(|i| NodeId::from_bytes([i; 32]));
+        let streamed = Streamed {
+            got_all: vec![a],
+            counted: vec![(a, 10), (b, 4), (c, 0)],
+        };
+        let sum = Arc::new(Sum::default());
+        for id in [a, b, c] {
+            // A second pass to each sends all 10 bytes, in pieces of 3.
+            let p = streamed.progress_for(&id, sum.clone());
+            for piece in [3, 3, 3, 1] {
+                p.advance(piece);
+            }
+        }
+        // a: all 10 counted by the tap; b: 4 of them; c: none.
+        assert_eq!(*sum.0.lock().unwrap(), 10 - 4 + 10);
+        assert!(streamed.got_all(&a) && !streamed.got_all(&b));
+    }
 }
