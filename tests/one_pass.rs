@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,25 @@ async fn put_with(node: &Node, path: &Path, opts: PutOptions) -> PutReport {
         .expect("put")
 }
 
+/// A client node joined through `boot`, once it knows all `n` nodes.
+async fn client_knowing(boot: &Node, n: usize) -> Node {
+    let client = common::node(&[boot]).await;
+    wait_until(
+        "the client knows every node",
+        Duration::from_secs(20),
+        || client.dht().routing_table_len() == n,
+    )
+    .await;
+    client
+}
+
+/// `data` written to `name` in `dir`.
+fn source(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let src = dir.join(name);
+    std::fs::write(&src, data).unwrap();
+    src
+}
+
 /// Gets `report`'s file on `node` by its ticket and checks its bytes.
 async fn get_back(node: &Node, report: &PutReport, dir: &Path, data: &[u8]) {
     let target = Target::Ticket(report.ticket.clone());
@@ -39,13 +58,7 @@ async fn get_back(node: &Node, report: &PutReport, dir: &Path, data: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_to_every_node_of_a_small_network_goes_out_in_one_pass() {
     let net = store_network(3).await;
-    let client = common::node(&[&net[0].node]).await;
-    wait_until(
-        "the client knows all three",
-        Duration::from_secs(20),
-        || client.dht().routing_table_len() == 3,
-    )
-    .await;
+    let client = client_knowing(&net[0].node, 3).await;
     let dir = tempfile::tempdir().unwrap();
     for (i, opts) in [
         PutOptions {
@@ -58,8 +71,7 @@ async fn a_put_to_every_node_of_a_small_network_goes_out_in_one_pass() {
     .enumerate()
     {
         let data = random_bytes(5 * MIB + 123, i as u64);
-        let src = dir.path().join(format!("src-{i}"));
-        std::fs::write(&src, &data).unwrap();
+        let src = source(dir.path(), &format!("src-{i}"), &data);
         let report = put_with(&client, &src, opts).await;
         assert_eq!(report.remote_copies, 3, "{:?}", report.failures);
         assert_eq!(
@@ -89,8 +101,7 @@ async fn a_node_with_a_store_keeps_its_copy_and_sends_the_others_in_one_pass() {
     .enumerate()
     {
         let data = random_bytes(6 * MIB + 5, 20 + i as u64);
-        let src = dir.path().join(format!("own-{i}"));
-        std::fs::write(&src, &data).unwrap();
+        let src = source(dir.path(), &format!("own-{i}"), &data);
         let report = put_with(&net[0].node, &src, opts).await;
         assert_eq!(report.remote_copies, 2, "{:?}", report.failures);
         assert_eq!(report.in_one_pass, 2);
@@ -105,15 +116,10 @@ async fn a_node_with_a_store_keeps_its_copy_and_sends_the_others_in_one_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_larger_network_the_copy_goes_to_the_closest_after_the_cut() {
     let net = store_network(4).await;
-    let client = common::node(&[&net[0].node]).await;
-    wait_until("the client knows all four", Duration::from_secs(20), || {
-        client.dht().routing_table_len() == 4
-    })
-    .await;
+    let client = client_knowing(&net[0].node, 4).await;
     let dir = tempfile::tempdir().unwrap();
     let data = random_bytes(3 * MIB, 7);
-    let src = dir.path().join("src");
-    std::fs::write(&src, &data).unwrap();
+    let src = source(dir.path(), "src", &data);
     let opts = PutOptions {
         replicas: 1,
         ..PutOptions::default()
@@ -139,15 +145,10 @@ async fn a_target_that_refuses_while_the_file_is_cut_does_not_stop_the_others() 
     let boot = first.node.clone();
     let tiny: StoreNode = store_node_with(&[&boot], |c| c.max_storage = MIB as u64).await;
     let net = vec![first, tiny];
-    let client = common::node(&[&boot]).await;
-    wait_until("the client knows both", Duration::from_secs(20), || {
-        client.dht().routing_table_len() == 2
-    })
-    .await;
+    let client = client_knowing(&boot, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let data = random_bytes(4 * MIB, 11);
-    let src = dir.path().join("src");
-    std::fs::write(&src, &data).unwrap();
+    let src = source(dir.path(), "src", &data);
     let opts = PutOptions {
         replicas: 2,
         ..PutOptions::default()
